@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: set up the environment, lint, run the default suite, then the slow end-to-end tests
+# (real Slurm, two-process DDP, the whole pipeline). Extra arguments go to both pytest calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+source scripts/setup_env.sh
+echo "[tests] ruff"
+ruff check .
+echo "[tests] default suite"
+python -m pytest "$@"
+echo "[tests] slow suite"
+set +e
+python -m pytest -m slow "$@"
+rc=$?
+set -e
+# pytest exits 5 when no test was selected: not a failure of the slow stage.
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi

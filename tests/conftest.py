@@ -1,0 +1,25 @@
+"""Test-wide settings: two threads (the CI machine has two cores), seeded RNGs, quiet Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("MEDLSDM_TEST_THREADS", "2")))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same RNG state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

@@ -1,0 +1,44 @@
+"""Helpers for tests that drive the real Hydra entry points in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Tiny, fast settings shared by the entry-point tests (16^3 synthetic phantoms, CPU, csv logger only).
+TINY_VQGAN = [
+    "dataset=synthetic",
+    "model=vq_gan_3d_tiny",
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks.volume_logger.every_n_val_epochs=1",
+]
+TINY_DIFFUSION = [
+    "dataset=synthetic",
+    "model=diffusion_tiny",
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def run_entry(
+    entry: str, overrides: list[str], *, as_script: bool = False, timeout: int = 600, check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m train.<entry>`` (or ``python train/<entry>.py``) from the repository root."""
+    cmd = [sys.executable, f"train/{entry}.py"] if as_script else [sys.executable, "-m", f"train.{entry}"]
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("OMP_NUM_THREADS", "2")
+    proc = subprocess.run(cmd + overrides, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd + overrides)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc

@@ -1,0 +1,80 @@
+"""Every primary config and every experiment composes; the objects they name instantiate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from train.run import ConfigError, resolve_resume_path, validate_config
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "config")
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
+
+
+def _compose(primary: str, overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=primary, overrides=[*overrides, f"paths.output_dir={tmp_path}/out",
+                                                       f"paths.data_dir={tmp_path}/data"], return_hydra_config=False)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_model_instantiates(name: str, tmp_path: Path) -> None:
+    primary = "diffusion" if "diffusion" in name else "vqgan"
+    cfg = _compose(primary, [f"experiment={name}"], tmp_path)
+    assert cfg.trainer.default_root_dir == f"{tmp_path}/out"
+    if primary == "diffusion":
+        # The stage-1 checkpoint is mandatory: the config must refuse to run without it.
+        with pytest.raises(ConfigError, match="first_stage_ckpt"):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)
+        model = hydra.utils.instantiate(cfg.model, _convert_="all")
+        assert model.label_nc == cfg.dataset.label_nc or model.hparams.get("decoder") == "normal"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_dataset_configs_have_the_contract_keys(name: str, tmp_path: Path) -> None:
+    cfg = _compose("vqgan", [f"dataset={name}"], tmp_path)
+    ds = cfg.dataset
+    for key in ("name", "modality", "label_nc", "class_names", "voxel_size", "block_size", "intensity", "datamodule"):
+        assert key in ds, f"config/dataset/{name}.yaml lacks {key}"
+    assert len(ds.class_names) == ds.label_nc
+    assert ds.modality in ("ct", "mr")
+    assert ds.datamodule.label_nc == ds.label_nc
+    assert "/" not in str(OmegaConf.to_container(ds, resolve=False).get("root", ""))[:1]  # never absolute
+
+
+def test_basic_overrides_reach_the_objects(tmp_path: Path) -> None:
+    cfg = _compose("vqgan", ["dataset=synthetic", "trainer.max_steps=7", "trainer.accelerator=cpu", "seed=11"],
+                   tmp_path)
+    assert (cfg.dataset.name, cfg.trainer.max_steps, cfg.trainer.accelerator, cfg.seed) == ("synthetic", 7, "cpu", 11)
+    for node in cfg.logger.values():
+        assert str(node.save_dir).startswith(f"{tmp_path}/out")
+    assert str(cfg.callbacks.model_checkpoint.dirpath).startswith(f"{tmp_path}/out")
+
+
+def test_resume_path_resolution(tmp_path: Path) -> None:
+    assert resolve_resume_path("last", tmp_path) is None
+    assert resolve_resume_path(None, tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resolve_resume_path("last", tmp_path) == str(last)
+    import os
+    import time
+
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"x")
+    os.utime(hpc, (time.time() + 10, time.time() + 10))  # the requeue checkpoint is newer: it wins
+    assert resolve_resume_path("last", tmp_path) == str(hpc)
+
+
+def test_bad_ckpt_path_is_reported_before_training(tmp_path: Path) -> None:
+    cfg = _compose("vqgan", ["dataset=synthetic", f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        validate_config(cfg)

@@ -1,0 +1,117 @@
+"""Callbacks shared by both stages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class VolumeLogger(pl.Callback):
+    """Render what the module shows of a validation batch as slice montages (PNG) and GIFs.
+
+    The module provides ``log_volumes(batch) -> dict[str, Tensor]`` (the CompVis ``log_images`` idea): image
+    volumes (B, 1, D, H, W) in [-1, 1] and integer label maps (B, 1, D, H, W) under keys containing ``"label"``.
+    One montage per volume stacks every returned entry as a row; one GIF per image entry scrolls through the slices.
+    Files go to ``<out_dir>/<stage>_step<global_step>/``; montages are also sent to a TensorBoard logger if any.
+
+    Args:
+        out_dir: folder for the PNG/GIF files (inside the run's output folder).
+        every_n_val_epochs: render on every n-th validation run.
+        max_volumes: render at most this many volumes of the first validation batch.
+        num_slices: axial slices per montage row.
+        label_nc: number of classes, for the label colour map.
+    """
+
+    def __init__(
+        self, out_dir: str, every_n_val_epochs: int = 1, max_volumes: int = 2, num_slices: int = 6, label_nc: int = 0
+    ) -> None:
+        super().__init__()
+        if every_n_val_epochs < 1 or max_volumes < 1:
+            raise ValueError("every_n_val_epochs and max_volumes must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.every_n_val_epochs = every_n_val_epochs
+        self.max_volumes = max_volumes
+        self.num_slices = num_slices
+        self.label_nc = label_nc
+        self._val_runs = 0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_runs += 1
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: object,
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (self._val_runs - 1) % self.every_n_val_epochs != 0 or not hasattr(pl_module, "log_volumes"):
+            return
+        from dataset.visualization import save_gif, save_montage
+
+        with torch.no_grad():
+            volumes = pl_module.log_volumes(batch)
+        folder = self.out_dir / f"val_step{trainer.global_step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = min(self.max_volumes, next(iter(volumes.values())).shape[0])
+        for i in range(n):
+            rows = [(name, vol[i].detach().float().cpu()) for name, vol in volumes.items()]
+            labels = [v for name, v in rows if "label" in name]
+            montage = folder / f"montage_{i}.png"
+            save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None)
+            for name, vol in rows:
+                if "label" not in name:
+                    save_gif(folder / f"{name}_{i}.gif", vol, label=labels[0] if labels else None)
+            self._to_tensorboard(trainer, montage, f"val/montage_{i}")
+        log.info("wrote validation montages to %s", folder)
+
+    @staticmethod
+    def _to_tensorboard(trainer: pl.Trainer, png: Path, tag: str) -> None:
+        for lg in trainer.loggers:
+            if isinstance(lg, pl.loggers.TensorBoardLogger):
+                import numpy as np
+                from PIL import Image
+
+                img = np.asarray(Image.open(png).convert("RGB"))
+                lg.experiment.add_image(tag, img, global_step=trainer.global_step, dataformats="HWC")
+
+
+class StateDigest(pl.Callback):
+    """Write a per-rank digest of the trained weights at the end of fit (``<out_dir>/state_digest_rank<R>.json``).
+
+    Under DDP every rank must hold identical weights after each step; comparing these files is the cheapest proof
+    (used by the two-process DDP tests, and handy when a multi-GPU run diverges).
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = Path(out_dir)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import hashlib
+        import json
+
+        h = hashlib.sha256()
+        total = 0.0
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(name.encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+            if t.is_floating_point():
+                total += float(t.double().sum())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
+                  "sha256": h.hexdigest(), "sum": total}
+        path = self.out_dir / f"state_digest_rank{trainer.global_rank}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)

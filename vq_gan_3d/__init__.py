@@ -1,0 +1,1 @@
+"""vq_gan_3d package."""
