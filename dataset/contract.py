@@ -84,8 +84,10 @@ def validate_sample(sample: dict, label_nc: int) -> None:
     if image.dim() != 4 or image.shape[0] != 1 or image.dtype != torch.float32:
         raise DataError(f"{sid}: image must be (1, D, H, W) float32, got {tuple(image.shape)} {image.dtype}")
     if label.shape != image.shape or label.dtype != torch.int64:
-        raise DataError(f"{sid}: label must be int64 with the image's shape {tuple(image.shape)}, got "
-                        f"{tuple(label.shape)} {label.dtype}")
+        raise DataError(
+            f"{sid}: label must be int64 with the image's shape {tuple(image.shape)}, got "
+            f"{tuple(label.shape)} {label.dtype}"
+        )
     if tuple(affine.shape) != (4, 4):
         raise DataError(f"{sid}: affine must be (4, 4), got {tuple(affine.shape)}")
     if not torch.isfinite(image).all():
