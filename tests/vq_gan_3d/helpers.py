@@ -1,0 +1,86 @@
+"""Shared tiny settings and data for the stage-1 tests: 16^3 phantoms, 8-channel nets, 32 codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vq_gan_3d.module import VQGANModule
+
+LABEL_NC = 3
+
+TINY: dict[str, Any] = {
+    "image_channels": 1,
+    "label_nc": LABEL_NC,
+    "n_hiddens": 8,
+    "downsample": [4, 4, 4],
+    "embedding_dim": 4,
+    "n_codes": 32,
+    "num_groups": 8,
+    "spade_hidden": 8,
+    "disc_channels": 8,
+    "disc_layers": 2,
+    "perceptual_weight": 0.0,
+    "lr": 1e-3,
+    "discriminator_iter_start": 1000,
+}
+
+
+def tiny_model(**overrides: Any) -> VQGANModule:
+    """A ~0.4M-parameter VQ-GAN for 16^3 inputs."""
+    return VQGANModule(**{**TINY, **overrides})
+
+
+def phantom_batch(n: int = 2, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Nested spheres (3 classes) with class intensities -0.8 / 0.2 / 0.7 and mild noise, shifted per sample."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.arange(size, dtype=torch.float32)
+    zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+    label = torch.zeros(n, 1, size, size, size, dtype=torch.long)
+    for i in range(n):
+        r = ((zz - size / 2 - i) ** 2 + (yy - size / 2 + 1) ** 2 + (xx - size / 2 + i) ** 2).sqrt()
+        label[i, 0][r < size * 0.38] = 1
+        label[i, 0][r < size * 0.19] = 2
+    image = torch.tensor([-0.8, 0.2, 0.7])[label] + 0.05 * torch.randn(label.shape, generator=g)
+    return {"image": image.clamp(-1, 1), "label": label}
+
+
+class BatchDataset(Dataset):
+    """Serves the samples of one fixed batch (so a DataLoader with that batch size yields it every step)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return self.batch["image"].shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+def loader(batch: dict[str, torch.Tensor]) -> DataLoader:
+    return DataLoader(BatchDataset(batch), batch_size=batch["image"].shape[0], shuffle=False)
+
+
+def trainer(max_steps: int, **kwargs: Any) -> pl.Trainer:
+    """CPU trainer without logger, checkpoints, progress bar or summary; ``max_steps`` = 2 x batches."""
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def seg_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    from dataset import one_hot
+
+    return one_hot(batch["label"], LABEL_NC)
