@@ -1,0 +1,395 @@
+"""``LatentDiffusionModule``: semantic latent diffusion on a frozen 3D VQ-GAN (Med-LSDM stage 2).
+
+Training step: encode the image with the frozen VQ-GAN (no grad) → normalise the latent → drop the label map to
+the null map with probability ``p_uncond`` (classifier-free guidance) → noise at a random timestep → predict →
+L1/L2 loss against the objective's target. Automatic optimisation: gradient accumulation, clipping and mixed
+precision come from the Trainer config. An EMA copy of the denoiser is updated after optimiser steps and used for
+validation sampling and :meth:`LatentDiffusionModule.sample`.
+
+Reference bugs not reproduced (reference-notes §6): the first stage is frozen, in eval mode even after
+``train()``, outside the optimiser and the EMA, and stored without discriminators/LPIPS (items 7, 32); label maps
+are dropped during training so the guidance's null branch is trained (item 6); the label encoder is aligned with the
+latent along depth (item 5); the middle blocks see the time embedding (item 31); width is independent of the
+latent size (item 28); validation noise and timesteps are seeded.
+
+Logged keys: ``train/loss``; ``val/loss`` (EMA denoiser, fixed noise and timesteps per batch), ``val/loss_raw``
+(training weights, same noise), and every ``val_sample_every_n`` validation runs ``val/psnr`` (decoded sample vs the
+real image, data range 2, per volume, averaged) and ``val/psnr_first_stage`` (VQ-GAN reconstruction vs the real
+image: the ceiling of ``val/psnr``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from dataset.contract import one_hot
+from diffusion.denoisers import build_denoiser
+from diffusion.ema import EMA
+from diffusion.first_stage import architecture_hparams, build_first_stage, load_first_stage
+from diffusion.guidance import GuidedDenoiser, drop_labels
+from diffusion.latent_norm import LatentNormalizer
+from diffusion.schedulers import NoiseSchedule
+from vq_gan_3d.losses import psnr
+
+log = logging.getLogger(__name__)
+
+LOSS_TYPES = ("l1", "l2")
+
+
+class LatentDiffusionModule(pl.LightningModule):
+    """Semantic latent diffusion conditioned on one-hot label maps, with the frozen VQ-GAN inside.
+
+    Args:
+        label_nc: K, one-hot classes (``${dataset.label_nc}``).
+        first_stage_ckpt: stage-1 (VQ-GAN) Lightning checkpoint to load when training starts. Not opened when
+            ``first_stage_hparams`` is set (i.e. when a diffusion checkpoint is loaded): the first stage then comes
+            from the diffusion checkpoint itself.
+        first_stage_hparams: the VQ-GAN's hyperparameters; filled in from ``first_stage_ckpt`` and saved with the
+            diffusion hyperparameters, so ``load_from_checkpoint`` rebuilds the first stage without the original
+            file. Set by hand only to build an untrained first stage (tests).
+        block_size: (D, H, W) of the training blocks (``${dataset.block_size}``), for block-wise generation.
+        data_info: the dataset config the model is trained on (``${dataset}``: voxel size, intensity normalisation,
+            class names, datamodule node), stored in the checkpoint for generation; not used in training.
+        denoiser: "unet3d_spade" (Med-LSDM), "unet3d" (no SPADE; labels concatenated or absent) or "monai_spade".
+        denoiser_kwargs: constructor arguments of the chosen denoiser (``dim``, ``dim_mults``, ``attn_heads``, ...).
+        objective: "ddpm" (Gaussian diffusion) or "rflow" (rectified flow).
+        num_train_timesteps: T (500 in the paper).
+        schedule: noise schedule of the ddpm objective ("cosine" in the paper).
+        prediction_type: "epsilon" (paper), "sample" (x0) or "v_prediction"; "v_prediction" for rflow.
+        loss_type: "l1" (paper) or "l2".
+        clip_sample: clamp predicted x0 to [−c, c] while sampling (ddpm/ddim); None disables it.
+        rflow_sample_method: "uniform" or "logit-normal" training timesteps (rflow).
+        rflow_timestep_transform: resolution-aware shift of rflow sampling timesteps (MAISI).
+        p_uncond: probability of replacing a training sample's label map by the null map (CFG dropout).
+        guidance: default guidance weight w of ``u + w·(c − u)`` (1 = conditional only; the reference's
+            ``cond_scale=1.5`` is w = 2.5).
+        sampler: default sampler of :meth:`sample` and validation: "ddpm", "ddim" or "rflow".
+        sample_steps: default steps of the ddim/rflow samplers (ddpm always runs T).
+        ddim_eta: default DDIM η (0 deterministic, 1 ancestral).
+        latent_norm: "std" (mean/std of training latents), "codebook_minmax" (reference) or "none".
+        latent_norm_per_channel: "std" statistics per latent channel (True) or global (False).
+        latent_stats_batches: training batches encoded at fit start to measure the "std" statistics.
+        lr: AdamW learning rate (paper: 1e-5).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay (paper: 0).
+        ema_decay: EMA decay of the denoiser (paper: 0.995).
+        ema_update_every: optimiser steps between EMA updates (paper: 10).
+        ema_start_step: before this optimiser step the EMA copies the weights instead of averaging (paper: 2000).
+        val_sample_every_n: sample and log ``val/psnr`` every n-th validation run (0: never).
+        val_sample_batches: validation batches that are sampled in such a run.
+        val_sample_steps: sampler steps for validation sampling and :meth:`log_volumes`.
+        val_seed: seed of the validation noise, timesteps and samples.
+    """
+
+    def __init__(
+        self,
+        label_nc: int,
+        first_stage_ckpt: str | None = None,
+        first_stage_hparams: dict | None = None,
+        block_size: Sequence[int] | None = None,
+        data_info: dict | None = None,
+        denoiser: str = "unet3d_spade",
+        denoiser_kwargs: dict | None = None,
+        objective: str = "ddpm",
+        num_train_timesteps: int = 500,
+        schedule: str = "cosine",
+        prediction_type: str = "epsilon",
+        loss_type: str = "l1",
+        clip_sample: float | None = None,
+        rflow_sample_method: str = "uniform",
+        rflow_timestep_transform: bool = False,
+        p_uncond: float = 0.1,
+        guidance: float = 2.5,
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        ddim_eta: float = 0.0,
+        latent_norm: str = "std",
+        latent_norm_per_channel: bool = True,
+        latent_stats_batches: int = 8,
+        lr: float = 1e-5,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.995,
+        ema_update_every: int = 10,
+        ema_start_step: int = 2000,
+        val_sample_every_n: int = 1,
+        val_sample_batches: int = 1,
+        val_sample_steps: int = 25,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_args()
+
+        # 1. Frozen first stage: from the stored hparams (diffusion checkpoint) or from the stage-1 checkpoint.
+        if first_stage_hparams is not None:
+            self.first_stage = build_first_stage(first_stage_hparams)
+        elif first_stage_ckpt is not None:
+            self.first_stage = load_first_stage(first_stage_ckpt)
+            self.hparams["first_stage_hparams"] = architecture_hparams(self.first_stage)
+        else:
+            raise ValueError("set first_stage_ckpt (a VQ-GAN checkpoint) or first_stage_hparams")
+        if self.first_stage.decoder_type == "spade" and self.first_stage.label_nc != label_nc:
+            raise ValueError(
+                f"the SPADE VQ-GAN was trained with label_nc={self.first_stage.label_nc}, this model has {label_nc}"
+            )
+        self.label_nc = label_nc
+        self.block_size = tuple(int(s) for s in block_size) if block_size is not None else None
+        if self.block_size is not None and (
+            len(self.block_size) != 3 or any(s % f for s, f in zip(self.block_size, self.latent_factor))
+        ):
+            raise ValueError(f"block_size {list(self.block_size)} must be 3 sizes divisible by {self.latent_factor}")
+
+        # 2. Denoiser, its EMA copy, the latent normaliser and the noise schedule.
+        kwargs = dict(denoiser_kwargs or {})
+        clash = {"channels", "label_nc", "latent_factor"} & set(kwargs)
+        if clash:
+            raise ValueError(f"denoiser_kwargs must not set {sorted(clash)}: they come from the first stage")
+        self.denoiser = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs)
+        self.ema = EMA(self.denoiser, ema_decay, ema_update_every, ema_start_step)
+        self.latent_norm = LatentNormalizer(self.first_stage.embedding_dim, latent_norm, latent_norm_per_channel)
+        self.schedule = NoiseSchedule(
+            objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method,
+            rflow_timestep_transform,
+        )  # fmt: skip
+        if sampler not in self.schedule.samplers:
+            raise ValueError(f"sampler {sampler!r} does not fit objective {objective!r}; use {self.schedule.samplers}")
+        self._val_runs = 0
+        log.info("denoiser %s: %.2fM parameters", denoiser, sum(p.numel() for p in self.denoiser.parameters()) / 1e6)
+
+    def _check_args(self) -> None:
+        hp = self.hparams
+        if not isinstance(hp.label_nc, int) or hp.label_nc < 1:
+            raise ValueError(f"label_nc must be a positive int, got {hp.label_nc!r}")
+        if hp.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {hp.loss_type!r}")
+        if not 0.0 <= hp.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {hp.p_uncond}")
+        if hp.guidance < 0 or hp.ddim_eta < 0:
+            raise ValueError(f"guidance and ddim_eta must be >= 0, got {hp.guidance}, {hp.ddim_eta}")
+        if hp.lr <= 0 or hp.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {hp.lr}, {hp.weight_decay}")
+        if len(hp.betas) != 2 or not all(0.0 <= b < 1.0 for b in hp.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(hp.betas)}")
+        for key in ("sample_steps", "latent_stats_batches", "val_sample_steps"):
+            if hp[key] < 1:
+                raise ValueError(f"{key} must be >= 1, got {hp[key]}")
+        if hp.val_sample_every_n < 0 or hp.val_sample_batches < 0:
+            raise ValueError("val_sample_every_n and val_sample_batches must be >= 0")
+        info = hp.data_info
+        if info is not None and (not isinstance(info, Mapping) or info.get("label_nc", hp.label_nc) != hp.label_nc):
+            raise ValueError(f"data_info must be the dataset config (a dict) with label_nc={hp.label_nc}")
+        if hp.denoiser_kwargs is not None and not isinstance(hp.denoiser_kwargs, Mapping):
+            raise ValueError(f"denoiser_kwargs must be a dict, got {type(hp.denoiser_kwargs).__name__}")
+
+    # ------------------------------------------------------------------ first stage and latents
+    @property
+    def latent_factor(self) -> tuple[int, int, int]:
+        """(fd, fh, fw): image size / latent size per axis."""
+        return self.first_stage.latent_factor
+
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
+        """As ``nn.Module.train``, but the first stage and the EMA copy always stay in eval mode."""
+        super().train(mode)
+        self.first_stage.eval()
+        self.ema.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, 1, D, H, W) in [-1, 1] → normalised latent (B, E, D/fd, H/fh, W/fw), float32, no graph."""
+        return self.latent_norm.normalize(self.first_stage.encode(x).float())
+
+    def _seg(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return one_hot(batch["label"], self.label_nc)
+
+    # ------------------------------------------------------------------ training
+    def _loss(self, denoiser: torch.nn.Module, z0: torch.Tensor, seg: torch.Tensor, generator: torch.Generator | None):
+        """Diffusion loss of ``denoiser`` on clean latents z0 (B, E, d, h, w) with label maps seg (B, K, D, H, W)."""
+        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
+        pred = denoiser(self.schedule.add_noise(z0, noise, t), t, seg).float()
+        target = self.schedule.target(z0, noise, t)
+        return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss on one batch ``{"image": (B, 1, D, H, W), "label": (B, 1, D, H, W) int64, ...}``."""
+        z0 = self.encode(batch["image"])
+        seg = drop_labels(self._seg(batch), self.hparams.p_uncond)
+        loss = self._loss(self.denoiser, z0, seg, None)
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then update the EMA (after real steps only, so accumulation is respected)."""
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.denoiser, self.global_step + 1)  # global_step counts the steps completed before this one
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the denoiser only (first stage frozen, EMA not trained)."""
+        hp = self.hparams
+        return torch.optim.AdamW(
+            self.denoiser.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        )
+
+    # ------------------------------------------------------------------ latent statistics
+    def on_fit_start(self) -> None:
+        """Measure the latent normalisation once (skipped when a checkpoint already carries it)."""
+        if self.latent_norm.is_fitted:
+            return
+        if self.latent_norm.mode == "codebook_minmax":
+            self.latent_norm.fit_codebook(self.first_stage.codebook_embeddings)
+            return
+        n = self.hparams.latent_stats_batches
+        self.latent_norm.fit_std(self._stat_latents(n), all_reduce=self._all_reduce_sum)
+        log.info("latent statistics from %d training batches", n)
+
+    def _stat_latents(self, n: int) -> Iterator[torch.Tensor]:
+        # a fresh loader from the same source the fit loop uses (datamodule, module or dataloader passed to fit);
+        # the fit loop has not started iterating yet at on_fit_start
+        loader = self.trainer.fit_loop._data_source.dataloader()
+        if isinstance(loader, Sequence):
+            loader = loader[0]
+        for batch in islice(loader, n):
+            yield self.first_stage.encode(batch["image"].to(self.device)).float()
+
+    def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum")
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:  # count real validation runs only
+            self._val_runs += 1
+
+    def _sampling_this_run(self) -> bool:
+        n = self.hparams.val_sample_every_n
+        # the sanity check (before the first run is counted) samples too: it catches sampling errors early
+        return n > 0 and max(self._val_runs - 1, 0) % n == 0
+
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.hparams.val_seed + offset)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Seeded losses of the EMA and raw denoisers; on sampling runs PSNR of samples (and of the VQ-GAN)."""
+        x = batch["image"]
+        z0 = self.encode(x)
+        seg = self._seg(batch)
+        # same noise and timesteps for both and for every validation run: comparable numbers
+        logs = {
+            "loss": self._loss(self.ema.module, z0, seg, self._generator(batch_idx)),
+            "loss_raw": self._loss(self.denoiser, z0, seg, self._generator(batch_idx)),
+        }
+        if self._sampling_this_run() and batch_idx < self.hparams.val_sample_batches:
+            fake = self.sample(seg, steps=self.hparams.val_sample_steps, generator=self._generator(batch_idx))
+            rec = self.decode_latents(self.latent_norm.denormalize(z0), seg)
+            logs["psnr"] = psnr(fake, x, data_range=2.0).mean()  # images live in [-1, 1]
+            logs["psnr_first_stage"] = psnr(rec, x, data_range=2.0).mean()
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    @torch.no_grad()
+    def log_volumes(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Real image, label map and a fast seeded sample for the montage callback.
+
+        Returns:
+            ``{"real": (B, 1, D, H, W), "label": (B, 1, D, H, W) int64, "sample": (B, 1, D, H, W)}`` on the CPU.
+        """
+        x = batch["image"].to(self.device)
+        label = batch["label"].to(self.device)
+        fake = self.sample(
+            one_hot(label, self.label_nc), steps=self.hparams.val_sample_steps, generator=self._generator()
+        )
+        return {"real": x.float().cpu(), "label": label.cpu(), "sample": fake.float().cpu()}
+
+    # ------------------------------------------------------------------ sampling
+    def _check_seg(self, seg: torch.Tensor) -> None:
+        if seg.dim() != 5 or seg.shape[1] != self.label_nc:
+            raise ValueError(f"seg must be one-hot (B, {self.label_nc}, D, H, W), got {tuple(seg.shape)}")
+        if any(s % f for s, f in zip(seg.shape[2:], self.latent_factor)):
+            raise ValueError(f"label map size {tuple(seg.shape[2:])} is not divisible by {self.latent_factor}")
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        seg: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        eta: float | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Sample VQ-GAN latents (encoder space, before quantisation) for label maps; see :meth:`sample`.
+
+        Returns:
+            (B, E, D/fd, H/fh, W/fw) float32.
+        """
+        self._check_seg(seg)
+        if not self.latent_norm.is_fitted:
+            raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
+        hp = self.hparams
+        sampler = sampler or hp.sampler
+        if steps is None and sampler != "ddpm":
+            steps = hp.sample_steps
+        guidance = hp.guidance if guidance is None else guidance
+        if generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"generator is on {generator.device}, the model on {self.device}: create it there")
+        seg = seg.to(self.device, torch.float32)
+        shape = (
+            seg.shape[0],
+            self.first_stage.embedding_dim,
+            *(s // f for s, f in zip(seg.shape[2:], self.latent_factor)),
+        )
+        noise = torch.randn(shape, device=self.device, generator=generator)
+        denoise = GuidedDenoiser(self.ema.module if use_ema else self.denoiser, seg, guidance)
+        z = self.schedule.sample(
+            denoise, noise, sampler, steps, hp.ddim_eta if eta is None else eta, generator, progress
+        )
+        return self.latent_norm.denormalize(z)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """Quantise and decode latents z (B, E, d, h, w); the SPADE decoder also gets seg (B, K, D, H, W).
+
+        Returns:
+            (B, 1, D, H, W) in [-1, 1].
+        """
+        spade = self.first_stage.decoder_type == "spade"
+        return self.first_stage.decode(z, seg.to(z.dtype) if spade else None).clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seg: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        eta: float | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Generate images for one-hot label maps.
+
+        Args:
+            seg: (B, K, D, H, W) one-hot label maps at image resolution; D, H, W divisible by :attr:`latent_factor`.
+            sampler: "ddpm" (ancestral, all T steps), "ddim" or "rflow"; default ``hparams.sampler``.
+            steps: network evaluations per sample; default ``hparams.sample_steps`` (ddpm: T).
+            guidance: w of ``u + w·(c − u)``; 1 conditional only, 0 unconditional; default ``hparams.guidance``.
+            generator: RNG on the model's device; the same seed gives the same volumes.
+            progress: show a progress bar over the steps.
+            eta: DDIM η; default ``hparams.ddim_eta``.
+            use_ema: sample with the EMA weights (default) or the training weights.
+
+        Returns:
+            (B, 1, D, H, W) images in [-1, 1].
+        """
+        z = self.sample_latents(seg, sampler, steps, guidance, generator, progress, eta, use_ema)
+        return self.decode_latents(z, seg.to(self.device, torch.float32))
