@@ -1,0 +1,136 @@
+"""NIfTI listing and header checks for evaluation, and the output-file rules every evaluation CLI follows.
+
+Voxel data is read with :mod:`dataset.nifti` (``load_image`` / ``load_label`` / ``load_pair``: stored (I, J, K)
+arrays permuted to (K, I, J) = (D, H, W), affine of the stored array, :class:`dataset.DataError` naming the
+file). This module adds what evaluation needs on top: listing a folder by case id, and comparing grids from
+headers alone, so a whole evaluation is checked before any voxel is read.
+
+The module is named ``nifti_io`` rather than ``io`` so that running ``python evaluation/<cli>.py`` (which puts
+``evaluation/`` first on ``sys.path``) can never shadow the standard library's ``io``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from dataset import DataError
+from dataset.nifti import NIFTI_SUFFIXES, check_same_geometry, strip_nifti_suffix
+
+
+@dataclass(frozen=True)
+class Header:
+    """Geometry of a NIfTI file, read without loading its voxels.
+
+    Attributes:
+        path: the file.
+        shape: (D, H, W) after the project's permutation.
+        affine: (4, 4) voxel-to-world matrix of the stored (I, J, K) array.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def list_nifti(folder: Path) -> dict[str, Path]:
+    """Map stem → path for every NIfTI file directly inside ``folder`` (sorted by stem, hidden files skipped).
+
+    Raises:
+        ValueError: ``folder`` is missing, not a folder, or holds no NIfTI file.
+        DataError: two files share a stem (``a.nii`` and ``a.nii.gz``): which one is meant is ambiguous.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not path.name.endswith(NIFTI_SUFFIXES) or path.name.startswith("."):
+            continue
+        stem = strip_nifti_suffix(path.name)
+        if stem in found:
+            raise DataError(f"{path}: same name as {found[stem]} (only the suffix differs); keep one of them")
+        found[stem] = path
+    if not found:
+        raise ValueError(f"{folder}: holds no {' or '.join(NIFTI_SUFFIXES)} file")
+    return dict(sorted(found.items()))
+
+
+def read_header(path: Path) -> Header:
+    """Shape as (D, H, W) and affine of a NIfTI file, from its header only.
+
+    Raises:
+        DataError: unreadable, not NIfTI, or not a 3D volume (a trailing singleton 4th axis is allowed).
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    shape = img.shape
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise DataError(f"{path}: expected a 3-D volume, got shape {tuple(shape)}")
+    i, j, k = (int(s) for s in shape[:3])
+    return Header(path=path, shape=(k, i, j), affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def check_same_grid(a: Header, b: Header) -> None:
+    """Raise DataError naming ``b`` unless it shares shape and affine with ``a`` (voxel-wise metrics need it)."""
+    check_same_geometry(a.path, a.shape, a.affine, b.path, b.shape, b.affine)
+
+
+def markdown_path(json_path: Path) -> Path:
+    """The Markdown report written next to a JSON report (``results.json`` → ``results.md``)."""
+    return Path(json_path).with_suffix(".md")
+
+
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to run when an output exists and ``overwrite`` is False (checked before any work is done).
+
+    Raises:
+        FileExistsError: naming every existing output.
+        ValueError: an output's parent is not a folder.
+    """
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
+    for p in paths:
+        parent = Path(p).parent
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{p}: parent {parent} is not a folder")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file in the target folder, then rename it over ``path``.
+
+    Readers never see a half-written file, and an interrupted run leaves any old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(path: Path, obj: object) -> None:
+    """``torch.save`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

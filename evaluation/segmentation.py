@@ -1,0 +1,411 @@
+"""Dice protocol: how useful are synthetic volumes to a segmentation network?
+
+Three commands (``python evaluation/segmentation.py CMD ...`` or ``python -m evaluation.segmentation CMD``):
+
+- ``train``: train a MONAI 3D ``UNet`` (small CPU default: channels 8-16-32, one residual unit) with DiceCE on
+  real training volumes (``--images``/``--labels`` folders, matching file names), optionally plus extra
+  (e.g. synthetic) volumes; writes a checkpoint (``torch.save`` of primitives + state dict).
+- ``evaluate``: per-class foreground Dice (``evaluation.dice``) of a trained network on real test volumes and
+  on synthetic volumes generated from the same test label maps (``--fake``; names ``<id>`` or ``<id>_s<k>``).
+- ``augment``: the augmentation experiment: trains twice with the same seed and schedule, on real only and on
+  real + synthetic, and evaluates both on the real test set.
+
+Images are mapped to [0, 1] with a stated range (``evaluation.intensity``); label maps are integer NIfTI in
+[0, num_classes). Training samples batches (and random crops when ``--patch-size`` is given) from a seeded
+generator; prediction is MONAI sliding-window inference with the training window. Results go to a JSON report
+and a Markdown table (``evaluation.report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset import DataError
+from dataset.nifti import load_pair
+from evaluation.cli_common import run_cli
+from evaluation.dice import per_class_dice, summarise_dice
+from evaluation.intensity import IntensityRange
+from evaluation.nifti_io import atomic_torch_save, check_outputs, markdown_path
+from evaluation.pairing import pair_folders
+from evaluation.report import dice_markdown, header, write_report
+from evaluation.weights import sha256_file
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "med-lsdm/dice-segmenter/1"
+DICE_DEFINITION = (
+    "Dice per foreground class (background excluded), MONAI DiceMetric on argmax predictions; a class absent "
+    "from ground truth and prediction is not applicable (excluded, counted); mean = mean of class means"
+)
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    """Hyper-parameters of the Dice-protocol segmenter (primitives only: stored in the checkpoint).
+
+    Args:
+        num_classes: K, background included.
+        channels: UNet channels per level; the volume (or patch) size must be divisible by 2**(levels-1).
+        num_res_units: residual units per UNet block.
+        patch_size: (D, H, W) training crop and inference window; None trains on whole volumes.
+        steps: optimiser steps.
+        batch_size: volumes (or crops) per step.
+        lr: Adam learning rate.
+        seed: seeds the network init, batch order and crops.
+    """
+
+    num_classes: int
+    channels: tuple[int, ...] = (8, 16, 32)
+    num_res_units: int = 1
+    patch_size: tuple[int, int, int] | None = None
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if len(self.channels) < 2 or any(c < 1 for c in self.channels):
+            raise ValueError(f"--channels needs >= 2 positive values, got {self.channels}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.num_res_units < 0:
+            raise ValueError("--steps and --batch-size must be >= 1, --lr > 0, --res-units >= 0")
+        if self.patch_size is not None:
+            if len(self.patch_size) != 3:
+                raise ValueError(f"--patch-size needs 3 values (D H W), got {self.patch_size}")
+            self.check_divisible(tuple(self.patch_size), "--patch-size")
+
+    @property
+    def divisor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def check_divisible(self, shape: tuple[int, ...], what: str) -> None:
+        if any(s % self.divisor for s in shape):
+            raise ValueError(
+                f"{what} {shape} must be divisible by {self.divisor} for a {len(self.channels)}-level UNet"
+            )
+
+
+@dataclass
+class Case:
+    """One image with its label map: image (1, D, H, W) float32 in [0, 1], label (1, D, H, W) int64."""
+
+    id: str
+    image_path: Path
+    image: torch.Tensor
+    label: torch.Tensor
+
+
+def build_net(cfg: SegConfig) -> torch.nn.Module:
+    """MONAI 3D UNet: 1 input channel → K logits."""
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=cfg.num_classes,
+        channels=tuple(cfg.channels),
+        strides=(2,) * (len(cfg.channels) - 1),
+        num_res_units=cfg.num_res_units,
+        norm="INSTANCE",
+    )
+
+
+def load_cases(image_dir: Path, label_dir: Path, num_classes: int, rng: IntensityRange) -> list[Case]:
+    """Images paired with label maps by name (``<id>`` or ``<id>_s<k>`` images, ``<id>`` labels).
+
+    Raises:
+        DataError: pairing problems, grid mismatch, bad label values, out-of-range intensities.
+    """
+    cases = []
+    for pair in pair_folders(label_dir, image_dir):
+        data, label, _ = load_pair(pair.synthetic, pair.reference, num_classes)  # also checks the grids agree
+        image = torch.from_numpy(rng.to_unit(data, str(pair.synthetic)))[None]
+        cases.append(Case(id=pair.id, image_path=pair.synthetic, image=image, label=torch.from_numpy(label)[None]))
+    return cases
+
+
+def _crop(case: Case, size: tuple[int, int, int] | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if size is None:
+        return case.image, case.label
+    shape = case.image.shape[1:]
+    if any(s < p for s, p in zip(shape, size)):
+        raise DataError(f"{case.image_path}: volume {tuple(shape)} is smaller than --patch-size {size}")
+    start = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s, p in zip(shape, size)]
+    window = (slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, size))
+    return case.image[window], case.label[window]
+
+
+def train_segmenter(
+    cases: list[Case], cfg: SegConfig, device: str = "cpu", progress: bool = True
+) -> tuple[torch.nn.Module, dict]:
+    """Train the segmenter with DiceCE.
+
+    Args:
+        cases: training cases (all the same shape unless ``cfg.patch_size`` is set).
+        cfg: hyper-parameters.
+        device: torch device.
+        progress: show a progress bar.
+
+    Returns:
+        (network in eval mode, training info: first/last loss, window, case count).
+    """
+    from monai.losses import DiceCELoss
+
+    if not cases:
+        raise ValueError("no training cases")
+    shapes = {tuple(c.image.shape[1:]) for c in cases}
+    if cfg.patch_size is None and len(shapes) > 1:
+        raise DataError(f"training volumes have different shapes {sorted(shapes)}; pass --patch-size D H W")
+    window = tuple(cfg.patch_size) if cfg.patch_size is not None else next(iter(shapes))
+    cfg.check_divisible(window, "training volume shape" if cfg.patch_size is None else "--patch-size")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_net(cfg).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    losses = []
+    net.train()
+    for _ in tqdm(range(cfg.steps), desc="segmenter training", disable=not progress):
+        idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=gen).tolist()
+        crops = [_crop(cases[i], cfg.patch_size, gen) for i in idx]
+        x = torch.stack([c[0] for c in crops]).to(device)  # (B, 1, D, H, W)
+        y = torch.stack([c[1] for c in crops]).to(device)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    head = float(np.mean(losses[: max(1, len(losses) // 10)]))
+    tail = float(np.mean(losses[-max(1, len(losses) // 10) :]))
+    info = {"n_cases": len(cases), "window": list(window), "loss_first_10pct": head, "loss_last_10pct": tail}
+    logger.info("segmenter: loss %.4f -> %.4f over %d steps", head, tail, cfg.steps)
+    return net.eval(), info
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, image: torch.Tensor, window: tuple[int, int, int]) -> torch.Tensor:
+    """Label prediction of one (1, D, H, W) image by sliding-window inference → (1, D, H, W) int64."""
+    from monai.inferers import sliding_window_inference
+
+    device = next(net.parameters()).device
+    logits = sliding_window_inference(image[None].to(device), window, 1, net, overlap=0.25, mode="gaussian")
+    return logits.argmax(1).cpu()
+
+
+def dice_of_cases(
+    net: torch.nn.Module, cases: list[Case], window: tuple[int, int, int], num_classes: int
+) -> np.ndarray:
+    """(N, K - 1) per-class Dice of the network's predictions on each case."""
+    rows = []
+    for case in cases:
+        pred = predict(net, case.image, window)
+        rows.append(per_class_dice(pred[None], case.label[None], num_classes)[0].numpy())
+    return np.stack(rows)
+
+
+def _dice_block(net: torch.nn.Module, cases: list[Case], window: tuple, names: list[str]) -> tuple[dict, list]:
+    values = dice_of_cases(net, cases, window, len(names))
+    per_volume = [
+        {"id": c.id, "image": c.image_path.name, "dice": dict(zip(names[1:], v.tolist()))}
+        for c, v in zip(cases, values)
+    ]
+    return summarise_dice(values, names), per_volume
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: SegConfig, info: dict) -> None:
+    """Checkpoint of primitives and tensors only, so it loads with ``weights_only=True``."""
+    hparams = asdict(cfg) | {"channels": list(cfg.channels), "patch_size": cfg.patch_size and list(cfg.patch_size)}
+    atomic_torch_save(
+        path, {"format": CHECKPOINT_FORMAT, "hparams": hparams, "state_dict": net.state_dict(), "training": info}
+    )
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SegConfig, dict]:
+    """(network in eval mode, config, training info) from :func:`save_checkpoint`'s file."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a Dice-protocol segmenter checkpoint (format {CHECKPOINT_FORMAT})")
+    hp = ckpt["hparams"]
+    cfg = SegConfig(
+        **(hp | {"channels": tuple(hp["channels"]), "patch_size": hp["patch_size"] and tuple(hp["patch_size"])})
+    )
+    net = build_net(cfg)
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval().to(device), cfg, ckpt["training"]
+
+
+def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
+    if names is None:
+        return ["background"] + [f"class_{c}" for c in range(1, num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"--class-names needs {num_classes} names (background first), got {len(names)}")
+    return list(names)
+
+
+def _ranges(args: argparse.Namespace) -> tuple[IntensityRange, IntensityRange]:
+    real = IntensityRange(*(args.real_range or args.data_range), clip=args.clip)
+    fake = IntensityRange(*(args.fake_range or args.data_range), clip=args.clip)
+    return real, fake
+
+
+def _config(args: argparse.Namespace, num_classes: int) -> SegConfig:
+    return SegConfig(
+        num_classes=num_classes,
+        channels=tuple(args.channels),
+        num_res_units=args.res_units,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> dict:
+    """``train``: fit on real (+ extra) volumes and save the checkpoint to ``--out``."""
+    check_outputs([args.out], args.overwrite)
+    cfg = _config(args, args.num_classes)
+    real_rng, fake_rng = _ranges(args)
+    cases = load_cases(args.images, args.labels, cfg.num_classes, real_rng)
+    if (args.extra_images is None) != (args.extra_labels is None):
+        raise ValueError("--extra-images and --extra-labels go together")
+    if args.extra_images is not None:
+        cases += load_cases(args.extra_images, args.extra_labels, cfg.num_classes, fake_rng)
+    net, info = train_segmenter(cases, cfg, args.device, not args.no_progress)
+    info |= {"command": argv, "intensity": {"real": real_rng.describe(), "extra": fake_rng.describe()}}
+    save_checkpoint(args.out, net, cfg, info)
+    logger.info("wrote %s", args.out)
+    return info
+
+
+def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
+    """``evaluate``: Dice of a trained segmenter on real test volumes and on synthetic ones."""
+    check_outputs([args.out, markdown_path(args.out)], args.overwrite)
+    net, cfg, training = load_checkpoint(args.model, args.device)
+    names = _class_names(args.class_names, cfg.num_classes)
+    real_rng, fake_rng = _ranges(args)
+    window = tuple(training["window"])
+    dice, per_volume = {}, {}
+    dice["real"], per_volume["real"] = _dice_block(
+        net, load_cases(args.real, args.labels, cfg.num_classes, real_rng), window, names
+    )
+    if args.fake is not None:
+        fake_cases = load_cases(args.fake, args.labels, cfg.num_classes, fake_rng)
+        dice["synthetic"], per_volume["synthetic"] = _dice_block(net, fake_cases, window, names)
+    report = header("evaluation.segmentation", argv) | {
+        "command_name": "evaluate",
+        "model": {"path": args.model, "sha256": sha256_file(args.model), "training": training},
+        "class_names": names,
+        "definition": DICE_DEFINITION,
+        "intensity": {"real": real_rng.describe(), "synthetic": fake_rng.describe()},
+        "dice": dice,
+        "per_volume": per_volume,
+        "notes": {"test label maps": str(args.labels), "inference": f"sliding window {list(window)}, overlap 0.25"},
+    }
+    write_report(args.out, report, dice_markdown(report))
+    return report
+
+
+def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
+    """``augment``: train on real vs real + synthetic (same seed and schedule), test both on real."""
+    check_outputs([args.out, markdown_path(args.out)], args.overwrite)
+    cfg = _config(args, args.num_classes)
+    names = _class_names(args.class_names, cfg.num_classes)
+    real_rng, fake_rng = _ranges(args)
+    real_train = load_cases(args.train_images, args.train_labels, cfg.num_classes, real_rng)
+    synth_train = load_cases(args.synth_images, args.synth_labels, cfg.num_classes, fake_rng)
+    test = load_cases(args.test_images, args.test_labels, cfg.num_classes, real_rng)
+    dice, per_volume, training = {}, {}, {}
+    for name, cases in (("real", real_train), ("real + synthetic", real_train + synth_train)):
+        net, info = train_segmenter(cases, cfg, args.device, not args.no_progress)
+        window = tuple(info["window"])
+        dice[name], per_volume[name] = _dice_block(net, test, window, names)
+        training[name] = info
+    report = header("evaluation.segmentation", argv) | {
+        "command_name": "augment",
+        "class_names": names,
+        "definition": DICE_DEFINITION + "; both networks tested on the real test set",
+        "config": asdict(cfg),
+        "training": training,
+        "intensity": {"real": real_rng.describe(), "synthetic": fake_rng.describe()},
+        "dice": dice,
+        "per_volume": per_volume,
+        "notes": {
+            "training sets": f"real {len(real_train)}, real + synthetic {len(real_train) + len(synth_train)} volumes",
+            "test set": f"{len(test)} real volumes",
+        },
+    }
+    write_report(args.out, report, dice_markdown(report))
+    return report
+
+
+def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    p.add_argument("--data-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"))
+    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="override for real images")
+    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="override for synthetic images")
+    p.add_argument("--clip", action="store_true", help="clip out-of-range voxels (counted) instead of failing")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=int, required=True, help="K, background included")
+    p.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--res-units", type=int, default=1)
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (subcommands train, evaluate, augment)."""
+    parser = argparse.ArgumentParser(prog="segmentation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train the segmenter on real (+ extra) volumes")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--extra-images", type=Path, help="extra (e.g. synthetic) images, <id>[_s<k>] names")
+    p.add_argument("--extra-labels", type=Path, help="label maps of the extra images")
+    _training(p)
+    _common(p, "checkpoint path (.pt)")
+    p = sub.add_parser("evaluate", help="Dice on real test volumes and on synthetic ones")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True, help="test label maps <id>.nii[.gz]")
+    p.add_argument("--real", type=Path, required=True, help="real test images <id>.nii[.gz]")
+    p.add_argument("--fake", type=Path, help="synthetic images generated from the test label maps")
+    p.add_argument("--class-names", nargs="+")
+    _common(p, "JSON report path (Markdown written next to it)")
+    p = sub.add_parser("augment", help="train on real vs real + synthetic, test both on real")
+    for name in ("train-images", "train-labels", "synth-images", "synth-labels", "test-images", "test-labels"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    p.add_argument("--class-names", nargs="+")
+    _training(p)
+    _common(p, "JSON report path (Markdown written next to it)")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "augment": cmd_augment}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for a user or data error, reported in one line)."""
+    return run_cli(build_parser(), lambda args, argv: COMMANDS[args.command](args, argv), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of the evaluation package (metrics, FIDs, LPIPS, Dice protocol, privacy audit, CLIs)."""
