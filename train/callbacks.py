@@ -61,10 +61,15 @@ class VolumeLogger(pl.Callback):
         with torch.no_grad():
             volumes = pl_module.log_volumes(batch)
         folder = self.out_dir / f"val_step{trainer.global_step:07d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while folder.exists():  # a resumed run can validate at a step it already rendered: never overwrite
+            folder = self.out_dir / f"val_step{trainer.global_step:07d}-{n}"
+            n += 1
+        folder.mkdir(parents=True)
         n = min(self.max_volumes, next(iter(volumes.values())).shape[0])
         for i in range(n):
-            rows = [(name, vol[i].detach().float().cpu()) for name, vol in volumes.items()]
+            # label maps stay integer: that is how the montage tells them from images
+            rows = [(name, vol[i].detach().cpu()) for name, vol in volumes.items()]
             labels = [v for name, v in rows if "label" in name]
             montage = folder / f"montage_{i}.png"
             save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None)
@@ -109,8 +114,13 @@ class StateDigest(pl.Callback):
             if t.is_floating_point():
                 total += float(t.double().sum())
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
-                  "sha256": h.hexdigest(), "sum": total}
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "sha256": h.hexdigest(),
+            "sum": total,
+        }
         path = self.out_dir / f"state_digest_rank{trainer.global_rank}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))

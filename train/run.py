@@ -43,7 +43,9 @@ def instantiate_nodes(node: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` child of a group node (callbacks, loggers); ``None`` gives an empty list."""
     if not node:
         return []
-    return [hydra.utils.instantiate(child, _convert_="all") for child in node.values() if child and "_target_" in child]
+    return [
+        hydra.utils.instantiate(child, _convert_="all") for child in node.values() if child and "_target_" in child
+    ]
 
 
 def resolve_resume_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> str | None:

@@ -30,7 +30,12 @@ TINY_DIFFUSION = [
 
 
 def run_entry(
-    entry: str, overrides: list[str], *, as_script: bool = False, timeout: int = 600, check: bool = True,
+    entry: str,
+    overrides: list[str],
+    *,
+    as_script: bool = False,
+    timeout: int = 600,
+    check: bool = True,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``python -m train.<entry>`` (or ``python train/<entry>.py``) from the repository root."""
@@ -39,6 +44,7 @@ def run_entry(
     full_env.setdefault("OMP_NUM_THREADS", "2")
     proc = subprocess.run(cmd + overrides, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd + overrides)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd + overrides)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc

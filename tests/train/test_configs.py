@@ -18,8 +18,11 @@ DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
 
 def _compose(primary: str, overrides: list[str], tmp_path: Path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=primary, overrides=[*overrides, f"paths.output_dir={tmp_path}/out",
-                                                       f"paths.data_dir={tmp_path}/data"], return_hydra_config=False)
+        return compose(
+            config_name=primary,
+            overrides=[*overrides, f"paths.output_dir={tmp_path}/out", f"paths.data_dir={tmp_path}/data"],
+            return_hydra_config=False,
+        )
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -50,8 +53,9 @@ def test_dataset_configs_have_the_contract_keys(name: str, tmp_path: Path) -> No
 
 
 def test_basic_overrides_reach_the_objects(tmp_path: Path) -> None:
-    cfg = _compose("vqgan", ["dataset=synthetic", "trainer.max_steps=7", "trainer.accelerator=cpu", "seed=11"],
-                   tmp_path)
+    cfg = _compose(
+        "vqgan", ["dataset=synthetic", "trainer.max_steps=7", "trainer.accelerator=cpu", "seed=11"], tmp_path
+    )
     assert (cfg.dataset.name, cfg.trainer.max_steps, cfg.trainer.accelerator, cfg.seed) == ("synthetic", 7, "cpu", 11)
     for node in cfg.logger.values():
         assert str(node.save_dir).startswith(f"{tmp_path}/out")

@@ -18,9 +18,20 @@ def _digests(out: Path) -> list[dict]:
 
 
 def _ddp(entry: str, base: list[str], out: Path, extra: list[str]) -> list[dict]:
-    run_entry(entry, [*base, "trainer=ddp_cpu", "trainer.max_steps=4", f"paths.output_dir={out}",
-                      f"paths.data_dir={out.parent / 'data'}", "+callbacks.state_digest._target_=train.callbacks.StateDigest",
-                      f"+callbacks.state_digest.out_dir={out}", *extra], env={"OMP_NUM_THREADS": "1"})
+    run_entry(
+        entry,
+        [
+            *base,
+            "trainer=ddp_cpu",
+            "trainer.max_steps=4",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={out.parent / 'data'}",
+            "+callbacks.state_digest._target_=train.callbacks.StateDigest",
+            f"+callbacks.state_digest.out_dir={out}",
+            *extra,
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
     return _digests(out)
 
 
@@ -41,7 +52,8 @@ def test_vqgan_ddp_ranks_agree(ddp_vqgan: Path) -> None:
 
 def test_diffusion_ddp_ranks_agree(ddp_vqgan: Path, tmp_path: Path) -> None:
     out = tmp_path / "diffusion"
-    d0, d1 = _ddp("train_diffusion", TINY_DIFFUSION, out,
-                  [f"model.first_stage_ckpt={ddp_vqgan / 'checkpoints' / 'last.ckpt'}"])
+    d0, d1 = _ddp(
+        "train_diffusion", TINY_DIFFUSION, out, [f"model.first_stage_ckpt={ddp_vqgan / 'checkpoints' / 'last.ckpt'}"]
+    )
     assert d0["world_size"] == 2 and d0["global_step"] == d1["global_step"] == 4
     assert d0["sha256"] == d1["sha256"], "weights (incl. EMA and latent statistics) differ between DDP ranks"

@@ -20,8 +20,11 @@ def vqgan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-optimiser-step (2-batch) VQ-GAN fit through ``python train/train_vqgan.py`` (run as a script)."""
     out = tmp_path_factory.mktemp("vqgan") / "run"
     data = out.parent / "data"
-    run_entry("train_vqgan", [*TINY_VQGAN, "trainer.max_steps=4", f"paths.output_dir={out}",
-                              f"paths.data_dir={data}", "seed=3"], as_script=True)
+    run_entry(
+        "train_vqgan",
+        [*TINY_VQGAN, "trainer.max_steps=4", f"paths.output_dir={out}", f"paths.data_dir={data}", "seed=3"],
+        as_script=True,
+    )
     return out
 
 
@@ -44,8 +47,16 @@ def test_vqgan_fit_writes_checkpoint_that_reloads(vqgan_run: Path) -> None:
 
 def test_resumed_run_continues_from_its_step(vqgan_run: Path, tmp_path: Path) -> None:
     # Same output folder, larger budget: ckpt_path=last (the default) resumes instead of restarting.
-    proc = run_entry("train_vqgan", [*TINY_VQGAN, "trainer.max_steps=8", f"paths.output_dir={vqgan_run}",
-                                     f"paths.data_dir={vqgan_run.parent / 'data'}", "seed=3"])
+    proc = run_entry(
+        "train_vqgan",
+        [
+            *TINY_VQGAN,
+            "trainer.max_steps=8",
+            f"paths.output_dir={vqgan_run}",
+            f"paths.data_dir={vqgan_run.parent / 'data'}",
+            "seed=3",
+        ],
+    )
     assert "resuming from" in proc.stderr + proc.stdout
     last = vqgan_run / "checkpoints" / "last.ckpt"
     assert _ckpt_step(last) == 8
@@ -59,8 +70,16 @@ def test_stage1_to_stage2_to_sample(vqgan_run: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "diff"
     ckpt = vqgan_run / "checkpoints" / "last.ckpt"
-    run_entry("train_diffusion", [*TINY_DIFFUSION, "trainer.max_steps=3", f"model.first_stage_ckpt={ckpt}",
-                                  f"paths.output_dir={out}", f"paths.data_dir={vqgan_run.parent / 'data'}"])
+    run_entry(
+        "train_diffusion",
+        [
+            *TINY_DIFFUSION,
+            "trainer.max_steps=3",
+            f"model.first_stage_ckpt={ckpt}",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={vqgan_run.parent / 'data'}",
+        ],
+    )
     last = out / "checkpoints" / "last.ckpt"
     assert _ckpt_step(last) == 3
     model = LatentDiffusionModule.load_from_checkpoint(last, map_location="cpu", weights_only=True)

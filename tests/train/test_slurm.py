@@ -31,8 +31,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = dict(os.environ, SLURM_DIR=sdir, FAKE_GPUS="1")
     subprocess.run(["bash", "scripts/slurm_local.sh", "up"], cwd=REPO, env=env, check=True, timeout=300)
     venv_bin = str(Path(sys.executable).parent)
-    job_env = dict(os.environ, SLURM_CONF=f"{sdir}/slurm.conf", VIRTUAL_ENV=str(Path(sys.executable).parents[1]),
-                   PATH=f"{venv_bin}:{os.environ['PATH']}", OMP_NUM_THREADS="2")
+    job_env = dict(
+        os.environ,
+        SLURM_CONF=f"{sdir}/slurm.conf",
+        VIRTUAL_ENV=str(Path(sys.executable).parents[1]),
+        PATH=f"{venv_bin}:{os.environ['PATH']}",
+        OMP_NUM_THREADS="2",
+    )
     yield job_env
     subprocess.run(["bash", "scripts/slurm_local.sh", "down"], cwd=REPO, env=env, check=False, timeout=120)
 
@@ -52,13 +57,27 @@ def _step(ckpt: Path) -> int:
 def test_sbatch_vqgan_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> None:
     vq_out, diff_out = tmp_path / "vqgan", tmp_path / "diffusion"
     data = f"paths.data_dir={tmp_path / 'data'}"
-    _sbatch(slurm, "vqgan.sh", tmp_path / "vqgan.log", [*TINY_VQGAN, "trainer.max_steps=4", f"paths.output_dir={vq_out}", data])
+    _sbatch(
+        slurm,
+        "vqgan.sh",
+        tmp_path / "vqgan.log",
+        [*TINY_VQGAN, "trainer.max_steps=4", f"paths.output_dir={vq_out}", data],
+    )
     log = (tmp_path / "vqgan.log").read_text()
     assert "[slurm] job" in log  # the launcher's banner: the job really ran through vqgan.sh
     assert _step(vq_out / "checkpoints" / "last.ckpt") == 4
-    _sbatch(slurm, "diffusion.sh", tmp_path / "diffusion.log",
-            [*TINY_DIFFUSION, "trainer.max_steps=3", f"paths.output_dir={diff_out}", data,
-             f"model.first_stage_ckpt={vq_out / 'checkpoints' / 'last.ckpt'}"])
+    _sbatch(
+        slurm,
+        "diffusion.sh",
+        tmp_path / "diffusion.log",
+        [
+            *TINY_DIFFUSION,
+            "trainer.max_steps=3",
+            f"paths.output_dir={diff_out}",
+            data,
+            f"model.first_stage_ckpt={vq_out / 'checkpoints' / 'last.ckpt'}",
+        ],
+    )
     assert _step(diff_out / "checkpoints" / "last.ckpt") == 3
 
 
@@ -66,10 +85,20 @@ def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: 
     out = tmp_path / "vqgan"
     log = tmp_path / "job.log"
     max_steps = 400
-    job = _sbatch(slurm, "vqgan.sh", log,
-                  [*TINY_VQGAN, f"trainer.max_steps={max_steps}", f"paths.output_dir={out}",
-                   f"paths.data_dir={tmp_path / 'data'}", "callbacks.model_checkpoint.every_n_train_steps=2",
-                   "callbacks.volume_logger.every_n_val_epochs=1000"], wait=False)
+    job = _sbatch(
+        slurm,
+        "vqgan.sh",
+        log,
+        [
+            *TINY_VQGAN,
+            f"trainer.max_steps={max_steps}",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "callbacks.model_checkpoint.every_n_train_steps=2",
+            "callbacks.volume_logger.every_n_val_epochs=1000",
+        ],
+        wait=False,
+    )
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists():  # training is under way once the first periodic checkpoint lands
@@ -84,8 +113,8 @@ def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: 
         assert time.time() < deadline, f"job {job} did not finish after requeue\n{log.read_text()[-6000:]}"
         time.sleep(1)
     text = log.read_text()
-    assert "restart 1" in text, text[-4000:]          # the batch script ran a second time (same job id)
+    assert "restart 1" in text, text[-4000:]  # the batch script ran a second time (same job id)
     hpc = sorted(out.glob("hpc_ckpt_*.ckpt"))
     assert hpc, "Lightning did not write its requeue checkpoint"
-    assert f"resuming from {hpc[-1]}" in text          # ... and the second run resumed from it
+    assert f"resuming from {hpc[-1]}" in text  # ... and the second run resumed from it
     assert 0 < _step(hpc[-1]) < max_steps
