@@ -1,6 +1,6 @@
 """The whole Med-LSDM pipeline on the embedded MNI152 dataset, on the CPU, in one command.
 
-    python scripts/demo.py [--out runs/demo] [--vqgan-minutes 5] [--diffusion-minutes 6] [--overwrite]
+    python scripts/demo.py [--out runs/demo] [--vqgan-minutes 4] [--diffusion-minutes 5] [--overwrite]
 
 Stages (each is the command a user would type, run as a subprocess and logged in the report):
   1. train the VQ-GAN            python -m train.train_vqgan experiment=mni152_vqgan_cpu ...
@@ -24,16 +24,20 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 log = logging.getLogger("demo")
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes under this folder")
-    p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default: <out>/data)")
-    p.add_argument("--vqgan-minutes", type=float, default=5.0, help="wall-clock training budget of stage 1")
-    p.add_argument("--diffusion-minutes", type=float, default=6.0, help="wall-clock training budget of stage 2")
+    p.add_argument("--data-dir", type=Path, default=None, help="embedded dataset cache (default: <out>/data_cache)")
+    p.add_argument("--vqgan-minutes", type=float, default=4.0, help="wall-clock training budget of stage 1")
+    p.add_argument("--diffusion-minutes", type=float, default=5.0, help="wall-clock training budget of stage 2")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps for generation")
+    p.add_argument("--seg-steps", type=int, default=150, help="training steps of each Dice-protocol segmenter")
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --out folder first")
@@ -55,17 +59,23 @@ def run(cmd: list[str], commands: list[str]) -> None:
     log.info("stage finished in %.0f s", time.time() - t0)
 
 
-def export_split(data_dir: Path, out: Path, split: str = "test") -> list[str]:
-    """Write the split's real images and label maps as NIfTI (what a user would have on disk)."""
-    import hydra
+def dataset_config(data_dir: Path) -> DictConfig:
+    """The embedded dataset's config, as the training stages compose it."""
     from hydra import compose, initialize_config_dir
-
-    from dataset.nifti import save_nifti
 
     config_dir = str(Path(__file__).resolve().parents[1] / "config")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("vqgan", overrides=["dataset=mni152", f"paths.data_dir={data_dir}", f"paths.output_dir={out}"])
-    ds = hydra.utils.instantiate(cfg.dataset.datamodule, _convert_="all").dataset(split)
+        cfg = compose("vqgan", overrides=["dataset=mni152", f"paths.data_dir={data_dir}"])
+    return cfg.dataset
+
+
+def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
+    """Write the split's real images and label maps as NIfTI (what a user would have on disk)."""
+    import hydra
+
+    from dataset.nifti import save_nifti
+
+    ds = hydra.utils.instantiate(dataset_cfg.datamodule, _convert_="all").dataset(split)
     ids = []
     for i in range(len(ds)):
         s = ds[i]
@@ -77,10 +87,16 @@ def export_split(data_dir: Path, out: Path, split: str = "test") -> list[str]:
 
 def available_metrics() -> str:
     """Image metrics always; LPIPS / FID / 3D-FID only when their pretrained weights are on this machine."""
-    from evaluation.weights import weight_available
+    from evaluation.weights import INCEPTION, MEDICALNET50, VGG16, MissingWeightsError, resolve
 
     metrics = ["psnr", "rmse", "ssim", "ssim2d", "msssim"]
-    metrics += [m for m in ("lpips", "fid", "fid3d") if weight_available(m)]
+    for name, spec in (("lpips", VGG16), ("fid", INCEPTION), ("fid3d", MEDICALNET50)):
+        try:
+            resolve(spec, None)
+        except MissingWeightsError as err:
+            log.warning("skipping %s: %s", name, err)
+        else:
+            metrics.append(name)
     return ",".join(metrics)
 
 
@@ -92,8 +108,8 @@ def montages(out: Path, ids: list[str], label_nc: int) -> None:
 
     report = out / "report"
     for vid in ids:
-        real, _ = load_image(out / "data" / "images" / f"{vid}.nii.gz")
-        label, _ = load_label(out / "data" / "labels" / f"{vid}.nii.gz")
+        real, _ = load_image(out / "data" / "test" / "images" / f"{vid}.nii.gz")
+        label, _ = load_label(out / "data" / "test" / "labels" / f"{vid}.nii.gz")
         fake, _ = load_image(out / "synthetic" / f"{vid}_s0.nii.gz")
         rows = [("real", torch.from_numpy(real)), ("label", torch.from_numpy(label)),
                 ("synthetic", torch.from_numpy(fake))]
@@ -126,27 +142,46 @@ def main(argv: list[str] | None = None) -> int:
         commands)
     stage2 = out / "diffusion" / "checkpoints" / "last.ckpt"
 
-    # 3. held-out subjects as files
-    ids = export_split(data_dir, out / "data")
-    log.info("exported %d test subjects to %s", len(ids), out / "data")
+    # 3. the training and held-out subjects as files (what a user would have on disk)
+    dataset_cfg = dataset_config(data_dir)
+    class_names = [str(c) for c in dataset_cfg.class_names]
+    ids = export_split(dataset_cfg, out / "data" / "test", "test")
+    train_ids = export_split(dataset_cfg, out / "data" / "train", "train")
+    log.info("exported %d test and %d training subjects to %s", len(ids), len(train_ids), out / "data")
+    test, train = out / "data" / "test", out / "data" / "train"
 
-    # 4. generation from the held-out label maps
-    run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(out / "data" / "labels"),
-         "--out", str(out / "synthetic"), "--sampler", "ddim", "--steps", str(args.steps), "--seed", "0"], commands)
+    # 4. generation from the held-out label maps (and from the training label maps, for the augmentation test)
+    sampler = ["--sampler", "ddim", "--steps", str(args.steps), "--seed", "0", "--batch-size", "4"]
+    run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(test / "labels"),
+         "--out", str(out / "synthetic"), *sampler], commands)
+    run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(train / "labels"),
+         "--out", str(out / "synthetic_train"), *sampler], commands)
 
-    # 5. evaluation
-    metrics = args.metrics or available_metrics()
+    # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
+    metrics = (args.metrics or available_metrics()) + ",privacy"
     report = out / "report"
-    run([py, "-m", "evaluation.compute_metrics", "--real", str(out / "data" / "images"), "--fake",
-         str(out / "synthetic"), "--labels", str(out / "data" / "labels"), "--metrics", metrics,
+    run([py, "-m", "evaluation.compute_metrics", "--real", str(test / "images"), "--fake", str(out / "synthetic"),
+         "--labels", str(test / "labels"), "--train", str(train / "images"), "--metrics", metrics,
          "--out", str(report / "metrics.json")], commands)
+    seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0"]
+    run([py, "-m", "evaluation.segmentation", "train", "--images", str(train / "images"), "--labels",
+         str(train / "labels"), *seg, "--out", str(out / "segmenter" / "real.pt")], commands)
+    run([py, "-m", "evaluation.segmentation", "evaluate", "--model", str(out / "segmenter" / "real.pt"),
+         "--labels", str(test / "labels"), "--real", str(test / "images"), "--fake", str(out / "synthetic"),
+         "--class-names", *class_names, "--out", str(report / "dice.json")], commands)
+    run([py, "-m", "evaluation.segmentation", "augment", "--train-images", str(train / "images"), "--train-labels",
+         str(train / "labels"), "--synth-images", str(out / "synthetic_train"), "--synth-labels",
+         str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
+         "--class-names", *class_names, *seg, "--out", str(report / "augment.json")], commands)
 
     # 6. report
-    montages(out, ids, label_nc=5)
-    table_md = (report / "metrics.md").read_text() if (report / "metrics.md").exists() else ""
+    montages(out, ids, label_nc=len(class_names))
+    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")]
     elapsed = time.time() - t0
     lines = ["# Med-LSDM demo report (embedded MNI152 dataset, CPU)", "",
-             f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}.", "", table_md, "",
+             f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, "
+             f"training subjects: {len(train_ids)}.",
+             "", *tables, "",
              "## Commands", "", "```", *commands, "```", "",
              "## Montages (rows: real | label | synthetic)", ""]
     lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]

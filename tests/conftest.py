@@ -1,4 +1,4 @@
-"""Test-wide settings: two threads (the CI machine has two cores), seeded RNGs, quiet Lightning."""
+"""Test-wide settings: one intra-op thread, seeded RNGs, quiet Lightning."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("MEDLSDM_TEST_THREADS", "2")))
+# One thread: the tensors are tiny, and with two OpenMP threads on a loaded 2-core machine the threads
+# spin-wait on each other (a 4 s test took 136 s). MEDLSDM_TEST_THREADS=N to change it.
+torch.set_num_threads(int(os.environ.get("MEDLSDM_TEST_THREADS", "1")))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

@@ -41,7 +41,7 @@ def run_entry(
     """Run ``python -m train.<entry>`` (or ``python train/<entry>.py``) from the repository root."""
     cmd = [sys.executable, f"train/{entry}.py"] if as_script else [sys.executable, "-m", f"train.{entry}"]
     full_env = dict(os.environ, **(env or {}))
-    full_env.setdefault("OMP_NUM_THREADS", "2")
+    full_env.setdefault("OMP_NUM_THREADS", "1")  # see tests/conftest.py
     proc = subprocess.run(cmd + overrides, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(
