@@ -86,6 +86,8 @@ class LatentDiffusionModule(pl.LightningModule):
         val_sample_batches: validation batches that are sampled in such a run.
         val_sample_steps: sampler steps for validation sampling and :meth:`log_volumes`.
         val_seed: seed of the validation noise, timesteps and samples.
+        compile: wrap the denoiser and its EMA copy with ``torch.compile`` (``nn.Module.compile``: in place, so the
+            state-dict keys stay the same and checkpoints load either way). Compiles lazily on the first call.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class LatentDiffusionModule(pl.LightningModule):
         val_sample_batches: int = 1,
         val_sample_steps: int = 25,
         val_seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -154,6 +157,9 @@ class LatentDiffusionModule(pl.LightningModule):
             raise ValueError(f"denoiser_kwargs must not set {sorted(clash)}: they come from the first stage")
         self.denoiser = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs)
         self.ema = EMA(self.denoiser, ema_decay, ema_update_every, ema_start_step)
+        if compile:  # after the EMA's deep copy: both are compiled, neither gains an ``_orig_mod.`` key prefix
+            self.denoiser.compile()
+            self.ema.module.compile()
         self.latent_norm = LatentNormalizer(self.first_stage.embedding_dim, latent_norm, latent_norm_per_channel)
         self.schedule = NoiseSchedule(
             objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method,
@@ -308,7 +314,8 @@ class LatentDiffusionModule(pl.LightningModule):
         return {"real": x.float().cpu(), "label": label.cpu(), "sample": fake.float().cpu()}
 
     # ------------------------------------------------------------------ sampling
-    def _check_seg(self, seg: torch.Tensor) -> None:
+    def check_seg(self, seg: torch.Tensor) -> None:
+        """Raise ValueError unless ``seg`` is (B, label_nc, D, H, W) with D, H, W divisible by the latent factor."""
         if seg.dim() != 5 or seg.shape[1] != self.label_nc:
             raise ValueError(f"seg must be one-hot (B, {self.label_nc}, D, H, W), got {tuple(seg.shape)}")
         if any(s % f for s, f in zip(seg.shape[2:], self.latent_factor)):
@@ -331,7 +338,7 @@ class LatentDiffusionModule(pl.LightningModule):
         Returns:
             (B, E, D/fd, H/fh, W/fw) float32.
         """
-        self._check_seg(seg)
+        self.check_seg(seg)
         if not self.latent_norm.is_fitted:
             raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
         hp = self.hparams

@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="label maps of one shape sampled together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="32", help="autocast dtype while sampling")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the denoiser (default: off, whatever training used)"
+    )
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap for volumes larger than a block")
     p.add_argument("--no-resample", action="store_true", help="sample on the input grid whatever its voxel size")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -59,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
-    """Load a diffusion checkpoint; a stage-1 or foreign checkpoint is refused before anything else happens."""
+def load_model(ckpt: Path, device: torch.device, compile: bool = False) -> torch.nn.Module:
+    """Load a diffusion checkpoint; a stage-1 or foreign checkpoint is refused before anything else happens.
+
+    ``compile`` overrides the checkpoint's own ``compile`` hyperparameter: it is a choice of this run.
+    """
     from diffusion.module import LatentDiffusionModule
 
     if not ckpt.is_file():
@@ -74,7 +80,7 @@ def load_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
         stage = "a stage-1 (VQ-GAN) checkpoint" if "n_codes" in hparams else "not a Med-LSDM diffusion checkpoint"
         raise DataError(f"{ckpt}: {stage}; generation needs the stage-2 checkpoint from train/train_diffusion.py")
     del meta
-    model = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    model = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True, compile=compile)
     return model.eval().to(device)
 
 
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             else args.device
         )
         source = resolve_labels(args.labels)
-        model = load_model(args.ckpt, device)
+        model = load_model(args.ckpt, device, compile=args.compile)
         if settings.sampler is not None and settings.sampler not in model.schedule.samplers:
             raise ValueError(f"--sampler {settings.sampler} does not fit this model; use {model.schedule.samplers}")
         volumes = (
@@ -128,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 stem = path.name[: -len(".nii.gz")]
                 if args.png:
                     save_montage(
-                        path.with_name(f"{stem}.png"), [("label", lab), ("synthetic", shown)], label_nc=model.label_nc
+                        path.with_name(f"{stem}.png"),
+                        [("label", lab), ("synthetic", shown)],
+                        label_nc=model.label_nc,
+                        overwrite=args.overwrite,
                     )
                 if args.gif:
-                    save_gif(path.with_name(f"{stem}.gif"), shown[None], label=lab[None])
+                    save_gif(path.with_name(f"{stem}.gif"), shown[None], label=lab[None], overwrite=args.overwrite)
 
         written = generate(
             model,
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=True,
             on_volume=hook,
+            sidecar_suffixes=(".png",) * args.png + (".gif",) * args.gif,
         )
     except (DataError, FileExistsError, ValueError) as err:
         log.error("%s", err)

@@ -135,7 +135,7 @@ def sample_volumes(
         raise ValueError(f"need one generator per label map: {len(generators)} for a batch of {seg.shape[0]}")
     if any(s < b for s, b in zip(seg.shape[2:], block)):
         raise ValueError(f"label map {tuple(seg.shape[2:])} is smaller than the block {tuple(block)}: pad it first")
-    model._check_seg(seg)
+    model.check_seg(seg)
     if not model.latent_norm.is_fitted:
         raise RuntimeError("latent statistics are not set: the model is untrained")
     hp = model.hparams

@@ -55,6 +55,8 @@ class GenerationSettings:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
 
 
 def output_path(out_dir: Path, volume_id: str, sample: int) -> Path:
@@ -165,6 +167,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     on_volume: Callable[[LabelVolume, int, np.ndarray, Path], None] | None = None,
+    sidecar_suffixes: tuple[str, ...] = (),
 ) -> list[Path]:
     """Generate ``settings.num_samples`` volumes per label map into ``out_dir`` as ``<id>_s<k>.nii.gz``.
 
@@ -181,6 +184,8 @@ def generate(
         overwrite: replace existing outputs.
         progress: progress bars over volumes and denoising steps.
         on_volume: called with (label volume, sample index, image, path) after each file is written.
+        sidecar_suffixes: files ``<id>_s<k><suffix>`` that ``on_volume`` writes (e.g. ``.png``): checked for
+            existence up front too, so a run without ``overwrite`` never stops half-way.
 
     Returns:
         The written files, in input order.
@@ -188,7 +193,9 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [(vol, k, output_path(out_dir, vol.id, k)) for vol in volumes for k in range(settings.num_samples)]
-    existing = [str(p) for _, _, p in paths if p.exists()]
+    candidates = [p for _, _, p in paths]
+    candidates += [p.with_name(p.name[: -len(".nii.gz")] + sfx) for p in list(candidates) for sfx in sidecar_suffixes]
+    existing = [str(p) for p in candidates if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
     info = dict(model.hparams.get("data_info") or {})
