@@ -84,7 +84,7 @@ def test_sbatch_vqgan_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> N
 def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "vqgan"
     log = tmp_path / "job.log"
-    max_steps = 400
+    max_steps = 200
     job = _sbatch(
         slurm,
         "vqgan.sh",
@@ -100,7 +100,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: 
         wait=False,
     )
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # generous: the machine may be busy
     while not last.exists():  # training is under way once the first periodic checkpoint lands
         assert time.time() < deadline, f"no checkpoint before the deadline\n{log.read_text()[-4000:]}"
         time.sleep(0.2)
@@ -116,5 +116,10 @@ def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: 
     assert "restart 1" in text, text[-4000:]  # the batch script ran a second time (same job id)
     hpc = sorted(out.glob("hpc_ckpt_*.ckpt"))
     assert hpc, "Lightning did not write its requeue checkpoint"
-    assert f"resuming from {hpc[-1]}" in text  # ... and the second run resumed from it
     assert 0 < _step(hpc[-1]) < max_steps
+    # The second run resumed (not restarted) from the newest checkpoint: the requeue checkpoint, or last.ckpt when
+    # the periodic checkpoint landed after the signal (Lightning saves on USR1, then trains on until SIGTERM).
+    second = text[text.index("restart 1") :]
+    resumed = second.split("resuming from ", 1)[1].split()[0]
+    assert resumed in (str(hpc[-1]), str(last)), second[:2000]
+    assert "Restored all states from the checkpoint" in second
