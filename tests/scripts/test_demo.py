@@ -20,7 +20,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
         sys.executable, "scripts/demo.py", "--out", str(out), "--vqgan-minutes", "0.4", "--diffusion-minutes", "0.4",
         "--steps", "3", "--seg-steps", "10",
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-6000:]
 
