@@ -132,6 +132,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"rc": rc, "out": out, "root": root, "report": json.loads(out.read_text()) if out.exists() else None}
 
 
+@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
 def test_quick_run_writes_the_report(quick: dict) -> None:
     assert quick["rc"] == 0
     report = quick["report"]
@@ -145,6 +146,7 @@ def test_quick_run_writes_the_report(quick: dict) -> None:
     assert report["settings"]["quick"] is True and report["settings"]["repeats"] == 1
 
 
+@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
 def test_quick_run_training_rows(quick: dict) -> None:
     training = quick["report"]["training"]
     rows = {r["model"]: r for r in training["results"]}
@@ -162,6 +164,7 @@ def test_quick_run_training_rows(quick: dict) -> None:
     assert fast[("diffusion_tiny", "model.compile=true")]["status"] == "skipped"  # --quick: no cold compile
 
 
+@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
 def test_quick_run_generation_and_fit(quick: dict) -> None:
     gen = quick["report"]["generation"]
     assert gen["status"] == "ok"
@@ -176,6 +179,7 @@ def test_quick_run_generation_and_fit(quick: dict) -> None:
     assert bf16["status"] == "ok" and bf16["equal_within_tolerance"] is True
 
 
+@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
 def test_quick_run_skips_sampling_without_checkpoint_and_writes_markdown(quick: dict) -> None:
     report = quick["report"]
     assert report["sampling"]["status"] == "skipped" and "--ckpt" in report["sampling"]["reason"]
