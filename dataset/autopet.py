@@ -100,22 +100,8 @@ def preprocess_autopet(
 class AutoPETDataset(PreprocessedDataset):
     """Preprocessed AutoPET blocks (``root`` = the ``--dst`` of preprocessing).
 
-    Args:
-        split: ``train``, ``val``, ``test`` or ``all``.
-        root: preprocessed folder with ``manifest.json``.
-        label_nc: must be 37 (checked against the manifest).
-        intensity: normalisation the config expects (checked against the manifest; None skips the check).
-        block_size: block size the config expects (checked against the manifest; None skips the check).
+    Arguments as :class:`~dataset.nifti_pairs.PreprocessedDataset`; ``label_nc`` must be 37.
     """
 
-    def __init__(
-        self,
-        split: str,
-        root: str | Path,
-        label_nc: int = LABEL_NC,
-        intensity: dict[str, Any] | None = None,
-        block_size: list[int] | None = None,
-    ) -> None:
-        super().__init__(
-            split=split, root=root, label_nc=label_nc, name=NAME, intensity=intensity, block_size=block_size
-        )
+    NAME = NAME
+    LABEL_NC = LABEL_NC

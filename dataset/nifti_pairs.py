@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
@@ -206,25 +206,34 @@ class NiftiPairsDataset(Dataset):
 class PreprocessedDataset(NiftiPairsDataset):
     """Blocks written by ``scripts/preprocess_<name>.py``: requires ``root/manifest.json`` naming ``name``.
 
+    A paper dataset subclasses it with its ``NAME`` and ``LABEL_NC`` as defaults (``dataset/autopet.py`` ...).
+
     Args:
         split: ``train``, ``val``, ``test`` or ``all``.
         root: the ``--dst`` folder of preprocessing.
-        label_nc: number of classes (checked against the manifest).
-        name: dataset name the manifest must carry.
+        label_nc: number of classes (checked against the manifest); default: the class's ``LABEL_NC``.
+        name: dataset name the manifest must carry; default: the class's ``NAME``.
         intensity: the spec the config believes was used (generation inverts with it); when given it must
             match the manifest's. Blocks are stored normalised, so nothing is applied on load.
         block_size: expected (D, H, W) block size; when given it must match the manifest's.
     """
 
+    NAME: ClassVar[str | None] = None
+    LABEL_NC: ClassVar[int | None] = None
+
     def __init__(
         self,
         split: str,
         root: str | Path,
-        label_nc: int,
-        name: str,
+        label_nc: int | None = None,
+        name: str | None = None,
         intensity: Mapping[str, Any] | None = None,
         block_size: Sequence[int] | None = None,
     ) -> None:
+        label_nc = self.LABEL_NC if label_nc is None else label_nc
+        name = self.NAME if name is None else name
+        if label_nc is None or name is None:
+            raise TypeError(f"{type(self).__name__} needs label_nc and name (or a subclass that sets them)")
         super().__init__(split=split, root=root, label_nc=label_nc, dataset_name=name)
         manifest = self.manifest or {}  # dataset_name forces the manifest layout, so this is the manifest
         where = self.root / MANIFEST_NAME
