@@ -7,8 +7,52 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
+
+
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the newest training state.
+
+    Lightning 2.6 writes ``last.ckpt`` only in a step where it also writes a top-k checkpoint, so with a monitor and
+    ``save_top_k: 1`` the "last" checkpoint stays at the best validation step. A resume (``ckpt_path=last``, a Slurm
+    requeue) would then silently go back to that step, and stage 2 would load a stale stage 1. This subclass writes
+    ``last.ckpt`` whenever Lightning considers saving (after validation or at the end of a training epoch)
+    and once more when training ends (``max_steps``, ``max_time``), so
+    no optimiser step is lost. Arguments are Lightning's.
+    """
+
+    _last_step_written: int | None = None
+
+    # Each write comes after Lightning's own save of the same event: a checkpoint written first at a step would make
+    # Lightning skip its top-k save of that step (it saves at most once per global step).
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._write_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._write_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._write_last(trainer)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_step_written = trainer.global_step
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt unless it holds this step already or this is no fitting step (sanity check, dev run)."""
+        if not self.save_last or self._last_step_written == trainer.global_step:
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class VolumeLogger(pl.Callback):
