@@ -17,7 +17,8 @@ CONFIGS = sorted(p.stem for p in MODEL_DIR.glob("diffusion*.yaml"))
 
 
 def test_all_expected_configs_exist() -> None:
-    assert {"diffusion", "diffusion_tiny", "diffusion_rflow", "diffusion_monai_spade"} <= set(CONFIGS)
+    expected = {"diffusion", "diffusion_tiny", "diffusion_rflow", "diffusion_rflow_tiny", "diffusion_monai_spade"}
+    assert expected <= set(CONFIGS)
 
 
 def test_first_stage_ckpt_is_mandatory() -> None:
@@ -31,7 +32,7 @@ def test_config_instantiates(name: str, vq_ckpt: Path) -> None:
     overrides = [f"+dataset.label_nc={LABEL_NC}", f"+dataset.block_size=[{','.join(map(str, IMAGE))}]",
                  "+dataset.datamodule._target_=dataset.datamodule.VolumeDataModule",
                  f"first_stage_ckpt={vq_ckpt}"]  # fmt: skip
-    if name != "diffusion_tiny":
+    if not name.endswith("_tiny"):
         overrides.append("denoiser_kwargs.dim=32")  # same keys, a smaller net: the test checks wiring, not size
     with initialize_config_dir(config_dir=str(MODEL_DIR), version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides)
@@ -40,6 +41,8 @@ def test_config_instantiates(name: str, vq_ckpt: Path) -> None:
     model = hydra.utils.instantiate(node, _convert_="all")
     assert isinstance(model, LatentDiffusionModule)
     assert model.hparams.sampler in model.schedule.samplers
+    if "rflow" in name:  # the rectified-flow configs change the objective, not just the default sampler
+        assert (model.hparams.objective, model.hparams.sampler) == ("rflow", "rflow")
     assert model.hparams.first_stage_hparams["embedding_dim"] == 4
     # the dataset config is recorded as plain data, its _target_ nodes are not instantiated
     assert model.hparams.data_info["datamodule"] == {"_target_": "dataset.datamodule.VolumeDataModule"}
