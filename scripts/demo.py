@@ -5,7 +5,8 @@
 
 Stages (each is the command a user would type, run as a subprocess and logged in the report):
   1. train the VQ-GAN            python -m train.train_vqgan experiment=mni152_vqgan_spade_cpu ...
-  2. train the diffusion model   python -m train.train_diffusion experiment=mni152_diffusion_cpu ...
+  2. train the diffusion model   python -m train.train_diffusion experiment=mni152_diffusion_cpu
+                                   model=diffusion_rflow_tiny ... (rectified flow; --objective ddpm: the paper's)
   3. export the held-out (test) subjects as NIfTI images and label maps
   4. generate from the test label maps   python -m scripts.generate --labels <test labels> ...
   5. evaluate                     python -m evaluation.compute_metrics --real ... --fake ... --labels ...
@@ -57,7 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="intra-op threads per stage (on the 2-core CI machine one thread trains 2x faster than two)",
     )
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps for generation")
+    p.add_argument(
+        "--objective",
+        choices=("rflow", "ddpm"),
+        default="rflow",
+        help="stage-2 objective: rflow (rectified flow, 30 Euler steps; model=diffusion_rflow_tiny) or ddpm (the "
+        "paper's, sampled with DDIM). At the demo budget rflow-30 reached SSIM 0.91 against 0.80 for DDIM-25 and 0.90 "
+        "for 500 ancestral DDPM steps, 10x faster than the latter (README, Stage 2 samplers)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 30 for rflow, 25 for DDIM)")
     p.add_argument("--seg-steps", type=int, default=150, help="training steps of each Dice-protocol segmenter")
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
@@ -172,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "-m", "train.train_vqgan", vqgan_experiment, f"paths.output_dir={out / 'vqgan'}",
          f"trainer.max_time={_max_time(args.vqgan_minutes)}", *common], commands)
     stage1 = best_checkpoint(out / "vqgan" / "checkpoints")
-    run([py, "-m", "train.train_diffusion", "experiment=mni152_diffusion_cpu", f"model.first_stage_ckpt={stage1}",
+    stage2_model = ["model=diffusion_rflow_tiny"] if args.objective == "rflow" else []
+    run([py, "-m", "train.train_diffusion", "experiment=mni152_diffusion_cpu", *stage2_model,
+         f"model.first_stage_ckpt={stage1}",
          f"paths.output_dir={out / 'diffusion'}", f"trainer.max_time={_max_time(args.diffusion_minutes)}",
          f"trainer.max_steps={args.diffusion_steps}", *common], commands)
     stage2 = out / "diffusion" / "checkpoints" / "last.ckpt"
@@ -186,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     test, train = out / "data" / "test", out / "data" / "train"
 
     # 4. generation from the held-out label maps (and from the training label maps, for the augmentation test)
-    sampler = ["--sampler", "ddim", "--steps", str(args.steps), "--seed", "0", "--batch-size", "4"]
+    name, steps = ("rflow", 30) if args.objective == "rflow" else ("ddim", 25)
+    sampler = ["--sampler", name, "--steps", str(args.steps or steps), "--seed", "0", "--batch-size", "4"]
     run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(test / "labels"),
          "--out", str(out / "synthetic"), *sampler], commands)
     run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(train / "labels"),
