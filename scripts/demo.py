@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "paper's, sampled with DDIM). At the demo budget rflow-30 reached SSIM 0.91 against 0.80 for DDIM-25 and 0.90 "
         "for 500 ancestral DDPM steps, 10x faster than the latter (README, Stage 2 samplers)",
     )
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 30 for rflow, 25 for DDIM)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 30 for rflow, 25 for DDIM)"
+    )
     p.add_argument("--seg-steps", type=int, default=150, help="training steps of each Dice-protocol segmenter")
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
@@ -198,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     test, train = out / "data" / "test", out / "data" / "train"
 
     # 4. generation from the held-out label maps (and from the training label maps, for the augmentation test)
-    name, steps = ("rflow", 30) if args.objective == "rflow" else ("ddim", 25)
-    sampler = ["--sampler", name, "--steps", str(args.steps or steps), "--seed", "0", "--batch-size", "4"]
+    # sampler and steps: the checkpoint's own (sampler, sample_steps of diffusion_rflow_tiny or diffusion_tiny)
+    steps = ["--steps", str(args.steps)] if args.steps else []
+    gen_opts = [*steps, "--seed", "0", "--batch-size", "4"]
     run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(test / "labels"),
-         "--out", str(out / "synthetic"), *sampler], commands)
+         "--out", str(out / "synthetic"), *gen_opts], commands)
     run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(train / "labels"),
-         "--out", str(out / "synthetic_train"), *sampler], commands)
+         "--out", str(out / "synthetic_train"), *gen_opts], commands)
 
     # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
     metrics = (args.metrics or available_metrics()) + ",privacy"
