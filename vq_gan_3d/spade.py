@@ -4,32 +4,90 @@ SPADE (Park et al. 2019, https://arxiv.org/abs/1903.07291): normalise the featur
 parameters, then scale and shift them with maps predicted from the label map, so the semantic layout is
 re-injected after every normalisation instead of being washed out by it. This is the 3D form used by
 Med-LSDM (``SPADEGroupNorm3D``, reference-notes §1.6).
+
+Two speed-ups keep the result of the plain formulation:
+
+* **Lookup.** When the label map is an integer class map (or an exactly one-hot float map, which the SPADE
+  decoder turns into one), the first conv over the one-hot map is a lookup: at every voxel the conv adds one
+  weight column per kernel offset, the one of the neighbour's class (zero-padding = a class whose column is 0).
+  Label maps are piecewise constant, so the distinct neighbourhood patterns are few; the hidden map is computed
+  once per pattern and gathered. ``SPADE(..., lookup=False)`` keeps the plain conv over the one-hot map.
+* **Fused gamma/beta.** One conv with ``2C`` outputs (``mlp_gamma_beta``) replaces the two ``C``-output convs;
+  old state dicts with ``mlp_gamma.*`` / ``mlp_beta.*`` load through a pre-hook that concatenates them.
+
+:func:`modulation_cache` reuses every SPADE's (gamma, beta) across calls with the same label tensor, for
+sampling, where the label map is fixed over all denoising steps.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
+from dataset.contract import one_hot
 from vq_gan_3d.blocks import SamePadConv3d, group_count
+
+# Neighbourhood codes are packed into int64: (K + 1) ** n_offsets must stay below this.
+_MAX_CODE = 2**62
+
+
+def resize_labels(labels: torch.Tensor, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Nearest-resize an integer class map exactly as ``F.interpolate(one_hot, mode="nearest")`` does.
+
+    Args:
+        labels: (B, D, H, W) integer class indices (< 2**24, exact in float32).
+        size: target (d, h, w).
+
+    Returns:
+        (B, d, h, w) int64; the one-hot of the result is the nearest-resized one-hot of ``labels``.
+    """
+    if tuple(labels.shape[1:]) == tuple(size):
+        return labels.long()
+    # Same kernel as the one-hot path (float nearest), on one channel instead of K.
+    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
+    return resized[:, 0].long()
+
+
+def labels_from_one_hot(seg: torch.Tensor) -> torch.Tensor | None:
+    """Class indices of an exactly one-hot map, or None if ``seg`` is not one-hot (soft maps, features).
+
+    Args:
+        seg: (B, K, D, H, W) float map.
+
+    Returns:
+        (B, D, H, W) int64 or None.
+    """
+    if seg.is_floating_point() and seg.dim() == 5:
+        idx = seg.argmax(1)
+        if torch.equal(seg, F.one_hot(idx, seg.shape[1]).movedim(-1, 1).to(seg.dtype)):
+            return idx
+    return None
 
 
 class SPADE(nn.Module):
     """Parameter-free GroupNorm followed by a label-conditioned scale and shift.
 
     ``out = GroupNorm(x) * (1 + gamma(seg)) + beta(seg)`` where ``seg`` is nearest-resized to ``x``'s grid and
-    passed through a shared conv + ReLU (``hidden`` channels) and two convs for ``gamma`` and ``beta``. The
+    passed through a shared conv + ReLU (``hidden`` channels) and one conv giving ``gamma`` and ``beta``. The
     reference kernel ``(1, 3, 3)`` mixes in-plane only (depth is the slice axis); the convs zero-pad.
 
     Args:
         norm_channels: channels C of the normalised features.
-        label_nc: channels K of the one-hot label map.
+        label_nc: channels K of the one-hot label map (classes of an integer map).
         hidden: channels of the shared hidden map (128 in the paper; at full resolution this map dominates
             memory, about 1 GB per 32x256x256 sample in fp32).
-        kernel: odd kernel sizes (kD, kH, kW) of the three convs.
+        kernel: odd kernel sizes (kD, kH, kW) of the convs.
         num_groups: GroupNorm groups, capped at ``norm_channels`` (reference: 8).
         eps: GroupNorm epsilon.
+        lookup: compute the shared conv of an integer label map as a lookup of weight columns (see the module
+            docstring). False: one-hot the map and convolve, and run gamma and beta as two convs (the original
+            computation, kept for benchmarks and equivalence tests).
     """
 
     def __init__(
@@ -40,6 +98,7 @@ class SPADE(nn.Module):
         kernel: tuple[int, int, int] | list[int] = (1, 3, 3),
         num_groups: int = 8,
         eps: float = 1e-5,
+        lookup: bool = True,
     ) -> None:
         super().__init__()
         kernel = tuple(int(k) for k in kernel)
@@ -51,28 +110,169 @@ class SPADE(nn.Module):
             )
         padding = tuple(k // 2 for k in kernel)
         self.label_nc = label_nc
+        self.norm_channels = norm_channels
+        self.lookup = lookup
         self.norm = nn.GroupNorm(group_count(norm_channels, num_groups), norm_channels, eps=eps, affine=False)
         self.mlp_shared = nn.Sequential(nn.Conv3d(label_nc, hidden, kernel, padding=padding), nn.ReLU())
-        self.mlp_gamma = nn.Conv3d(hidden, norm_channels, kernel, padding=padding)
-        self.mlp_beta = nn.Conv3d(hidden, norm_channels, kernel, padding=padding)
+        self.mlp_gamma_beta = nn.Conv3d(hidden, 2 * norm_channels, kernel, padding=padding)
+        self.register_load_state_dict_pre_hook(_fuse_gamma_beta)
+        # (key, entry) of computed modulations while a modulation_cache is active; None = no caching.
+        self._modulation_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def hidden_map(self, seg: torch.Tensor, size: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """``ReLU(conv(resize(seg)))``: the shared hidden map on the (d, h, w) grid.
+
+        Args:
+            seg: (B, K, D, H, W) float map, or (B, D, H, W) / (B, 1, D, H, W) integer class map.
+            size: (d, h, w).
+            dtype: dtype the (one-hot) map is cast to before the conv (the features' dtype, as before).
+
+        Returns:
+            (B, hidden, d, h, w); from the lookup path its strides are channels-last.
+        """
+        if seg.is_floating_point():
+            seg = F.interpolate(seg.to(dtype), size=tuple(size), mode="nearest")
+            return self.mlp_shared(seg)
+        labels = seg[:, 0] if seg.dim() == 5 else seg
+        if not self.lookup:
+            dense = one_hot(labels[:, None], self.label_nc).to(dtype)
+            return self.mlp_shared(F.interpolate(dense, size=tuple(size), mode="nearest"))
+        return self._lookup_hidden(resize_labels(labels, size))
+
+    def _lookup_hidden(self, labels: torch.Tensor) -> torch.Tensor:
+        """``ReLU(conv(one_hot(labels)))`` from weight columns: labels (B, d, h, w) -> (B, hidden, d, h, w).
+
+        A zero-padded conv over a one-hot map at voxel p is ``bias + sum_o W[:, class(p + o), o]`` over the
+        kernel offsets o, with padding voxels contributing nothing. Padding with an extra class K whose weight
+        column is zero gives exactly that; the sum is computed once per distinct neighbourhood pattern.
+        """
+        conv = self.mlp_shared[0]
+        k = self.label_nc
+        kd, kh, kw = conv.kernel_size
+        pd, ph, pw = conv.padding
+        b, d, h, w = labels.shape
+        padded = F.pad(labels, (pw, pw, ph, ph, pd, pd), value=k)
+        windows = torch.stack(
+            [padded[:, i : i + d, j : j + h, m : m + w] for i in range(kd) for j in range(kh) for m in range(kw)],
+            dim=-1,
+        ).reshape(-1, kd * kh * kw)  # (N, n_offsets) class of each neighbour
+        n_off = windows.shape[1]
+        if (k + 1) ** n_off < _MAX_CODE:
+            place = (k + 1) ** torch.arange(n_off, device=labels.device)
+            codes, inverse = torch.unique((windows * place).sum(1), return_inverse=True)
+            patterns = (codes[:, None] // place) % (k + 1)  # (U, n_offsets)
+        else:
+            patterns, inverse = torch.unique(windows, dim=0, return_inverse=True)
+        # columns[o, c] = W[:, c, o] for c < K and 0 for the padding class c = K: (n_offsets, K + 1, hidden)
+        columns = F.pad(conv.weight.flatten(2), (0, 0, 0, 1)).permute(2, 1, 0)
+        table = conv.bias + columns[0][patterns[:, 0]]
+        for o in range(1, n_off):
+            table = table + columns[o][patterns[:, o]]
+        out = F.embedding(inverse.view(b, d, h, w), torch.relu(table))  # (B, d, h, w, hidden)
+        return out.permute(0, 4, 1, 2, 3)
+
+    def modulation(
+        self, seg: torch.Tensor, size: torch.Size | tuple[int, ...], dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 + gamma, beta)`` for ``seg`` on the (d, h, w) grid in ``dtype``, each (B, C, d, h, w).
+
+        Inside :func:`modulation_cache` the pair is computed once per distinct ``seg`` tensor and grid.
+        """
+        cache = self._modulation_cache
+        if cache is not None:
+            key = _cache_key(seg, size, dtype, self.parameters())
+            hit = cache.get(key)
+            if hit is not None and hit[0] is seg:
+                return hit[1], hit[2]
+        actv = self.hidden_map(seg, size, dtype)
+        wgt, bias = self.mlp_gamma_beta.weight, self.mlp_gamma_beta.bias
+        c = self.norm_channels
+        if self.lookup:
+            gamma, beta = self.mlp_gamma_beta(actv).chunk(2, dim=1)
+        else:  # the original two convs (same weights, slices of the fused conv)
+            pad = self.mlp_gamma_beta.padding
+            gamma = F.conv3d(actv, wgt[:c], bias[:c], padding=pad)
+            beta = F.conv3d(actv, wgt[c:], bias[c:], padding=pad)
+        scale = 1 + gamma
+        if cache is not None:
+            cache[key] = (seg, scale, beta)
+        return scale, beta
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` and modulate it by ``seg``.
 
         Args:
             x: (B, C, d, h, w) features.
-            seg: (B, K, D, H, W) one-hot (or soft) label map at any resolution; nearest-resized to (d, h, w).
+            seg: (B, K, D, H, W) one-hot (or soft) label map or features at any resolution, or a (B, 1, D, H, W)
+                integer class map with values in [0, K); nearest-resized to (d, h, w).
 
         Returns:
             (B, C, d, h, w).
         """
-        if seg.dim() != 5 or seg.shape[0] != x.shape[0] or seg.shape[1] != self.label_nc:
-            raise ValueError(
-                f"seg must be (B={x.shape[0]}, label_nc={self.label_nc}, D, H, W), got {tuple(seg.shape)}"
-            )
-        seg = F.interpolate(seg.to(x.dtype), size=x.shape[2:], mode="nearest")
-        actv = self.mlp_shared(seg)
-        return self.norm(x) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        if seg.is_floating_point():
+            if seg.dim() != 5 or seg.shape[0] != x.shape[0] or seg.shape[1] != self.label_nc:
+                raise ValueError(
+                    f"seg must be (B={x.shape[0]}, label_nc={self.label_nc}, D, H, W), got {tuple(seg.shape)}"
+                )
+        elif seg.dim() != 5 or seg.shape[0] != x.shape[0] or seg.shape[1] != 1:
+            raise ValueError(f"an integer seg must be (B={x.shape[0]}, 1, D, H, W), got {tuple(seg.shape)}")
+        scale, beta = self.modulation(seg, x.shape[2:], x.dtype)
+        return self.norm(x) * scale + beta
+
+
+def _cache_key(seg: torch.Tensor, size: Any, dtype: torch.dtype, params: Iterator[nn.Parameter]) -> tuple:
+    """Identity, storage and version of ``seg``, the target grid, and the parameters' versions.
+
+    ``_version`` changes on every in-place write, so an edited label map or an optimiser step is never
+    served from the cache.
+    """
+    return (
+        id(seg),
+        seg.data_ptr(),
+        seg._version,
+        tuple(seg.shape),
+        seg.dtype,
+        seg.device,
+        tuple(size),
+        dtype,
+        torch.is_grad_enabled(),
+        torch.is_autocast_enabled(seg.device.type),
+        tuple((p.data_ptr(), p._version) for p in params),
+    )
+
+
+def _fuse_gamma_beta(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: old ``mlp_gamma.*`` + ``mlp_beta.*`` entries -> ``mlp_gamma_beta.*``."""
+    for name in ("weight", "bias"):
+        g, b = f"{prefix}mlp_gamma.{name}", f"{prefix}mlp_beta.{name}"
+        if g in state_dict and b in state_dict:
+            state_dict[f"{prefix}mlp_gamma_beta.{name}"] = torch.cat((state_dict.pop(g), state_dict.pop(b)), 0)
+
+
+@contextlib.contextmanager
+def modulation_cache(module: nn.Module) -> Iterator[None]:
+    """Reuse every SPADE's (gamma, beta) of ``module`` across calls with the same label tensor.
+
+    Inside the context each :class:`SPADE` submodule computes its modulation once per distinct ``seg`` tensor
+    (keyed on the tensor object, its storage pointer, shape and ``_version``, the target grid and the
+    parameters' versions, so a changed map or weight is never reused) and returns the stored pair afterwards.
+    For sampling, where the label map (or the label features) stays fixed over all steps: pass the *same*
+    tensor object each step. Outside the context (and after it) nothing is cached. Re-entrant.
+
+    Args:
+        module: any module; its SPADE submodules (including itself) are affected.
+    """
+    spades = [m for m in module.modules() if isinstance(m, SPADE)]
+    previous = [m._modulation_cache for m in spades]
+    for m in spades:
+        m._modulation_cache = {}
+    try:
+        yield
+    finally:
+        for m, prev in zip(spades, previous):
+            m._modulation_cache = prev
 
 
 SPADEGroupNorm3D = SPADE  # the reference's name
@@ -89,6 +289,9 @@ class SPADEResBlock3D(nn.Module):
         spade_kernel: SPADE conv kernel.
         num_groups: SPADE GroupNorm groups.
         padding_type: ``F.pad`` mode of the 3x3x3 convs.
+        lookup: see :class:`SPADE`.
+        checkpointing: recompute the block's activations in the backward pass instead of storing them
+            (``torch.utils.checkpoint``, training with gradients only).
     """
 
     def __init__(
@@ -100,11 +303,14 @@ class SPADEResBlock3D(nn.Module):
         spade_kernel: tuple[int, int, int] | list[int] = (1, 3, 3),
         num_groups: int = 8,
         padding_type: str = "replicate",
+        lookup: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.norm1 = SPADE(in_channels, label_nc, spade_hidden, spade_kernel, num_groups)
+        self.checkpointing = checkpointing
+        self.norm1 = SPADE(in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
         self.conv1 = SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)
-        self.norm2 = SPADE(out_channels, label_nc, spade_hidden, spade_kernel, num_groups)
+        self.norm2 = SPADE(out_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
         self.conv2 = SamePadConv3d(out_channels, out_channels, 3, padding_type=padding_type)
         self.skip = (
             SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)
@@ -112,8 +318,13 @@ class SPADEResBlock3D(nn.Module):
             else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """x: (B, C_in, d, h, w), seg: (B, K, D, H, W) -> (B, C_out, d, h, w)."""
+    def _forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x, seg)))
         h = self.conv2(F.silu(self.norm2(h, seg)))
         return self.skip(x) + h
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, d, h, w), seg: (B, K, D, H, W) or (B, 1, D, H, W) integer -> (B, C_out, d, h, w)."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, seg, use_reentrant=False)
+        return self._forward(x, seg)
