@@ -169,8 +169,18 @@ class Unet3D(Denoiser):
         self.final_block = block(dim + init_dim, dim, time=False)
         self.final_conv = nn.Conv3d(dim, channels, 1)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, label_features: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, C, D, H, W), t: (B,), label_features: (B, C_label, D, H, W) or None → (B, C, D, H, W)."""
+    def predict(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        label_features: torch.Tensor | None,
+        time_offset: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, C, D, H, W), t: (B,), label_features: (B, C_label, D, H, W) or None → (B, C, D, H, W).
+
+        ``time_offset`` (B, 4·dim), optional, is added to the time embedding: how a global condition such as the
+        label stage's attribute vector (``diffusion.label_diffusion``) reaches every ResBlock.
+        """
         div = 2**self.num_downsamples
         if x.shape[3] % div or x.shape[4] % div:
             raise ValueError(
@@ -188,6 +198,8 @@ class Unet3D(Denoiser):
         x = self.init_depth_attn(x, pos_bias)
         r = x
         temb = self.time_mlp(t)
+        if time_offset is not None:
+            temb = temb + time_offset.to(temb.dtype)
 
         skips = []
         for res, lin_attn, d_attn, down in self.downs:

@@ -1,0 +1,512 @@
+"""Label latent diffusion (SPEC section 11): new label maps from noise, controlled by per-class volumes.
+
+The second half of the ``labels`` stage, on the stage-2 machinery: a frozen
+:class:`~vq_gan_3d.label_autoencoder.LabelAutoencoder` (its posterior mean is the latent, normalised by
+:class:`~diffusion.latent_norm.LatentNormalizer`), the plain pseudo-3D :class:`~diffusion.unet3d.Unet3D` with
+``conditioning="none"`` as the denoiser, :class:`~diffusion.schedulers.NoiseSchedule` (DDPM/DDIM or rectified
+flow), :class:`~diffusion.ema.EMA` and classifier-free guidance (:func:`~diffusion.guidance.combine`).
+
+Condition: an attribute vector per map, computed from the training label map itself (:func:`label_attributes`):
+the volume of every foreground class in mL (voxel count times the voxel volume from the sample's affine), and
+optionally the centroid (D, H, W, each in [-1, 1] of the grid) of chosen classes. Attributes are normalised with
+training statistics (buffers, measured at the start of training, saved in the checkpoint). The
+:class:`AttributeEmbedding` gives each attribute its own linear embedding and its own learned *null* vector; in
+training each attribute is replaced by its null independently with probability ``p_drop_attribute`` and all of
+them with probability ``p_uncond``, so at sampling any subset of attributes, or none, can be given. The embedding
+is added to the U-Net's time embedding. Guidance: ``u + w·(c − u)`` with ``u`` the all-null prediction.
+
+Logged keys: ``train/loss``; ``val/loss`` (EMA denoiser, all attributes given, seeded noise and timesteps).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataset.contract import one_hot
+from diffusion.ema import EMA
+from diffusion.guidance import combine
+from diffusion.latent_norm import LatentNormalizer
+from diffusion.schedulers import NoiseSchedule
+from diffusion.unet3d import Unet3D
+from vq_gan_3d.label_autoencoder import (
+    architecture_hparams,
+    build_label_autoencoder,
+    freeze,
+    load_label_autoencoder,
+)
+
+log = logging.getLogger(__name__)
+
+CENTROID_AXES = ("d", "h", "w")
+
+
+# ---------------------------------------------------------------------- attributes
+def attribute_names(class_names: Sequence[str], centroid_classes: Sequence[str] = ()) -> list[str]:
+    """Attribute names: ``<class>`` (volume in mL) per foreground class, then ``<class>.centroid_<d|h|w>``."""
+    names = [str(c) for c in class_names[1:]]
+    for c in centroid_classes:
+        names += [f"{c}.centroid_{a}" for a in CENTROID_AXES]
+    return names
+
+
+def voxel_volume_ml(affine: torch.Tensor) -> torch.Tensor:
+    """affine (B, 4, 4) or (4, 4) -> voxel volume in mL (B,) or (): ``|det A[:3, :3]|`` mm³ / 1000."""
+    return torch.linalg.det(affine[..., :3, :3].double()).abs() / 1000.0
+
+
+def label_attributes(
+    label: torch.Tensor, voxel_ml: torch.Tensor, label_nc: int, centroid_idx: Sequence[int] = ()
+) -> torch.Tensor:
+    """The attribute vector of integer label maps.
+
+    Args:
+        label: (B, 1, D, H, W) integer maps in [0, label_nc).
+        voxel_ml: (B,) voxel volume in mL of each map.
+        label_nc: K.
+        centroid_idx: classes whose centroid is an attribute; a class absent from a map has centroid 0 (centre).
+
+    Returns:
+        (B, K - 1 + 3·len(centroid_idx)) float64: volumes in mL of classes 1..K-1, then (d, h, w) centroids in
+        [-1, 1] (voxel centres on ``linspace(-1, 1, n)`` per axis).
+    """
+    lab = label[:, 0].long()
+    b = lab.shape[0]
+    counts = torch.stack([(lab == c).flatten(1).sum(1) for c in range(1, label_nc)], 1).double()  # (B, K-1)
+    out = [counts * voxel_ml.to(counts).view(b, 1)]
+    if centroid_idx:
+        axes = [torch.linspace(-1, 1, n, device=lab.device, dtype=torch.float64) for n in lab.shape[1:]]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, D, H, W)
+        for c in centroid_idx:
+            mask = (lab == c).double()  # (B, D, H, W)
+            n = mask.flatten(1).sum(1).clamp(min=1)
+            out.append(torch.einsum("bdhw,adhw->ba", mask, grid) / n.view(b, 1))
+    return torch.cat(out, 1)
+
+
+class AttributeEmbedding(nn.Module):
+    """Attribute vector with a given/dropped mask -> one embedding vector, a learned null per attribute.
+
+    ``e = MLP(Σ_i [m_i·(v_i·w_i + b_i) + (1 − m_i)·n_i])`` with ``w_i, b_i, n_i`` learned (A, H) rows.
+
+    Args:
+        num_attributes: A.
+        dim: width H of the per-attribute embeddings and of the output.
+    """
+
+    def __init__(self, num_attributes: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_attributes, dim) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(num_attributes, dim))
+        self.null = nn.Parameter(torch.randn(num_attributes, dim) * 0.1)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """values (B, A) normalised, mask (B, A) 1 = given / 0 = dropped -> (B, H)."""
+        m = mask.to(self.weight.dtype).unsqueeze(-1)
+        given = values.to(self.weight.dtype).unsqueeze(-1) * self.weight + self.bias  # (B, A, H)
+        return self.mlp((m * given + (1 - m) * self.null).sum(1))
+
+
+class AttributeDenoiser(nn.Module):
+    """``Unet3D`` (no label-map conditioning) whose time embedding gets the attribute embedding added.
+
+    Args:
+        channels: latent channels C.
+        latent_factor: the label autoencoder's (fd, fh, fw) (unused by an unconditional U-Net, kept for its API).
+        num_attributes: A.
+        unet_kwargs: ``Unet3D`` arguments (``dim``, ``dim_mults``, ...); ``conditioning`` is fixed to "none".
+    """
+
+    def __init__(self, channels: int, latent_factor: Sequence[int], num_attributes: int, unet_kwargs: dict) -> None:
+        super().__init__()
+        kwargs = dict(unet_kwargs)
+        if "conditioning" in kwargs or "channels" in kwargs:
+            raise ValueError("denoiser_kwargs must not set conditioning or channels: the label stage fixes them")
+        try:
+            self.unet = Unet3D(channels, 1, latent_factor, conditioning="none", **kwargs)
+        except TypeError as err:  # an unexpected keyword: a config typo
+            raise ValueError(f"label denoiser: {err}") from err
+        self.attributes = AttributeEmbedding(num_attributes, 4 * int(kwargs.get("dim", 64)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, C, d, h, w), t (B,), values/mask (B, A) -> prediction (B, C, d, h, w)."""
+        if t.shape != (x.shape[0],) or values.shape != mask.shape or values.shape[0] != x.shape[0]:
+            raise ValueError(f"bad shapes: x {tuple(x.shape)}, t {tuple(t.shape)}, attributes {tuple(values.shape)}")
+        return self.unet.predict(x, t, None, time_offset=self.attributes(values, mask))
+
+
+# ---------------------------------------------------------------------- sampling loop
+def run_sampler(
+    schedule: NoiseSchedule,
+    denoise: Any,
+    x: torch.Tensor,
+    sampler: str,
+    steps: int | None,
+    eta: float,
+    generator: torch.Generator | None,
+    start_t: int | None = None,
+) -> torch.Tensor:
+    """Integrate from ``x`` at noise level ``start_t`` (None: pure noise at T) down to a clean latent.
+
+    The loop of :meth:`NoiseSchedule.sample`, restricted to the inference timesteps at or below ``start_t`` so the
+    same code also denoises a partly noised latent (``--like``).
+
+    Returns:
+        (B, C, d, h, w) float32.
+    """
+    pairs = schedule.inference_timesteps(sampler, steps, int(x[0, 0].numel()))
+    if start_t is not None:
+        pairs = [(t, tn) for t, tn in pairs if t <= start_t]
+    x = x.float()
+    for t, t_next in pairs:
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = denoise(x, t_batch).float()
+        if sampler == "ddpm":
+            x = schedule.ddpm.step(out, t, x, generator=generator)[0]
+        elif sampler == "ddim":
+            x = schedule.ddim.step(out, t, x, eta=eta, generator=generator)[0]
+        else:
+            x = schedule.rflow.step(out, t, x, t_next)[0]
+    return x
+
+
+def first_timestep(
+    schedule: NoiseSchedule, sampler: str, steps: int | None, latent_numel: int, strength: float
+) -> int:
+    """The largest inference timestep at or below ``strength·T``: where a ``--like`` variation starts."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"--strength must be in (0, 1], got {strength}")
+    pairs = schedule.inference_timesteps(sampler, steps, latent_numel)
+    limit = strength * schedule.num_train_timesteps
+    below = [t for t, _ in pairs if t <= limit]
+    if not below:
+        raise ValueError(f"--strength {strength} is below the first denoising step; use a larger strength")
+    return max(below)
+
+
+# ---------------------------------------------------------------------- the module
+class LabelLatentDiffusion(pl.LightningModule):
+    """Latent diffusion over label-autoencoder latents, conditioned on per-class volumes (and centroids).
+
+    Args:
+        label_nc: K (``${dataset.label_nc}``).
+        class_names: K names, background first (``${dataset.class_names}``): the attribute names.
+        label_ae_ckpt: label autoencoder checkpoint to load when training starts (not opened when
+            ``label_ae_hparams`` is set, i.e. when this module is loaded from its own checkpoint).
+        label_ae_hparams: the autoencoder's architecture; filled in from ``label_ae_ckpt`` and saved here so one
+            checkpoint is enough to sample. Set by hand only to build an untrained autoencoder (tests).
+        block_size: (D, H, W) of the generated maps (``${dataset.block_size}``).
+        data_info: the dataset config (plain data, stored for generation).
+        centroid_classes: classes whose centroid is also an attribute (default none).
+        denoiser_kwargs: ``Unet3D`` arguments (``dim``, ``dim_mults``, ``attn_heads``, ...).
+        objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method: as in
+            :class:`~diffusion.module.LatentDiffusionModule`.
+        loss_type: "l1" or "l2".
+        p_drop_attribute: probability of dropping each attribute independently in training.
+        p_uncond: probability of dropping all attributes of a sample (the unconditional case).
+        guidance: default w of ``u + w·(c − u)`` (1: conditional only).
+        sampler: default sampler ("ddim", "ddpm" or "rflow").
+        sample_steps: default steps of ddim/rflow.
+        ddim_eta: default DDIM η.
+        latent_norm_per_channel: latent mean/std per channel (True) or global.
+        stats_batches: training batches read at fit start for the latent and attribute statistics.
+        lr, betas, weight_decay: AdamW.
+        ema_decay, ema_update_every, ema_start_step: EMA of the denoiser and the attribute embedding.
+        val_seed: seed of the validation noise and timesteps.
+    """
+
+    def __init__(
+        self,
+        label_nc: int,
+        class_names: Sequence[str],
+        label_ae_ckpt: str | None = None,
+        label_ae_hparams: dict | None = None,
+        block_size: Sequence[int] | None = None,
+        data_info: dict | None = None,
+        centroid_classes: Sequence[str] = (),
+        denoiser_kwargs: dict | None = None,
+        objective: str = "rflow",
+        num_train_timesteps: int = 1000,
+        schedule: str = "cosine",
+        prediction_type: str = "v_prediction",
+        loss_type: str = "l2",
+        clip_sample: float | None = None,
+        rflow_sample_method: str = "logit-normal",
+        p_drop_attribute: float = 0.3,
+        p_uncond: float = 0.1,
+        guidance: float = 1.0,
+        sampler: str = "rflow",
+        sample_steps: int = 30,
+        ddim_eta: float = 0.0,
+        latent_norm_per_channel: bool = True,
+        stats_batches: int = 8,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.995,
+        ema_update_every: int = 1,
+        ema_start_step: int = 200,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if len(class_names) != label_nc:
+            raise ValueError(f"class_names has {len(class_names)} names, label_nc is {label_nc}")
+        unknown = [c for c in centroid_classes if c not in list(class_names)[1:]]
+        if unknown:
+            raise ValueError(f"centroid_classes {unknown} are not foreground classes of {list(class_names)}")
+        for key, value in (("p_drop_attribute", p_drop_attribute), ("p_uncond", p_uncond)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {value}")
+        if loss_type not in ("l1", "l2") or guidance < 0 or lr <= 0 or stats_batches < 1:
+            raise ValueError("need loss_type l1|l2, guidance >= 0, lr > 0 and stats_batches >= 1")
+        if block_size is None or len(block_size) != 3:
+            raise ValueError(f"block_size must be (D, H, W), got {block_size}")
+
+        if label_ae_hparams is not None:
+            self.label_ae = build_label_autoencoder(label_ae_hparams)
+        elif label_ae_ckpt is not None:
+            self.label_ae = load_label_autoencoder(label_ae_ckpt)
+            self.hparams["label_ae_hparams"] = architecture_hparams(self.label_ae)
+        else:
+            raise ValueError("set label_ae_ckpt (a label autoencoder checkpoint) or label_ae_hparams")
+        freeze(self.label_ae)
+        if self.label_ae.label_nc != label_nc:
+            raise ValueError(f"the label autoencoder has label_nc={self.label_ae.label_nc}, this model {label_nc}")
+        self.label_nc = label_nc
+        self.class_names = [str(c) for c in class_names]
+        self.block_size = tuple(int(s) for s in block_size)
+        if any(s % f for s, f in zip(self.block_size, self.label_ae.latent_factor)):
+            raise ValueError(f"block_size {self.block_size} is not divisible by {self.label_ae.latent_factor}")
+        self.centroid_idx = [self.class_names.index(c) for c in centroid_classes]
+        self.attribute_names = attribute_names(self.class_names, centroid_classes)
+        n_attr = len(self.attribute_names)
+
+        channels = self.label_ae.latent_channels
+        self.denoiser = AttributeDenoiser(channels, self.label_ae.latent_factor, n_attr, dict(denoiser_kwargs or {}))
+        self.ema = EMA(self.denoiser, ema_decay, ema_update_every, ema_start_step)
+        self.latent_norm = LatentNormalizer(channels, "std", latent_norm_per_channel)
+        self.register_buffer("attr_mean", torch.zeros(n_attr))
+        self.register_buffer("attr_std", torch.ones(n_attr))
+        self.register_buffer("voxel_size_dhw", torch.zeros(3, dtype=torch.float64))  # median training voxel, mm
+        self.register_buffer("attr_fitted", torch.tensor(False))
+        self.schedule = NoiseSchedule(
+            objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method
+        )
+        if sampler not in self.schedule.samplers:
+            raise ValueError(f"sampler {sampler!r} does not fit objective {objective!r}; use {self.schedule.samplers}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, d, h, w) of a generated map's latent."""
+        f = self.label_ae.latent_factor
+        return (self.label_ae.latent_channels, *(s // k for s, k in zip(self.block_size, f)))
+
+    def train(self, mode: bool = True) -> LabelLatentDiffusion:
+        """As ``nn.Module.train``, but the frozen autoencoder and the EMA copy always stay in eval mode."""
+        super().train(mode)
+        self.label_ae.eval()
+        self.ema.eval()
+        return self
+
+    def attributes_of(self, label: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+        """Raw attributes (B, A) float64 of label maps (B, 1, D, H, W) with affines (B, 4, 4)."""
+        return label_attributes(label, voxel_volume_ml(affine), self.label_nc, self.centroid_idx)
+
+    def normalize_attributes(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw (B, A) -> (B, A) float32 in training-statistics units."""
+        return ((values.double() - self.attr_mean.double()) / self.attr_std.double()).float()
+
+    @torch.no_grad()
+    def encode_labels(self, label: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) int -> normalised latent (B, C, d, h, w) float32 (posterior mean)."""
+        return self.latent_norm.normalize(self.label_ae.encode(one_hot(label, self.label_nc)).float())
+
+    # ------------------------------------------------------------------ statistics
+    def on_fit_start(self) -> None:
+        """Measure latent, attribute and voxel statistics once (a resumed run carries them in its buffers)."""
+        if bool(self.attr_fitted) and self.latent_norm.is_fitted:
+            return
+        latents, attrs, voxels = [], [], []
+        for batch in self._stat_batches(self.hparams.stats_batches):
+            label, affine = batch["label"].to(self.device), batch["affine"].to(self.device)
+            latents.append(self.label_ae.encode(one_hot(label, self.label_nc)).float())
+            attrs.append(self.attributes_of(label, affine))
+            norms = torch.linalg.norm(affine[:, :3, :3].double(), dim=1)  # (B, 3) column lengths I, J, K
+            voxels.append(norms[:, [2, 0, 1]])  # (D, H, W) = (K, I, J)
+        reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
+        self.latent_norm.fit_std(latents, all_reduce=(lambda t: reduce(t, reduce_op="sum")) if reduce else None)
+        a = torch.cat(attrs)
+        if a.shape[0] < 2:
+            raise ValueError("attribute statistics need at least two training maps (raise stats_batches)")
+        std = a.std(0)
+        # a constant attribute (e.g. one class of equal size everywhere) gets unit scale instead of infinity
+        self.attr_mean.copy_(a.mean(0).float())
+        self.attr_std.copy_(torch.where(std > 1e-6 * a.abs().mean(0).clamp(min=1e-12), std, torch.ones_like(std)))
+        self.voxel_size_dhw.copy_(torch.cat(voxels).median(0).values)
+        self.attr_fitted.fill_(True)
+        log.info("attribute statistics over %d maps: mean %s, std %s", a.shape[0], self.attr_mean, self.attr_std)
+
+    def _stat_batches(self, n: int) -> Iterator[Mapping[str, torch.Tensor]]:
+        loader = self.trainer.fit_loop._data_source.dataloader()
+        if isinstance(loader, Sequence):
+            loader = loader[0]
+        yield from islice(loader, n)
+
+    # ------------------------------------------------------------------ training
+    def _loss(
+        self,
+        net: nn.Module,
+        z0: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
+        pred = net(self.schedule.add_noise(z0, noise, t), t, values, mask).float()
+        target = self.schedule.target(z0, noise, t)
+        return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
+
+    def drop_mask(self, batch: int, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, A) float mask: each attribute kept with prob 1 − p_drop_attribute, all dropped with prob p_uncond."""
+        hp = self.hparams
+        keep = torch.rand(batch, num, device=self.device, generator=generator) >= hp.p_drop_attribute
+        keep &= (torch.rand(batch, 1, device=self.device, generator=generator) >= hp.p_uncond).expand(-1, num)
+        return keep.float()
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss on ``{"label": (B, 1, D, H, W) int64, "affine": (B, 4, 4), ...}`` (images are not used)."""
+        label = batch["label"]
+        z0 = self.encode_labels(label)
+        values = self.normalize_attributes(self.attributes_of(label, batch["affine"]))
+        mask = self.drop_mask(*values.shape)
+        loss = self._loss(self.denoiser, z0, values, mask, None)
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Seeded loss of the EMA denoiser with every attribute given."""
+        label = batch["label"]
+        z0 = self.encode_labels(label)
+        values = self.normalize_attributes(self.attributes_of(label, batch["affine"]))
+        gen = torch.Generator(device=self.device).manual_seed(self.hparams.val_seed + batch_idx)
+        loss = self._loss(self.ema.module, z0, values, torch.ones_like(values), gen)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=z0.shape[0])
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then update the EMA (after real optimiser steps only)."""
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.denoiser, self.global_step + 1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.AdamW(
+            self.denoiser.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        )
+
+    @torch.no_grad()
+    def log_volumes(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Real label maps and maps sampled with their attributes (B, 1, D, H, W) int64 for the montage callback."""
+        label = batch["label"].to(self.device)
+        values = self.attributes_of(label, batch["affine"].to(self.device))
+        gen = torch.Generator(device=self.device).manual_seed(self.hparams.val_seed)
+        fake = self.sample_labels(values, torch.ones_like(values), generator=gen)
+        return {"label": label.cpu(), "label_sample": fake.cpu()}
+
+    # ------------------------------------------------------------------ sampling
+    def condition(self, requested: Mapping[str, float], batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw attribute values (B, A) float64 and mask (B, A) from ``{attribute name: value}``.
+
+        Raises:
+            ValueError: an unknown attribute name (the message lists the valid ones).
+        """
+        values = torch.zeros(batch, len(self.attribute_names), dtype=torch.float64, device=self.device)
+        mask = torch.zeros_like(values)
+        for name, value in requested.items():
+            if name not in self.attribute_names:
+                raise ValueError(f"unknown attribute {name!r}; this model knows {', '.join(self.attribute_names)}")
+            i = self.attribute_names.index(name)
+            values[:, i], mask[:, i] = float(value), 1.0
+        return values, mask
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+        eta: float | None = None,
+        like: torch.Tensor | None = None,
+        strength: float = 1.0,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Sample normalised-space latents, then return them in the autoencoder's latent space.
+
+        Args:
+            values: (B, A) raw attribute values (mL, centroid units); ignored where ``mask`` is 0.
+            mask: (B, A) 1 = attribute given, 0 = left free (all zeros: unconditional).
+            sampler: "ddpm", "ddim" or "rflow" (default the checkpoint's).
+            steps: sampler steps (default the checkpoint's; ddpm runs T).
+            guidance: w of ``u + w·(c − u)`` (default the checkpoint's).
+            generator: RNG on the model's device: same seed, same maps.
+            eta: DDIM η.
+            like: (B, 1, D, H, W) integer maps to vary: their latents are noised to ``strength`` and denoised.
+            strength: fraction of the noise schedule ``like`` is noised to (1: ignore it entirely).
+            use_ema: EMA weights (default) or the training weights.
+
+        Returns:
+            (B, C, d, h, w) float32 latents (denormalised).
+        """
+        if not (bool(self.attr_fitted) and self.latent_norm.is_fitted):
+            raise RuntimeError("statistics are not set: train this model (or load a trained checkpoint) first")
+        hp = self.hparams
+        sampler = sampler or hp.sampler
+        if sampler not in self.schedule.samplers:
+            raise ValueError(f"sampler {sampler!r} does not fit this model; use {self.schedule.samplers}")
+        if steps is None and sampler != "ddpm":
+            steps = hp.sample_steps
+        guidance = hp.guidance if guidance is None else float(guidance)
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        eta = hp.ddim_eta if eta is None else eta
+        values = self.normalize_attributes(values.to(self.device))
+        mask = mask.to(self.device, torch.float32)
+        net = self.ema.module if use_ema else self.denoiser
+        b = values.shape[0]
+        noise = torch.randn((b, *self.latent_shape), device=self.device, generator=generator)
+        none_given = not bool(mask.any())
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if none_given or guidance == 1.0:
+                return net(x, t, values, mask)
+            out = net(torch.cat((x, x)), torch.cat((t, t)), torch.cat((values, values)), torch.cat((mask, 0 * mask)))
+            c, u = out.chunk(2)
+            return combine(c, u, guidance)
+
+        start_t = None
+        x = noise
+        if like is not None and strength < 1.0:
+            start_t = first_timestep(self.schedule, sampler, steps, int(noise[0, 0].numel()), strength)
+            z0 = self.encode_labels(like.to(self.device))
+            t0 = torch.full((b,), start_t, device=self.device, dtype=torch.long)
+            x = self.schedule.add_noise(z0, noise, t0)
+        z = run_sampler(self.schedule, denoise, x, sampler, steps, eta, generator, start_t)
+        return self.latent_norm.denormalize(z)
+
+    @torch.no_grad()
+    def sample_labels(self, values: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """New integer label maps (B, 1, D, H, W) int64; arguments as :meth:`sample_latents`."""
+        return self.label_ae.decode_labels(self.sample_latents(values, mask, **kwargs))
