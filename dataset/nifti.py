@@ -6,13 +6,20 @@ always the NIfTI affine of the *stored* (I, J, K) array, so :func:`save_nifti` c
 with that affine unchanged. :func:`shift_affine` gives the affine of a sub-block cut at a (D, H, W) offset.
 
 Every problem with a file raises :class:`dataset.DataError` whose message starts with the file's path.
+
+Before any voxel is read, :func:`check_declared_size` compares the size the header declares (dimensions x bytes
+per voxel) with the file and with a voxel limit, so a tiny file whose header claims 100000 x 100000 voxels is
+refused in one line instead of driving the process out of memory. The limit is :data:`DEFAULT_MAX_VOXELS`
+(2**30 voxels: 4 GiB as float32, 8 GiB once a label map is int64), overridable with the environment variable
+``MEDLSDM_MAX_VOXELS``.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import os
-import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 
 from dataset.contract import DataError, Sample, check_label_range
+from dataset.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,14 @@ log = logging.getLogger(__name__)
 AFFINE_ATOL = 1e-3
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: Largest number of voxels (all dimensions together) a NIfTI file may declare, unless ``MEDLSDM_MAX_VOXELS``
+#: says otherwise. 2**30 holds a 1024 x 1024 x 1024 volume, far above any CT or MR series we read.
+DEFAULT_MAX_VOXELS = 2**30
+MAX_VOXELS_ENV = "MEDLSDM_MAX_VOXELS"
+#: Deflate cannot compress better than 1032:1, so a ``.nii.gz`` of n bytes never decompresses to more than
+#: about ``n * GZIP_MAX_RATIO`` bytes; a header declaring more is false or the file is truncated.
+GZIP_MAX_RATIO = 1032
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -73,6 +89,104 @@ def voxel_size_dhw(affine: np.ndarray) -> tuple[float, float, float]:
     return float(norms[2]), float(norms[0]), float(norms[1])
 
 
+def max_voxels() -> int:
+    """The voxel limit: ``MEDLSDM_MAX_VOXELS`` if set, else :data:`DEFAULT_MAX_VOXELS`.
+
+    Raises:
+        ValueError: the environment variable is not a positive integer.
+    """
+    raw = os.environ.get(MAX_VOXELS_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_VOXELS_ENV}={raw!r} must be a positive integer (a number of voxels)")
+    return value
+
+
+def _gunzipped_size(path: Path, stop: int, chunk: int = 1 << 20) -> int:
+    # Count decompressed bytes chunk by chunk (nothing kept), up to `stop`; handles multi-member gzip files.
+    total = 0
+    with gzip.open(path, "rb") as fh:
+        while total < stop and (block := fh.read(chunk)):
+            total += len(block)
+    return total
+
+
+def check_declared_size(path: str | Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
+    """Refuse a NIfTI file whose header declares more voxels than the limit or than the file can hold.
+
+    Only the header is used; nothing the size of the voxel data is allocated. For ``.nii`` the file must hold
+    ``vox_offset + voxels * bytes per voxel`` bytes; for ``.nii.gz`` that size must fit the deflate bound
+    (:data:`GZIP_MAX_RATIO`) and the gzip trailer's ISIZE (uncompressed size mod 2**32); when the trailer
+    disagrees (a multi-member gzip, e.g. bgzip) the decompressed bytes are counted without being kept.
+
+    Raises:
+        DataError: one line naming the file, the declared shape and what does not fit.
+        ValueError: ``MEDLSDM_MAX_VOXELS`` is not a positive integer.
+    """
+    path = Path(path)
+    header = img.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    n_voxels = math.prod(shape)
+    dims = "x".join(str(n) for n in shape)
+    limit = max_voxels()
+    if n_voxels > limit:
+        raise DataError(
+            f"{path}: header declares {dims} = {n_voxels} voxels, more than the limit of {limit} "
+            f"(set {MAX_VOXELS_ENV} to allow larger volumes)"
+        )
+    dtype = header.get_data_dtype()
+    needed = int(header.get_data_offset()) + n_voxels * dtype.itemsize
+    size = path.stat().st_size
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        if needed > size * GZIP_MAX_RATIO:
+            raise DataError(
+                f"{path}: header declares {dims} {dtype} voxels ({needed} bytes), more than a {size}-byte gzip "
+                "file can hold; the header is false or the file is truncated"
+            )
+        if needed < 2**32:  # ISIZE is only the size modulo 2**32
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(fh.read(4), "little")
+            if isize < needed and (actual := _gunzipped_size(path, needed)) < needed:
+                raise DataError(
+                    f"{path}: header declares {dims} {dtype} voxels ({needed} bytes with the header) but the file "
+                    f"decompresses to {actual} bytes; the header is false or the file is truncated"
+                )
+    elif name.endswith(".nii") and size < needed:
+        raise DataError(
+            f"{path}: header declares {dims} {dtype} voxels ({needed} bytes with the header) but the file has "
+            f"{size} bytes; the header is false or the file is truncated"
+        )
+
+
+def load_header(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """Open a NIfTI file without reading its voxels, after :func:`check_declared_size`.
+
+    Returns:
+        The nibabel image (header, affine, lazy ``dataobj``).
+
+    Raises:
+        DataError: missing, unreadable or not NIfTI; declared size too large or not matching the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    check_declared_size(path, img)
+    return img
+
+
 def read_nifti(path: str | Path, allow_4d: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI file's voxels in stored (I, J, K) order and its affine.
 
@@ -88,20 +202,18 @@ def read_nifti(path: str | Path, allow_4d: bool = False) -> tuple[np.ndarray, np
         affine (4, 4) float64.
 
     Raises:
-        DataError: missing, unreadable or corrupt file; wrong number of dimensions; invalid affine.
+        DataError: missing, unreadable or corrupt file; declared size too large or not matching the file
+            (:func:`check_declared_size`, checked before the voxels are read); wrong number of dimensions;
+            invalid affine.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    img = load_header(path)
     try:
-        img = nib.load(str(path))
         # Reading the data here (not lazily later) surfaces truncated or corrupt gzip streams now.
         array = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, OSError, ...)
         raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim < 3 or array.ndim > 4 or (array.ndim == 4 and not allow_4d):
@@ -132,8 +244,8 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return ijk_to_dhw(image), affine
 
 
-def label_array_to_int(array: np.ndarray, source: str) -> np.ndarray:
-    """Convert a label array to int64, refusing non-integer or non-finite values.
+def check_integer_labels(array: np.ndarray, source: str) -> None:
+    """Raise :class:`DataError` unless ``array`` holds integer class ids (integer dtype, or integral floats).
 
     Args:
         array: label voxels, any shape and numeric dtype.
@@ -146,7 +258,25 @@ def label_array_to_int(array: np.ndarray, source: str) -> np.ndarray:
             raise DataError(f"{source}: label map holds non-integer values; expected integer class ids")
     elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         raise DataError(f"{source}: label map has unsupported data type {array.dtype}")
+
+
+def label_array_to_int(array: np.ndarray, source: str) -> np.ndarray:
+    """Convert a label array to int64, refusing non-integer or non-finite values (:func:`check_integer_labels`)."""
+    check_integer_labels(array, source)
     return array.astype(np.int64)
+
+
+def label_value_range(path: str | Path) -> tuple[int, int]:
+    """Smallest and largest value of a label file (``(0, 0)`` when empty), without an int64 copy.
+
+    Raises:
+        DataError: see :func:`read_nifti`; non-integer or non-finite values.
+    """
+    array, _ = read_nifti(path)
+    check_integer_labels(array, str(path))
+    if array.size == 0:
+        return 0, 0
+    return int(array.min()), int(array.max())
 
 
 def load_label(path: str | Path, label_nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +398,8 @@ def save_nifti(
 
     The header carries geometry only (fresh header: sform and qform from ``affine`` with code 1 "scanner",
     units mm; no description, aux file or intent), so nothing from an input file leaks into outputs. The file
-    is written to a hidden temporary name in the target folder and then renamed.
+    is written with :func:`dataset.files.atomic_write` (hidden temporary file in the target folder, fsync,
+    rename), so a reader or a kill never leaves a half-written volume.
 
     Args:
         path: destination ending in ``.nii.gz`` or ``.nii``; parent folders are created.
@@ -297,7 +428,7 @@ def save_nifti(
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
         raise ValueError(f"{path}: affine must be a finite (4, 4) matrix, got {aff.tolist()}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
 
     out_dtype = np.dtype(dtype) if dtype is not None else _default_dtype(data)
     img = nib.Nifti1Image(dhw_to_ijk(data).astype(out_dtype, copy=False), aff)  # fresh header
@@ -305,32 +436,4 @@ def save_nifti(
     img.set_qform(aff, code=1)
     img.header.set_xyzt_units("mm")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        commit_file(tmp, path, overwrite)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def commit_file(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Move a finished temporary file into place; without ``overwrite`` this never replaces a file.
-
-    Without ``overwrite`` the move is a hard link (atomic "create if absent") followed by removing ``tmp``, so
-    two writers cannot both succeed; on file systems without hard links it falls back to check-then-rename.
-    """
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
-    except OSError:  # no hard links on this file system
-        if path.exists():
-            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite, suffix=suffix)

@@ -9,15 +9,15 @@ integer rows are label maps drawn with a fixed colour table (class 0 black).
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from dataset.files import atomic_write
 
 OVERLAY_ALPHA = 0.45
 MIN_TILE_PIXELS = 96
@@ -99,19 +99,6 @@ def slice_indices(depth: int, num_slices: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(0, depth - 1, num_slices + 2)[1:-1]]
 
 
-def _atomic_save(path: Path, write: Callable[[Path], object], overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_montage(
     path: str | Path,
     rows: Sequence[tuple[str, torch.Tensor | np.ndarray]],
@@ -170,7 +157,7 @@ def save_montage(
     draw = ImageDraw.Draw(canvas)
     for r, (title, _) in enumerate(volumes):
         draw.text((4, r * row_height + row_height // 2 - 6), title[:14], fill=(0, 0, 0))
-    return _atomic_save(Path(path), lambda tmp: canvas.save(tmp, format="PNG"), overwrite)
+    return atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"), overwrite=overwrite, suffix=".png")
 
 
 def save_gif(
@@ -208,8 +195,9 @@ def save_gif(
         frame = grey if lab is None else np.concatenate([grey, _render_label(np.rot90(lab[d]), colours, grey)], axis=1)
         frames.append(frame.repeat(scale, axis=0).repeat(scale, axis=1))
     stack = np.stack(frames)
-    return _atomic_save(
+    return atomic_write(
         Path(path),
         lambda tmp: iio.imwrite(tmp, stack, extension=".gif", duration=1000.0 / fps, loop=0),
-        overwrite,
+        overwrite=overwrite,
+        suffix=".gif",
     )

@@ -11,18 +11,18 @@ The module is named ``nifti_io`` rather than ``io`` so that running ``python eva
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import torch
 
 from dataset import DataError
-from dataset.nifti import NIFTI_SUFFIXES, check_same_geometry, strip_nifti_suffix
+
+# The one atomic-write helper lives in dataset.files; these names stay importable from here for the CLIs.
+from dataset.files import atomic_torch_save as atomic_torch_save
+from dataset.files import atomic_write as atomic_write
+from dataset.files import atomic_write_text as atomic_write_text
+from dataset.nifti import NIFTI_SUFFIXES, check_same_geometry, load_header, strip_nifti_suffix
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,12 @@ def read_header(path: Path) -> Header:
     """Shape as (D, H, W) and affine of a NIfTI file, from its header only.
 
     Raises:
-        DataError: unreadable, not NIfTI, or not a 3D volume (a trailing singleton 4th axis is allowed).
+        DataError: unreadable, not NIfTI, a declared size the file cannot hold or above the voxel limit
+            (:func:`dataset.nifti.check_declared_size`), or not a 3D volume (a trailing singleton 4th axis is
+            allowed).
     """
     path = Path(path)
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # nibabel raises many types for unreadable files
-        raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    img = load_header(path)
     shape = img.shape
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise DataError(f"{path}: expected a 3-D volume, got shape {tuple(shape)}")
@@ -107,30 +104,3 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
         parent = Path(p).parent
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"{p}: parent {parent} is not a folder")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file in the target folder, then rename it over ``path``.
-
-    Readers never see a half-written file, and an interrupted run leaves any old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text atomically (:func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_torch_save(path: Path, obj: object) -> None:
-    """``torch.save`` atomically (:func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
