@@ -1,0 +1,158 @@
+"""Config composition: every composed model config matches its constructor's signature, variants inherit.
+
+Model configs inherit (``defaults: [vq_gan_3d, _self_]``) instead of copying, so a key is spelled out once. The
+checks here therefore run on *composed* configs: every key must be an argument of the class the config builds
+(a typo is an error), every argument without a default must be given, and a denoiser group's
+``denoiser_kwargs`` must be arguments of that denoiser's constructor.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from diffusion.denoisers import DENOISERS
+from diffusion.label_diffusion import LabelLatentDiffusion
+from diffusion.module import LatentDiffusionModule
+from vq_gan_3d.label_autoencoder import LabelAutoencoder
+from vq_gan_3d.module import VQGANModule
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+DENOISER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model" / "denoiser").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+# The classes a model config may name: a fixed table, so a config never decides what code is imported.
+TARGETS = {
+    "vq_gan_3d.module.VQGANModule": VQGANModule,
+    "diffusion.module.LatentDiffusionModule": LatentDiffusionModule,
+    "vq_gan_3d.label_autoencoder.LabelAutoencoder": LabelAutoencoder,
+    "diffusion.label_diffusion.LabelLatentDiffusion": LabelLatentDiffusion,
+}
+# Constructor arguments that are not hyperparameters a config sets (filled by the code).
+NOT_CONFIG = {"self"}
+
+
+def _compose(primary: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name=primary, overrides=[*overrides, "paths.output_dir=/nonexistent/out", "paths.data_dir=data"]
+        )
+
+
+def _primary(model_name: str) -> str:
+    """The primary config (config/<primary>.yaml) whose stage a model config belongs to."""
+    for prefix, primary in (("label_ae", "label_ae"), ("label_diffusion", "label_diffusion"), ("diffusion", "diffusion")):
+        if model_name.startswith(prefix):
+            return primary
+    return "vqgan"
+
+
+def constructor_parameters(cls: type) -> set[str]:
+    """Named arguments of ``cls(...)``, following ``**kwargs`` pass-through to the base classes' constructors."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names - {"self"}
+
+
+def _signature_check(node: dict, cls: type) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    keys = {k for k in node if not k.startswith("_")}
+    unknown = keys - set(params)
+    assert not unknown, f"{cls.__name__} takes no argument(s) {sorted(unknown)}"
+    required = {
+        name
+        for name, p in params.items()
+        if name not in NOT_CONFIG and p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+    missing = required - keys
+    assert not missing, f"{cls.__name__} needs {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_composed_model_config_matches_constructor(name: str) -> None:
+    cfg = _compose(_primary(name), [f"model={name}"])
+    node = OmegaConf.to_container(cfg.model, resolve=False)
+    assert node["_target_"] in TARGETS, f"model/{name}.yaml builds {node['_target_']}, not a known model class"
+    cls = TARGETS[node["_target_"]]
+    _signature_check(node, cls)
+    if cls is LatentDiffusionModule:
+        denoiser = DENOISERS[node["denoiser"]]
+        kwargs = set(node["denoiser_kwargs"])
+        # channels, label_nc and latent_factor come from the first stage, the rest from denoiser_kwargs
+        params = constructor_parameters(denoiser) - {"channels", "label_nc", "latent_factor"}
+        assert kwargs <= params, f"{denoiser.__name__} takes no argument(s) {sorted(kwargs - params)}"
+
+
+@pytest.mark.parametrize("name", DENOISER_CONFIGS)
+def test_every_denoiser_group_option_composes(name: str) -> None:
+    cfg = _compose("diffusion", [f"model/denoiser@model={name}"])
+    assert cfg.model.denoiser in DENOISERS
+    kwargs = set(cfg.model.denoiser_kwargs)
+    assert kwargs <= constructor_parameters(DENOISERS[cfg.model.denoiser]) - {"channels", "label_nc", "latent_factor"}
+
+
+def test_variants_inherit_their_parent() -> None:
+    """The SPADE VQ-GAN is vq_gan_3d with 2 values changed, the tiny SPADE one the tiny one with 1."""
+
+    def model(name: str) -> dict:
+        return OmegaConf.to_container(_compose(_primary(name), [f"model={name}"]).model, resolve=False)
+
+    def changed(a: dict, b: dict) -> set[str]:
+        return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+    assert changed(model("vq_gan_3d"), model("vq_gan_spade")) == {"decoder", "discriminator_iter_start"}
+    assert changed(model("vq_gan_3d_tiny"), model("vq_gan_spade_tiny")) == {"decoder"}
+    paper, monai = model("diffusion"), model("diffusion_monai_spade")
+    assert changed(paper, monai) == {"denoiser", "denoiser_kwargs"}
+    # the group replaces denoiser_kwargs as a whole: no Unet3D-only key survives in the MONAI denoiser's
+    assert "use_rotary" in paper["denoiser_kwargs"] and "use_rotary" not in monai["denoiser_kwargs"]
+    for name in ("vq_gan_spade.yaml", "vq_gan_spade_tiny.yaml", "diffusion_monai_spade.yaml"):
+        text = (CONFIG_DIR / "model" / name).read_text()
+        assert "defaults:" in text and len([ln for ln in text.splitlines() if ln and not ln.startswith("#")]) < 10
+
+
+def test_cli_override_of_a_new_intensity_kind() -> None:
+    """The README's own-data example: a dict intensity spec on the command line composes (it used to fail)."""
+    cfg = _compose("vqgan", ["dataset=nifti_pairs", "dataset.intensity={kind: ct_window, hu_min: -1000, hu_max: 1000}"])
+    expected = {"kind": "ct_window", "hu_min": -1000, "hu_max": 1000}
+    assert OmegaConf.to_container(cfg.dataset.datamodule.dataset.intensity, resolve=True) == expected
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith(("duke", "autopet", "synthrad")) and "labels" not in e])
+def test_paper_experiments_share_one_trainer_block(name: str) -> None:
+    primary = "diffusion" if "diffusion" in name else "vqgan"
+    cfg = _compose(primary, [f"experiment={name}"])
+    shared = {"max_steps": 400000, "val_check_interval": 2000, "limit_val_batches": 50}
+    if primary == "diffusion":
+        shared = {"max_steps": 700000, "val_check_interval": 5000, "limit_val_batches": 20}
+    assert {k: cfg.trainer[k] for k in shared} == shared
+    assert cfg.trainer.accelerator == "gpu" and cfg.dataset.datamodule.num_workers == 4
+    text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
+    assert "max_steps" not in text  # the trainer block lives in experiment/shared/, not in each experiment
+
+
+@pytest.mark.parametrize("stage", ["vqgan", "diffusion"])
+def test_own_data_cpu_experiments(stage: str, tmp_path: Path) -> None:
+    """experiment=nifti_pairs_<stage>_cpu with a dataset config of the user's own, found via hydra.searchpath."""
+    (tmp_path / "dataset").mkdir()
+    text = (CONFIG_DIR / "dataset" / "nifti_pairs.yaml").read_text().replace("name: nifti_pairs ", "name: mydata ")
+    (tmp_path / "dataset" / "mydata.yaml").write_text(text.replace("label_nc: 2 ", "label_nc: 3 ", 1))
+    cfg = _compose(
+        stage, [f"experiment=nifti_pairs_{stage}_cpu", "dataset=mydata", f"hydra.searchpath=[file://{tmp_path}]"]
+    )
+    assert (cfg.dataset.name, cfg.dataset.label_nc, cfg.dataset.datamodule.num_workers) == ("mydata", 3, 0)
+    assert cfg.trainer.accelerator == "cpu"
+    if stage == "vqgan":
+        assert cfg.model.perceptual_weight == 0.0 and cfg.model.decoder == "spade"  # no VGG weights needed
+    else:
+        assert cfg.model.denoiser_kwargs.dim == 16 and cfg.model.data_info.name == "mydata"
