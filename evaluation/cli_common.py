@@ -1,4 +1,4 @@
-"""What the evaluation command-line tools share: parse, set up logging, run, turn known errors into exit code 2."""
+"""What the evaluation command-line tools share: help format, output checks, exit code 2 for user errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,51 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+from dataset import DataError
+from dataset.files import check_output_dir, install_signal_cleanup
 
 logger = logging.getLogger(__name__)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every option's default (except ``None``: the help says what happens then) and keeps
+    the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def check_output_files(
+    paths: list[Path], overwrite: bool, ours: Callable[[Path], bool] | None = None, what: str = "--out"
+) -> None:
+    """Check every output file before any expensive work.
+
+    Each file's folder must be (or become) a writable folder (``dataset.files.check_output_dir``), the file
+    must not be a folder, and an existing file is replaced only with ``overwrite``, and then only if
+    ``ours(path)`` says this project wrote it (``--overwrite`` never replaces someone else's file).
+
+    Raises:
+        DataError: a folder that is a file or not writable, an output that is a folder, a foreign file.
+        FileExistsError: an output exists and ``overwrite`` is False (naming every such file).
+    """
+    existing = []
+    for path in map(Path, paths):
+        check_output_dir(path.parent, what=f"{what} {path}: folder")
+        if path.is_dir():
+            raise DataError(f"{what} {path} is an existing folder; name a file")
+        if path.exists():
+            if overwrite and ours is not None and not ours(path):
+                raise DataError(
+                    f"{what} {path} exists and was not written by this project; --overwrite only replaces our "
+                    "own outputs: move it away or choose another name"
+                )
+            existing.append(str(path))
+    if existing and not overwrite:
+        raise FileExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
 
 
 def run_cli(
@@ -17,11 +60,13 @@ def run_cli(
 
     A user or data error (``ValueError``, hence ``dataset.DataError``; ``FileExistsError`` for an output that
     needs ``--overwrite``; ``FileNotFoundError``, hence a missing weight file) is logged in one line and gives 2.
+    SIGTERM and SIGHUP remove temporary files before exiting (``dataset.files.install_signal_cleanup``).
     The parser must define ``--log-level``.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    install_signal_cleanup()
     try:
         command(args, argv)
     except (ValueError, FileExistsError, FileNotFoundError) as err:

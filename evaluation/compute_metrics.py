@@ -5,13 +5,16 @@ Usage::
     python evaluation/compute_metrics.py --real REAL_DIR --fake FAKE_DIR --out results.json \
         [--labels LABEL_DIR] [--train TRAIN_DIR] [--metrics psnr,rmse,ssim,ssim2d,msssim,lpips,fid,fid3d,privacy] \
         [--data-range -1 1 | --real-range -1000 1000 --fake-range -1000 1000] [--clip] \
-        [--weights-dir DIR] [--device cpu] [--slice-step 1] [--overwrite]
+        [--fid3d-convention project|medicalnet] [--weights-dir DIR] [--device cpu] [--slice-step 1] [--overwrite]
 
 (also ``python -m evaluation.compute_metrics``). Files pair by name (see ``evaluation.pairing``), both sides
-are mapped to [0, 1] with the stated ranges (``evaluation.intensity``), and the results go to ``--out`` (JSON)
-and the same name with ``.md`` (Markdown table in the paper's column order). Metric definitions are in
-``evaluation.image_metrics``, ``evaluation.frechet``, ``evaluation.inception``, ``evaluation.medicalnet``,
-``evaluation.lpips_metric`` and ``evaluation.privacy``.
+are mapped to [0, 1] from their data range (``evaluation.intensity``: stated with ``--data-range``, else the
+range recorded with the files by generation or preprocessing, else an error showing the values found), and
+the results go to ``--out`` (JSON) and the same name with ``.md`` (Markdown table in the paper's column order,
+with the settings that change a value). Without ``--metrics`` every metric whose weights are on this machine
+is computed and the others are skipped with a warning. Metric definitions are in ``evaluation.image_metrics``,
+``evaluation.frechet``, ``evaluation.inception``, ``evaluation.medicalnet``, ``evaluation.lpips_metric`` and
+``evaluation.privacy``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,19 +31,24 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
+from dataset.files import read_run_record
 from dataset.nifti import load_image
 from evaluation import image_metrics as im
-from evaluation.cli_common import run_cli
+from evaluation import weights as W
+from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
 from evaluation.frechet import FeatureStats, fid_from_stats, rank_warning
-from evaluation.intensity import IntensityRange
-from evaluation.nifti_io import check_outputs, check_same_grid, list_nifti, markdown_path, read_header
+from evaluation.intensity import IntensityRange, resolve_range
+from evaluation.medicalnet import FID3D_CONVENTIONS
+from evaluation.nifti_io import check_same_grid, list_nifti, read_header
 from evaluation.pairing import Pair, group_by_id, pair_folders
-from evaluation.report import header, metrics_markdown, summarise, write_report
+from evaluation.report import header, metrics_markdown, report_paths, summarise, write_report
 
 logger = logging.getLogger(__name__)
 
 IMAGE_METRICS = ("psnr", "rmse", "ssim", "ssim2d", "msssim", "lpips", "fid", "fid3d")
 ALL_METRICS = IMAGE_METRICS + ("privacy",)
+#: Metrics that need a pretrained network, and its weight file.
+WEIGHTED_METRICS = {"lpips": W.VGG16, "fid": W.INCEPTION, "fid3d": W.MEDICALNET50}
 PAIRING_RULE = "<id>.nii[.gz] (real) <-> <id>.nii[.gz] or <id>_s<k>.nii[.gz] (synthetic)"
 
 DEFINITIONS = {
@@ -50,7 +59,8 @@ DEFINITIONS = {
     "msssim": "3D MS-SSIM (Wang 2003), 2x average pooling, scales/windows/weights chosen for the volume size",
     "lpips": "LPIPS-VGG v0.1 of each (H, W) slice along D, inputs 2x-1 repeated to RGB, mean over slices",
     "fid": "Frechet distance of InceptionV3 pool3 (2048-d) features of slices along D (pytorch-fid convention)",
-    "fid3d": "Frechet distance of MedicalNet ResNet-50 (23 datasets) global-pooled 2048-d features of volumes",
+    "fid3d": "Frechet distance of MedicalNet ResNet-50 (23 datasets) global-pooled 2048-d features of volumes "
+    "(input convention in the settings)",
 }
 
 
@@ -64,9 +74,10 @@ class Options:
     metrics: tuple[str, ...] = IMAGE_METRICS
     labels_dir: Path | None = None
     train_dir: Path | None = None
-    real_range: tuple[float, float] = (-1.0, 1.0)
-    fake_range: tuple[float, float] = (-1.0, 1.0)
+    real_range: tuple[float, float] | None = None
+    fake_range: tuple[float, float] | None = None
     clip: bool = False
+    fid3d_convention: str = "project"
     weights_dir: Path | None = None
     random_weights: bool = False
     device: str = "cpu"
@@ -76,6 +87,7 @@ class Options:
     privacy_max_reference_pairs: int = 2000
     overwrite: bool = False
     progress: bool = True
+    skipped: dict[str, str] = field(default_factory=dict)
     argv: list[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,8 +102,11 @@ class Options:
             raise ValueError(f"--privacy-features must be auto, medicalnet or avgpool, got {self.privacy_features}")
         if self.slice_step < 1 or self.batch_size < 1 or self.privacy_max_reference_pairs < 1:
             raise ValueError("--slice-step, --batch-size and --privacy-max-reference-pairs must be >= 1")
+        if self.fid3d_convention not in FID3D_CONVENTIONS:
+            raise ValueError(f"--fid3d-convention must be one of {', '.join(FID3D_CONVENTIONS)}")
         for lo_hi in (self.real_range, self.fake_range):
-            IntensityRange(*lo_hi)  # raises ValueError unless finite with lo < hi
+            if lo_hi is not None:
+                IntensityRange(*lo_hi)  # raises ValueError unless finite with lo < hi
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} asked for, but CUDA is not available")
 
@@ -107,10 +122,30 @@ class Networks:
     records: dict = field(default_factory=dict)
 
 
+def default_metrics(
+    weights_dir: Path | None, random_weights: bool, with_privacy: bool
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The metrics computed when ``--metrics`` is not given: every one whose weights are on this machine.
+
+    Returns:
+        (metrics, {skipped metric: reason with the command that fetches its weights}); each skip is logged.
+    """
+    metrics, skipped = [], {}
+    for name in IMAGE_METRICS:
+        spec = WEIGHTED_METRICS.get(name)
+        if spec is None or random_weights or W.available(spec, weights_dir):
+            metrics.append(name)
+            continue
+        skipped[name] = (
+            f"weights {spec.filename} not found in {', '.join(str(d) for d in W.search_dirs(weights_dir))}; "
+            f"fetch them with `{W.fetch_command(spec, weights_dir)}`"
+        )
+        logger.warning("skipping %s: %s", name, skipped[name])
+    return tuple(metrics) + (("privacy",) if with_privacy else ()), skipped
+
+
 def _privacy_uses_medicalnet(opts: Options) -> bool:
     """Whether the privacy audit uses MedicalNet features ("auto": when its weights are there)."""
-    from evaluation import weights as W
-
     if "privacy" not in opts.metrics or opts.privacy_features == "avgpool":
         return False
     if opts.privacy_features == "medicalnet" or opts.random_weights:
@@ -173,10 +208,10 @@ class _Accumulator:
     def _slices(self, vol: torch.Tensor) -> torch.Tensor:
         return vol[im.slice_indices(vol.shape[0], self.opts.slice_step)]
 
-    def add_real(self, vol: torch.Tensor) -> None:
-        self._add_features("real", vol, None)
+    def add_real(self, vol: torch.Tensor, path: Path) -> None:
+        self._add_features("real", vol, path)
 
-    def _add_features(self, side: str, vol: torch.Tensor, path: Path | None) -> None:
+    def _add_features(self, side: str, vol: torch.Tensor, path: Path) -> None:
         if self.fid is not None:
             from evaluation.inception import slice_features
 
@@ -184,10 +219,10 @@ class _Accumulator:
         if self.fid3d is not None or (self.nets.privacy_medicalnet and side == "fake"):
             from evaluation.medicalnet import volume_features
 
-            feats = volume_features(self.nets.medicalnet, vol)
+            feats = volume_features(self.nets.medicalnet, vol, self.opts.fid3d_convention, str(path))
             if self.fid3d is not None:
                 self.fid3d[side].update(feats)
-            if self.nets.privacy_medicalnet and path is not None:  # reused by the privacy audit
+            if self.nets.privacy_medicalnet and side == "fake":  # reused by the privacy audit
                 self.fake_features3d[path] = feats[0].double().numpy()
 
     def add_pair(self, pair: Pair, real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -257,6 +292,13 @@ def _metric_blocks(acc: _Accumulator, opts: Options, warnings: list[str]) -> dic
             "frechet_methods": "sqrtm: scipy sqrtm of S1 S2 (eps 1e-6 diagonal fallback); nuclear-norm: exact trace "
             "of the root from the vectors, used when both sets have <= 2048 vectors",
         }
+        if key == "fid3d":
+            from evaluation.medicalnet import CONVENTION_TEXT
+
+            blocks[key] |= {
+                "input_convention": opts.fid3d_convention,
+                "input": CONVENTION_TEXT[opts.fid3d_convention],
+            }
         if key == "fid":
             blocks[key] |= {
                 "slice_axis": "D",
@@ -266,24 +308,32 @@ def _metric_blocks(acc: _Accumulator, opts: Options, warnings: list[str]) -> dic
     return blocks
 
 
-def _privacy(opts: Options, pairs: list[Pair], nets: Networks, acc: _Accumulator) -> dict:
+def _privacy(
+    opts: Options,
+    pairs: list[Pair],
+    nets: Networks,
+    acc: _Accumulator,
+    fake_rng: IntensityRange,
+    train_rng: IntensityRange,
+) -> dict:
     from evaluation import privacy
 
     if nets.privacy_medicalnet:
         from evaluation.medicalnet import volume_features
 
         def feature_fn(vol: torch.Tensor) -> np.ndarray:
-            return volume_features(nets.medicalnet, vol)[0].double().numpy()
+            return volume_features(nets.medicalnet, vol, opts.fid3d_convention)[0].double().numpy()
 
-        name = "medicalnet_resnet50 global-pooled (2048-d)" + (" RANDOM WEIGHTS" if opts.random_weights else "")
+        name = f"medicalnet_resnet50 global-pooled (2048-d), {opts.fid3d_convention} input convention" + (
+            " RANDOM WEIGHTS" if opts.random_weights else ""
+        )
         reuse = acc.fake_features3d
     else:
         feature_fn, name, reuse = privacy.avgpool_features, "avgpool 8x8x8 fallback (512-d)", None
-    train_rng = IntensityRange(*opts.real_range, clip=opts.clip)
     audit = privacy.privacy_audit(
         [p.synthetic for p in pairs],
         list(list_nifti(opts.train_dir).values()),
-        fake_range=IntensityRange(*opts.fake_range, clip=opts.clip),
+        fake_range=IntensityRange(fake_rng.lo, fake_rng.hi, clip=opts.clip, source=fake_rng.source),
         train_range=train_rng,
         feature_fn=feature_fn,
         feature_name=name,
@@ -295,35 +345,67 @@ def _privacy(opts: Options, pairs: list[Pair], nets: Networks, acc: _Accumulator
     return audit
 
 
+def _is_our_report(json_path: Path) -> Callable[[Path], bool]:
+    """``--overwrite`` predicate: the JSON twin of the report is one of ours (its ``producer`` field)."""
+    return lambda _path: read_run_record(json_path) is not None
+
+
 def evaluate(opts: Options) -> dict:
     """Run the evaluation and write the JSON and Markdown reports.
+
+    Order: outputs, pairing, grids, label maps, data ranges and weight files are all checked before the
+    first volume is read for a metric.
 
     Returns:
         The report dict (as written to JSON, before JSON conversion).
 
     Raises:
         FileExistsError: an output exists and ``overwrite`` is False.
-        DataError: pairing, grid, range or file problems (each naming the file).
+        DataError: output, pairing, grid, range or file problems (each naming the file).
         MissingWeightsError: a pretrained weight file is absent.
     """
-    check_outputs([opts.out, markdown_path(opts.out)], opts.overwrite)
+    json_path, md_path = report_paths(opts.out)
+    check_output_files([json_path, md_path], opts.overwrite, ours=_is_our_report(json_path))
     pairs = pair_folders(opts.real_dir, opts.fake_dir)
     for pair in pairs:  # geometry of every pair first: fail before hours of feature extraction
         check_same_grid(read_header(pair.reference), read_header(pair.synthetic))
     n_labels = _check_labels(pairs, opts.labels_dir) if opts.labels_dir is not None else None
+    warnings: list[str] = []
+    real_files = sorted({p.reference for p in pairs})
+    real_rng = resolve_range(
+        opts.real_dir, opts.real_range, ("--data-range", "--real-range"), "--real", real_files, opts.clip, warnings
+    )
+    fake_rng = resolve_range(
+        opts.fake_dir,
+        opts.fake_range,
+        ("--data-range", "--fake-range"),
+        "--fake",
+        [p.synthetic for p in pairs],
+        opts.clip,
+        warnings,
+    )
+    train_rng = None
+    if "privacy" in opts.metrics:
+        train_files = list(list_nifti(opts.train_dir).values())
+        train_rng = resolve_range(
+            opts.train_dir,
+            opts.real_range,
+            ("--data-range", "--real-range"),
+            "--train",
+            train_files,
+            opts.clip,
+            warnings,
+        )
     nets = _build_networks(opts)
-    real_rng = IntensityRange(*opts.real_range, clip=opts.clip)
-    fake_rng = IntensityRange(*opts.fake_range, clip=opts.clip)
     acc = _Accumulator(opts, nets)
     groups = group_by_id(pairs)
     with tqdm(total=len(pairs), desc="volume pairs", disable=not opts.progress) as bar:
         for group in groups.values():
             real = _load_unit(group[0].reference, real_rng)
-            acc.add_real(real)
+            acc.add_real(real, group[0].reference)
             for pair in group:
                 acc.add_pair(pair, real, _load_unit(pair.synthetic, fake_rng))
                 bar.update(1)
-    warnings: list[str] = []
     report = header("evaluation.compute_metrics", opts.argv)
     report |= {
         "inputs": {
@@ -339,18 +421,22 @@ def evaluate(opts: Options) -> dict:
         "random_weights": opts.random_weights,
         "weights": nets.records,
         "device": opts.device,
+        "fid3d_convention": opts.fid3d_convention if "fid3d" in opts.metrics else None,
+        "skipped_metrics": dict(opts.skipped),
         "metrics": _metric_blocks(acc, opts, warnings),
         "per_pair": acc.per_pair,
     }
+    for name, reason in opts.skipped.items():
+        warnings.append(f"{name} skipped: {reason}")
     if opts.random_weights:
         warnings.append("--random-weights: networks are randomly initialised; FID, 3D-FID and LPIPS are meaningless")
     if real_rng.clipped_voxels or fake_rng.clipped_voxels:
         warnings.append(f"clipped voxels: real {real_rng.clipped_voxels}, fake {fake_rng.clipped_voxels} (--clip)")
-    if "privacy" in opts.metrics:
-        report["privacy"] = _privacy(opts, pairs, nets, acc)
+    if train_rng is not None:
+        report["privacy"] = _privacy(opts, pairs, nets, acc, fake_rng, train_rng)
     report["warnings"] = warnings
     write_report(opts.out, report, metrics_markdown(report))
-    logger.info("wrote %s and %s", opts.out, markdown_path(opts.out))
+    logger.info("wrote %s and %s", json_path, md_path)
     return report
 
 
@@ -358,32 +444,54 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
         prog="compute_metrics",
+        formatter_class=HelpFormatter,
         description="Metrics of synthetic vs real NIfTI volumes (paired by file name). Writes --out (JSON) and "
-        "the same name with .md (Markdown table: FID | 3D-FID | LPIPS | SSIM | RMSE | PSNR | MS-SSIM | SSIM-2D).",
+        "the same name with .md (Markdown table: FID | 3D-FID | LPIPS | SSIM | RMSE | PSNR | MS-SSIM | SSIM-2D, "
+        "and the settings that change a value).",
     )
     p.add_argument("--real", type=Path, required=True, help="folder of real volumes <id>.nii[.gz]")
     p.add_argument("--fake", type=Path, required=True, help="folder of synthetic volumes <id>[_s<k>].nii[.gz]")
     p.add_argument("--labels", type=Path, help="folder of label maps <id>.nii[.gz]; checked against the real grid")
     p.add_argument("--train", type=Path, help="folder of real training volumes (privacy audit)")
-    p.add_argument("--out", type=Path, required=True, help="JSON report path (Markdown written next to it)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="JSON report path; the Markdown goes next to it with .md (an --out ending in .md names the Markdown "
+        "and the JSON gets .json)",
+    )
     p.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all image metrics, plus privacy "
-        "when --train is given)",
+        help=f"comma-separated subset of {','.join(ALL_METRICS)}; a metric named here whose weights are missing "
+        "is an error. Default: every image metric whose weights are on this machine (the others are skipped "
+        "with a warning), plus privacy when --train is given",
     )
     p.add_argument(
         "--data-range",
         type=float,
         nargs=2,
-        default=(-1.0, 1.0),
+        default=None,
         metavar=("LO", "HI"),
-        help="stored intensity range mapped to [0, 1] for both sets (default -1 1; CT in HU: e.g. -1000 1000)",
+        help="intensity range the volumes are stored in, mapped to [0, 1] (e.g. -1 1, or -1000 1000 for CT in "
+        "HU). Default: the range recorded with the files (generation.json of scripts/generate.py, manifest.json "
+        "of preprocessing); without a record this option is required",
     )
-    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="override --data-range for real")
-    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="override --data-range for fake")
+    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for --real/--train")
+    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for --fake only")
     p.add_argument("--clip", action="store_true", help="clip voxels outside the range (counted) instead of failing")
-    p.add_argument("--weights-dir", type=Path, help="folder with weight files, searched before the torch hub cache")
+    p.add_argument(
+        "--fid3d-convention",
+        default="project",
+        choices=FID3D_CONVENTIONS,
+        help="3D-FID input: 'project' = [0, 1] volume in (D, H, W) order (this project's numbers); 'medicalnet' "
+        "= MedicalNet's own: z-score of the foreground, nibabel (I, J, K) order (comparable with WDM-3D, HA-GAN)",
+    )
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder with weight files, searched before the torch hub cache (scripts/fetch_weights.py --dest)",
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -392,20 +500,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the networks (cpu, cuda, cuda:1)")
     p.add_argument("--slice-step", type=int, default=1, help="use every N-th slice for LPIPS and 2D FID")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network forward pass")
-    p.add_argument("--privacy-features", default="auto", choices=("auto", "medicalnet", "avgpool"))
-    p.add_argument("--privacy-max-reference-pairs", type=int, default=2000)
-    p.add_argument("--overwrite", action="store_true", help="replace existing reports")
+    p.add_argument(
+        "--privacy-features",
+        default="auto",
+        choices=("auto", "medicalnet", "avgpool"),
+        help="privacy audit features: MedicalNet (auto: when its weights are there) or the 8^3 avg-pool fallback",
+    )
+    p.add_argument(
+        "--privacy-max-reference-pairs",
+        type=int,
+        default=2000,
+        help="training pairs used for the SSIM copy threshold (a seeded subset when there are more)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing reports written by this tool")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 
 def options_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> Options:
     """Options from parsed arguments (validation happens in :class:`Options`)."""
+    skipped: dict[str, str] = {}
     if args.metrics is None:
-        metrics = IMAGE_METRICS + (("privacy",) if args.train is not None else ())
+        metrics, skipped = default_metrics(args.weights_dir, args.random_weights, args.train is not None)
     else:
         metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    real_range = args.real_range or args.data_range
+    fake_range = args.fake_range or args.data_range
     return Options(
         real_dir=args.real,
         fake_dir=args.fake,
@@ -413,9 +534,10 @@ def options_from_args(args: argparse.Namespace, argv: list[str] | None = None) -
         metrics=metrics,
         labels_dir=args.labels,
         train_dir=args.train,
-        real_range=tuple(args.real_range or args.data_range),
-        fake_range=tuple(args.fake_range or args.data_range),
+        real_range=tuple(real_range) if real_range else None,
+        fake_range=tuple(fake_range) if fake_range else None,
         clip=args.clip,
+        fid3d_convention=args.fid3d_convention,
         weights_dir=args.weights_dir,
         random_weights=args.random_weights,
         device=args.device,
@@ -425,6 +547,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str] | None = None) -
         privacy_max_reference_pairs=args.privacy_max_reference_pairs,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        skipped=skipped,
         argv=argv,
     )
 

@@ -6,17 +6,33 @@ volumes in [-1, 1] use ``lo, hi = -1, 1``; CT in Hounsfield units with the train
 are clipped to the bounds and *counted* (the count goes into the report). Values within a rounding tolerance
 of ``1e-5 * (hi - lo)`` outside the bounds (float32 round-off of a tanh output or an inverse window) are
 clamped without counting.
+
+There is no default range (SPEC section 10: no silent default that changes a number; assuming [-1, 1] for
+volumes stored in [0, 1] scores PSNR 6 dB too high). :func:`resolve_range` takes, for each folder, the range
+stated on the command line, else the range recorded with the files (:func:`recorded_range`), else refuses with
+the volumes' observed minimum and maximum.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dataset import DataError
+from dataset.files import read_run_record
+
+logger = logging.getLogger(__name__)
 
 ROUNDING_TOL = 1e-5
+GENERATION_RECORD = "generation.json"
+MANIFEST = "manifest.json"
+_MAX_OBSERVED_FILES = 64  # the range error reads at most this many volumes to show their min/max
 
 
 @dataclass
@@ -27,11 +43,13 @@ class IntensityRange:
         lo: stored value that maps to 0.
         hi: stored value that maps to 1.
         clip: clip (and count) voxels outside [lo, hi] instead of raising DataError.
+        source: where the range comes from (a command-line option or the record it was read from).
     """
 
     lo: float
     hi: float
     clip: bool = False
+    source: str = "stated"
     clipped_voxels: int = field(default=0, init=False)
     total_voxels: int = field(default=0, init=False)
     clipped_files: dict[str, int] = field(default_factory=dict, init=False)
@@ -73,6 +91,7 @@ class IntensityRange:
         """JSON-ready settings and clipping tally."""
         return {
             "range": [self.lo, self.hi],
+            "source": self.source,
             "mapping": f"(v - ({self.lo:g})) / ({self.hi:g} - ({self.lo:g})) -> [0, 1]",
             "clip": self.clip,
             "rounding_tolerance": ROUNDING_TOL * (self.hi - self.lo),
@@ -80,3 +99,150 @@ class IntensityRange:
             "total_voxels": self.total_voxels,
             "clipped_files": dict(self.clipped_files),
         }
+
+
+def range_of_intensity(spec: Mapping[str, Any]) -> tuple[float, float]:
+    """Units generated volumes are written in, given the dataset's intensity spec (``dataset.intensity``).
+
+    Generation inverts an invertible normalisation: ``ct_window`` volumes are written in HU within the
+    window; every other kind stays in the model's [-1, 1].
+    """
+    from dataset.intensity import validate_intensity
+
+    checked = validate_intensity(spec)
+    if checked["kind"] == "ct_window":
+        return checked["hu_min"], checked["hu_max"]
+    return -1.0, 1.0
+
+
+def _pair(value: object) -> tuple[float, float] | None:
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
+        lo, hi = float(value[0]), float(value[1])
+        if np.isfinite(lo) and np.isfinite(hi) and lo < hi:
+            return lo, hi
+    return None
+
+
+def _describes(record_dir: Path, folder: Path, relpaths: list[object]) -> bool:
+    """Whether any of the record's relative file paths lies directly in ``folder``."""
+    for rel in relpaths:
+        if isinstance(rel, str) and rel and not Path(rel).is_absolute():
+            if (record_dir / rel).parent.resolve() == folder:
+                return True
+    return False
+
+
+def _from_generation(folder: Path) -> tuple[float, float, str] | None:
+    for record_dir in (folder, folder.parent):
+        path = record_dir / GENERATION_RECORD
+        record = read_run_record(path)
+        if record is None:
+            continue
+        if record_dir != folder and not _describes(record_dir, folder, list(record.get("outputs") or [])):
+            continue
+        rng = _pair(record.get("data_range"))
+        if rng is not None:
+            return (*rng, f"{path} (data_range)")
+        if isinstance(record.get("intensity"), Mapping):
+            try:
+                return (*range_of_intensity(record["intensity"]), f"{path} (intensity {record['intensity']})")
+            except ValueError as err:
+                raise DataError(f"{path}: unusable intensity record ({err})") from None
+    return None
+
+
+def _from_manifest(folder: Path) -> tuple[float, float, str] | None:
+    for record_dir in (folder, folder.parent, folder.parent.parent):
+        path = record_dir / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), list):
+            continue
+        images = [e.get("image") for e in manifest["entries"] if isinstance(e, dict)]
+        if not _describes(record_dir, folder, images):
+            continue
+        rng = _pair(manifest.get("data_range"))
+        if rng is not None:
+            return (*rng, f"{path} (data_range)")
+        if manifest.get("images_normalized") is True:  # preprocessing writes [-1, 1] (dataset.preprocess)
+            return -1.0, 1.0, f"{path} (images_normalized)"
+    return None
+
+
+def recorded_range(folder: Path) -> tuple[float, float, str] | None:
+    """The intensity range recorded with the volumes of ``folder``, with where it was read, or None.
+
+    Looked for, in order:
+
+    - generation's run record ``generation.json`` (``scripts/generate.py``) in the folder, or in its parent
+      when the record lists outputs in the folder: its ``data_range`` ``[lo, hi]``, else its ``intensity``
+      spec (:func:`range_of_intensity`);
+    - preprocessing's ``manifest.json`` in the folder or up to two levels above it (``DST/<split>/images``)
+      when one of its entries lies in the folder: its ``data_range``, else [-1, 1] when ``images_normalized``.
+
+    Only plain values are read from the records.
+    """
+    folder = Path(folder).resolve()
+    return _from_generation(folder) or _from_manifest(folder)
+
+
+def observed_range(paths: list[Path]) -> tuple[float, float, int]:
+    """(min, max, files read) over the first few volumes, for the error that asks for a range."""
+    from dataset.nifti import load_image
+
+    lo, hi, n = np.inf, -np.inf, 0
+    for path in paths[:_MAX_OBSERVED_FILES]:
+        data, _ = load_image(path)
+        lo, hi, n = min(lo, float(data.min())), max(hi, float(data.max())), n + 1
+    return lo, hi, n
+
+
+def resolve_range(
+    folder: Path,
+    stated: tuple[float, float] | None,
+    options: tuple[str, ...],
+    what: str,
+    files: list[Path],
+    clip: bool = False,
+    warnings: list[str] | None = None,
+) -> IntensityRange:
+    """The range the volumes of ``folder`` are mapped from: stated, else recorded, else a one-line error.
+
+    Args:
+        folder: the folder of volumes.
+        stated: range given on the command line (by one of ``options``), or None.
+        options: the options that state it, quoted in messages (``("--data-range", "--real-range")``).
+        what: the role of the folder in messages (``--real DIR``).
+        files: its NIfTI files (read only for the error message).
+        clip: clipping policy of the returned range.
+        warnings: list that collects a warning when a stated range differs from the recorded one.
+
+    Raises:
+        DataError: no range stated and none recorded (the message shows the volumes' observed min/max).
+    """
+    recorded = recorded_range(folder)
+    if stated is not None:
+        lo, hi = (float(v) for v in stated)
+        option = " / ".join(options)
+        rng = IntensityRange(lo, hi, clip=clip, source=f"the command line ({option})")
+        if recorded is not None and (recorded[0], recorded[1]) != (lo, hi):
+            msg = (
+                f"{what}: {option} [{lo:g}, {hi:g}] overrides the range [{recorded[0]:g}, {recorded[1]:g}] "
+                f"recorded in {recorded[2]}"
+            )
+            logger.warning("%s", msg)
+            if warnings is not None:
+                warnings.append(msg)
+        return rng
+    if recorded is not None:
+        logger.info("%s: data range [%g, %g] from %s", what, recorded[0], recorded[1], recorded[2])
+        return IntensityRange(recorded[0], recorded[1], clip=clip, source=recorded[2])
+    lo, hi, n = observed_range(list(files))
+    raise DataError(
+        f"{what} {folder}: no data range is recorded with these volumes (no generation.json run record or "
+        f"preprocessing manifest.json describes them) and none was given; their values lie in [{lo:.6g}, "
+        f"{hi:.6g}] ({n} of {len(files)} files read): pass {' or '.join(f'{o} LO HI' for o in options)} with the "
+        f"range they are stored in (e.g. -1 1 for the model's scale, -1000 1000 for CT in HU)"
+    )

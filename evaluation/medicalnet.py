@@ -7,9 +7,19 @@ ResNet strides layer3 and layer4 by 2, but MedicalNet (Chen et al. 2019, github.
 way, so after construction those convolutions are switched to MedicalNet's stride/dilation/padding. The
 features are then those of the original network (as used by HA-GAN, WDM and the Med-LSDM reference).
 
-Input: one volume (D, H, W) in [0, 1], fed in the project's (D, H, W) axis order as the reference did. No
-resizing: global pooling makes the feature size independent of the volume size, but FID values from different
-volume sizes, intensity conventions or sample counts are not comparable.
+Two input conventions (:data:`FID3D_CONVENTIONS`, reported with every value):
+
+- ``project``: the volume in [0, 1], in the project's (D, H, W) axis order, as the Med-LSDM reference fed it.
+  Numbers compare with this project's earlier runs.
+- ``medicalnet``: MedicalNet's own test-time input (``datasets/brains18.py``): the array in nibabel's stored
+  (I, J, K) order, z-scored with the mean and (population) standard deviation of its foreground voxels
+  (those above the range's lower bound, i.e. > 0 on the [0, 1] scale; the z-score does not depend on the
+  linear map to [0, 1]). MedicalNet fills background voxels with N(0, 1) noise; here they get that noise's
+  mean, 0, so the features are deterministic. Numbers compare with MedicalNet-FID papers (WDM-3D, HA-GAN)
+  at the same volume size.
+
+No resizing in either: global pooling makes the feature size independent of the volume size, but FID values
+from different volume sizes, input conventions or sample counts are not comparable.
 """
 
 from __future__ import annotations
@@ -19,9 +29,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dataset import DataError
 from evaluation import weights as W
 
 FEATURE_DIM = 2048
+FID3D_CONVENTIONS = ("project", "medicalnet")
+CONVENTION_TEXT = {
+    "project": "one volume (1, 1, D, H, W) in [0, 1], the project's (D, H, W) axis order, no resizing",
+    "medicalnet": "MedicalNet's: nibabel (I, J, K) axis order, z-score with the mean/std of the foreground "
+    "(voxels > 0 on the [0, 1] scale), background set to 0, no resizing",
+}
 _DILATION = {"layer3": 2, "layer4": 4}
 
 
@@ -84,20 +101,56 @@ def build_medicalnet(
         "monai.networks.nets.resnet50 with MedicalNet settings (shortcut B, no bias, stem stride 2, "
         "layer3/4 stride 1 dilation 2/4), global average pool, 2048-d"
     )
-    record["input"] = "one volume (1, 1, D, H, W) in [0, 1], (D, H, W) axis order, no resizing"
+    record["input_conventions"] = dict(CONVENTION_TEXT)
     return net.eval().to(device), record
 
 
+def network_input(volume: torch.Tensor, convention: str = "project", source: str = "<volume>") -> torch.Tensor:
+    """The array fed to MedicalNet under an input convention (module docstring).
+
+    Args:
+        volume: (D, H, W) in [0, 1], as loaded by ``dataset.nifti`` (stored (I, J, K) permuted to (K, I, J)).
+        convention: ``project`` or ``medicalnet``.
+        source: file name quoted in errors.
+
+    Returns:
+        ``project``: the (D, H, W) volume; ``medicalnet``: (I, J, K) = (H, W, D) z-scored, float32.
+
+    Raises:
+        DataError: ``medicalnet`` on a volume without foreground or with a constant foreground.
+    """
+    if convention == "project":
+        return volume.float()
+    if convention != "medicalnet":
+        raise ValueError(f"unknown 3D-FID input convention {convention!r}; choose from {FID3D_CONVENTIONS}")
+    ijk = volume.permute(1, 2, 0).double()  # (K, I, J) -> (I, J, K), nibabel's get_fdata() order
+    foreground = ijk > 0
+    pixels = ijk[foreground]
+    std = float(pixels.std(unbiased=False)) if pixels.numel() else 0.0
+    if std == 0.0:
+        raise DataError(
+            f"{source}: no foreground, or a constant one, above the range's lower bound: MedicalNet's z-score "
+            "is undefined (use --fid3d-convention project)"
+        )
+    out = (ijk - pixels.mean()) / std
+    return torch.where(foreground, out, torch.zeros_like(out)).float()
+
+
 @torch.no_grad()
-def volume_features(model: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+def volume_features(
+    model: nn.Module, volume: torch.Tensor, convention: str = "project", source: str = "<volume>"
+) -> torch.Tensor:
     """Global-pooled features of one volume.
 
     Args:
         model: from :func:`build_medicalnet`.
         volume: (D, H, W) in [0, 1].
+        convention: input convention (:func:`network_input`).
+        source: file name quoted in errors.
 
     Returns:
         (1, 2048) float32 on the CPU.
     """
     device = next(model.parameters()).device
-    return model(volume[None, None].to(device=device, dtype=torch.float32)).flatten(1).cpu()
+    x = network_input(volume, convention, source)
+    return model(x[None, None].to(device=device, dtype=torch.float32)).flatten(1).cpu()

@@ -2,8 +2,11 @@
 
 JSON has no infinity or NaN, so non-finite floats are written as strings ``"inf"`` / ``"-inf"`` and NaN as
 ``null`` (PSNR of identical volumes is ``"inf"``; a Dice of a class absent from both prediction and ground
-truth is ``null`` and is counted separately). Both files are written atomically (temporary file + rename),
-and only after every metric has been computed, so a failed run leaves no partial report.
+truth is ``null`` and is counted separately). Both files are written with ``dataset.files.atomic_write_text``
+(temporary file in the same folder, fsync, rename; permissions follow the umask), and only after every metric
+has been computed, so a failed run leaves no partial report. ``--out`` names the JSON report and the Markdown
+goes next to it with ``.md``; an ``--out`` ending in ``.md`` names the Markdown and the JSON gets ``.json``
+(:func:`report_paths`), so the two never collide.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import json
 import math
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from evaluation.nifti_io import atomic_write_text, markdown_path
+from dataset.files import PRODUCER, atomic_write_text
 
 # The paper's column order, then the columns it does not have.
 PAPER_COLUMNS = (
@@ -82,9 +86,21 @@ def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
 
 
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """(JSON path, Markdown path) of a report named by ``--out``; never the same file.
+
+    ``r.json`` → (``r.json``, ``r.md``); ``r.md`` → (``r.json``, ``r.md``); ``r`` → (``r``, ``r.md``).
+    """
+    out = Path(out)
+    if out.suffix.lower() == ".md":
+        return out.with_suffix(".json"), out
+    return out, out.with_suffix(".md")
+
+
 def header(tool: str, argv: list[str] | None) -> dict:
-    """Common head of every report."""
+    """Common head of every report (``producer`` marks it as written by this project)."""
     return {
+        "producer": PRODUCER,
         "tool": tool,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": list(argv) if argv is not None else sys.argv[1:],
@@ -127,20 +143,61 @@ def metrics_markdown(report: dict) -> str:
     lines += [
         f"- {inputs['n_pairs']} synthetic volumes paired with {inputs['n_real']} real volumes "
         f"(pairing: {inputs['pairing_rule']}).",
-        f"- Intensities mapped to [0, 1]: real {report['intensity']['real']['mapping']}, "
-        f"fake {report['intensity']['fake']['mapping']}; clipped voxels: real "
-        f"{report['intensity']['real']['clipped_voxels']}, fake {report['intensity']['fake']['clipped_voxels']}.",
     ]
     for key, name in cols:
         lines.append(f"- {name}: {metrics[key].get('definition', '')}")
-    for key, rec in report.get("weights", {}).items():
-        sha = (rec.get("sha256") or "random init")[:16]
-        lines.append(f"- weights `{key}`: {rec.get('file') or 'none'} ({sha})")
+    lines += ["", "## Settings that change a value", ""] + settings_lines(report)
     if "privacy" in report:
         lines += ["", privacy_markdown(report["privacy"])]
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _by_shape(block: dict, describe: Callable[[dict], str]) -> str:
+    return "; ".join(f"{shape}: {describe(v)}" for shape, v in block.get("settings_by_shape", {}).items())
+
+
+def settings_lines(report: dict) -> list[str]:
+    """The settings of a ``compute_metrics`` report that change its numbers, one Markdown bullet each."""
+    metrics, lines = report["metrics"], []
+    for side in ("real", "fake"):
+        rng = report["intensity"][side]
+        lines.append(
+            f"- data range ({side}): [{rng['range'][0]:g}, {rng['range'][1]:g}] from {rng.get('source', 'stated')}, "
+            f"mapped {rng['mapping']}; clip {'on' if rng['clip'] else 'off'}, clipped voxels {rng['clipped_voxels']}"
+        )
+    if "ssim" in metrics:
+        lines.append(
+            "- SSIM window per shape: " + _by_shape(metrics["ssim"], lambda v: "x".join(map(str, v["window"])))
+        )
+    if "ssim2d" in metrics:
+        lines.append(
+            "- SSIM-2D window per shape: " + _by_shape(metrics["ssim2d"], lambda v: "x".join(map(str, v["window"])))
+        )
+    if "msssim" in metrics:
+        lines.append(
+            "- MS-SSIM per shape: "
+            + _by_shape(
+                metrics["msssim"],
+                lambda v: f"{v['scales']} scales, window {'x'.join(map(str, v['window']))}, weights {v['weights']}",
+            )
+        )
+    if "lpips" in metrics:
+        lines.append(f"- LPIPS: slices along {metrics['lpips']['slice_axis']}, every {metrics['lpips']['slice_step']}")
+    if "fid" in metrics:
+        lines.append(f"- FID: slices along D, every {metrics['fid']['slice_step']}; {metrics['fid']['input']}")
+    if "fid3d" in metrics:
+        lines.append(
+            f"- 3D-FID: extractor MedicalNet ResNet-50 (23 datasets); input convention "
+            f"`{metrics['fid3d']['input_convention']}`: {metrics['fid3d']['input']}"
+        )
+    for key, rec in report.get("weights", {}).items():
+        sha = (rec.get("sha256") or "random init")[:16]
+        lines.append(f"- weights `{key}`: {rec.get('file') or 'none'} ({sha})")
+    for key, reason in report.get("skipped_metrics", {}).items():
+        lines.append(f"- not computed: {key} ({reason})")
+    return lines
 
 
 def privacy_markdown(audit: dict) -> str:
@@ -178,8 +235,16 @@ def dice_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(json_path: Path, report: dict, markdown: str) -> None:
-    """Write the JSON report and its Markdown twin atomically (overwrite was checked before the run)."""
+def write_report(out: Path, report: dict, markdown: str) -> tuple[Path, Path]:
+    """Write the JSON report and its Markdown twin (:func:`report_paths`) atomically.
+
+    Whether existing files may be replaced was checked before the run (``cli_common.check_output_files``).
+
+    Returns:
+        (JSON path, Markdown path).
+    """
+    json_path, md_path = report_paths(out)
     text = json.dumps(jsonable(report), indent=2, allow_nan=False)
     atomic_write_text(json_path, text + "\n")
-    atomic_write_text(markdown_path(json_path), markdown)
+    atomic_write_text(md_path, markdown)
+    return json_path, md_path

@@ -10,10 +10,12 @@ Three commands (``python evaluation/segmentation.py CMD ...`` or ``python -m eva
 - ``augment``: the augmentation experiment: trains twice with the same seed and schedule, on real only and on
   real + synthetic, and evaluates both on the real test set.
 
-Images are mapped to [0, 1] with a stated range (``evaluation.intensity``); label maps are integer NIfTI in
-[0, num_classes). Training samples batches (and random crops when ``--patch-size`` is given) from a seeded
-generator; prediction is MONAI sliding-window inference with the training window. Results go to a JSON report
-and a Markdown table (``evaluation.report``).
+Images are mapped to [0, 1] from their data range (``evaluation.intensity.resolve_range``: stated with
+``--data-range``, else recorded with the files, else an error); label maps are integer NIfTI in
+[0, num_classes). ``evaluate --predictions DIR`` also writes the predicted label maps, named after the image
+files (each name checked with ``dataset.files.check_name`` before any inference). Training samples batches
+(and random crops when ``--patch-size`` is given) from a seeded generator; prediction is MONAI sliding-window
+inference with the training window. Results go to a JSON report and a Markdown table (``evaluation.report``).
 """
 
 from __future__ import annotations
@@ -29,14 +31,13 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
-from dataset.nifti import load_pair
-from evaluation.cli_common import run_cli
+from dataset.files import atomic_torch_save, check_name, check_output_dir, file_sha256, read_run_record
+from dataset.nifti import load_pair, save_nifti, strip_nifti_suffix
+from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
 from evaluation.dice import per_class_dice, summarise_dice
-from evaluation.intensity import IntensityRange
-from evaluation.nifti_io import atomic_torch_save, check_outputs, markdown_path
+from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.pairing import pair_folders
-from evaluation.report import dice_markdown, header, write_report
-from evaluation.weights import sha256_file
+from evaluation.report import dice_markdown, header, report_paths, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +97,16 @@ class SegConfig:
 
 @dataclass
 class Case:
-    """One image with its label map: image (1, D, H, W) float32 in [0, 1], label (1, D, H, W) int64."""
+    """One image with its label map: image (1, D, H, W) float32 in [0, 1], label (1, D, H, W) int64.
+
+    ``affine`` is the (4, 4) voxel-to-world matrix of the image (written with its predicted label map).
+    """
 
     id: str
     image_path: Path
     image: torch.Tensor
     label: torch.Tensor
+    affine: np.ndarray
 
 
 def build_net(cfg: SegConfig) -> torch.nn.Module:
@@ -127,10 +132,19 @@ def load_cases(image_dir: Path, label_dir: Path, num_classes: int, rng: Intensit
     """
     cases = []
     for pair in pair_folders(label_dir, image_dir):
-        data, label, _ = load_pair(pair.synthetic, pair.reference, num_classes)  # also checks the grids agree
+        data, label, affine = load_pair(pair.synthetic, pair.reference, num_classes)  # also checks the grids
         image = torch.from_numpy(rng.to_unit(data, str(pair.synthetic)))[None]
-        cases.append(Case(id=pair.id, image_path=pair.synthetic, image=image, label=torch.from_numpy(label)[None]))
+        label_t = torch.from_numpy(label)[None]
+        cases.append(Case(id=pair.id, image_path=pair.synthetic, image=image, label=label_t, affine=affine))
     return cases
+
+
+def image_range(
+    images: Path, labels: Path, stated: tuple[float, float] | None, options: tuple[str, ...], what: str, clip: bool
+) -> IntensityRange:
+    """Data range of a folder of images (paired with ``labels``): stated, else recorded, else an error."""
+    files = [p.synthetic for p in pair_folders(labels, images)]
+    return resolve_range(images, stated, options, what, files, clip)
 
 
 def _crop(case: Case, size: tuple[int, int, int] | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,18 +217,35 @@ def predict(net: torch.nn.Module, image: torch.Tensor, window: tuple[int, int, i
 
 
 def dice_of_cases(
-    net: torch.nn.Module, cases: list[Case], window: tuple[int, int, int], num_classes: int
+    net: torch.nn.Module,
+    cases: list[Case],
+    window: tuple[int, int, int],
+    num_classes: int,
+    save_to: list[Path] | None = None,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """(N, K - 1) per-class Dice of the network's predictions on each case."""
+    """(N, K - 1) per-class Dice of the network's predictions on each case.
+
+    ``save_to`` (one path per case) also writes each prediction as a uint8 NIfTI on the image's grid.
+    """
     rows = []
-    for case in cases:
+    for i, case in enumerate(cases):
         pred = predict(net, case.image, window)
         rows.append(per_class_dice(pred[None], case.label[None], num_classes)[0].numpy())
+        if save_to is not None:
+            save_nifti(save_to[i], pred[0].numpy().astype(np.uint8), case.affine, overwrite=overwrite)
     return np.stack(rows)
 
 
-def _dice_block(net: torch.nn.Module, cases: list[Case], window: tuple, names: list[str]) -> tuple[dict, list]:
-    values = dice_of_cases(net, cases, window, len(names))
+def _dice_block(
+    net: torch.nn.Module,
+    cases: list[Case],
+    window: tuple,
+    names: list[str],
+    save_to: list[Path] | None = None,
+    overwrite: bool = False,
+) -> tuple[dict, list]:
+    values = dice_of_cases(net, cases, window, len(names), save_to, overwrite)
     per_volume = [
         {"id": c.id, "image": c.image_path.name, "dice": dict(zip(names[1:], v.tolist()))}
         for c, v in zip(cases, values)
@@ -228,6 +259,15 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: SegConfig, info: dict
     atomic_torch_save(
         path, {"format": CHECKPOINT_FORMAT, "hparams": hparams, "state_dict": net.state_dict(), "training": info}
     )
+
+
+def is_our_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a segmenter checkpoint written by :func:`save_checkpoint` (``--overwrite`` check)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable or foreign file is simply not ours
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SegConfig, dict]:
@@ -252,10 +292,33 @@ def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
     return list(names)
 
 
-def _ranges(args: argparse.Namespace) -> tuple[IntensityRange, IntensityRange]:
-    real = IntensityRange(*(args.real_range or args.data_range), clip=args.clip)
-    fake = IntensityRange(*(args.fake_range or args.data_range), clip=args.clip)
-    return real, fake
+def _stated(args: argparse.Namespace, side: str) -> tuple[float, float] | None:
+    value = getattr(args, f"{side}_range") or args.data_range
+    return tuple(value) if value else None
+
+
+def _range(args: argparse.Namespace, side: str, images: Path, labels: Path, what: str) -> IntensityRange:
+    options = ("--data-range", f"--{side}-range")
+    return image_range(images, labels, _stated(args, side), options, what, args.clip)
+
+
+def _check_report(out: Path, overwrite: bool) -> None:
+    json_path, md_path = report_paths(out)
+    check_output_files([json_path, md_path], overwrite, ours=lambda _p: read_run_record(json_path) is not None)
+
+
+def _prediction_plan(cases_by_set: dict[str, list[Case]], folder: Path, overwrite: bool) -> dict[str, list[Path]]:
+    """Where each predicted label map goes: ``folder/<set>/<image name>``, every name checked first."""
+    plan: dict[str, list[Path]] = {}
+    for set_name, cases in cases_by_set.items():
+        sub = check_output_dir(folder / set_name, what="--predictions")
+        paths = []
+        for case in cases:
+            stem = check_name(strip_nifti_suffix(case.image_path.name), "image file name")
+            paths.append(sub / f"{stem}.nii.gz")
+        check_output_files(paths, overwrite, what="--predictions")
+        plan[set_name] = paths
+    return plan
 
 
 def _config(args: argparse.Namespace, num_classes: int) -> SegConfig:
@@ -273,16 +336,20 @@ def _config(args: argparse.Namespace, num_classes: int) -> SegConfig:
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> dict:
     """``train``: fit on real (+ extra) volumes and save the checkpoint to ``--out``."""
-    check_outputs([args.out], args.overwrite)
+    check_output_files([args.out], args.overwrite, ours=is_our_checkpoint)
     cfg = _config(args, args.num_classes)
-    real_rng, fake_rng = _ranges(args)
-    cases = load_cases(args.images, args.labels, cfg.num_classes, real_rng)
     if (args.extra_images is None) != (args.extra_labels is None):
         raise ValueError("--extra-images and --extra-labels go together")
+    real_rng = _range(args, "real", args.images, args.labels, "--images")
+    fake_rng = None
     if args.extra_images is not None:
+        fake_rng = _range(args, "fake", args.extra_images, args.extra_labels, "--extra-images")
+    cases = load_cases(args.images, args.labels, cfg.num_classes, real_rng)
+    if fake_rng is not None:
         cases += load_cases(args.extra_images, args.extra_labels, cfg.num_classes, fake_rng)
     net, info = train_segmenter(cases, cfg, args.device, not args.no_progress)
-    info |= {"command": argv, "intensity": {"real": real_rng.describe(), "extra": fake_rng.describe()}}
+    intensity = {"real": real_rng.describe()} | ({"extra": fake_rng.describe()} if fake_rng is not None else {})
+    info |= {"command": argv, "intensity": intensity}
     save_checkpoint(args.out, net, cfg, info)
     logger.info("wrote %s", args.out)
     return info
@@ -290,24 +357,30 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     """``evaluate``: Dice of a trained segmenter on real test volumes and on synthetic ones."""
-    check_outputs([args.out, markdown_path(args.out)], args.overwrite)
+    _check_report(args.out, args.overwrite)
+    if args.predictions is not None:
+        check_output_dir(args.predictions, what="--predictions")
     net, cfg, training = load_checkpoint(args.model, args.device)
     names = _class_names(args.class_names, cfg.num_classes)
-    real_rng, fake_rng = _ranges(args)
-    window = tuple(training["window"])
-    dice, per_volume = {}, {}
-    dice["real"], per_volume["real"] = _dice_block(
-        net, load_cases(args.real, args.labels, cfg.num_classes, real_rng), window, names
-    )
+    ranges = {"real": _range(args, "real", args.real, args.labels, "--real")}
     if args.fake is not None:
-        fake_cases = load_cases(args.fake, args.labels, cfg.num_classes, fake_rng)
-        dice["synthetic"], per_volume["synthetic"] = _dice_block(net, fake_cases, window, names)
+        ranges["synthetic"] = _range(args, "fake", args.fake, args.labels, "--fake")
+    window = tuple(training["window"])
+    folders = {"real": args.real, "synthetic": args.fake}
+    cases = {k: load_cases(folders[k], args.labels, cfg.num_classes, rng) for k, rng in ranges.items()}
+    plan = _prediction_plan(cases, args.predictions, args.overwrite) if args.predictions is not None else {}
+    dice, per_volume = {}, {}
+    for set_name, set_cases in cases.items():
+        dice[set_name], per_volume[set_name] = _dice_block(
+            net, set_cases, window, names, plan.get(set_name), args.overwrite
+        )
     report = header("evaluation.segmentation", argv) | {
         "command_name": "evaluate",
-        "model": {"path": args.model, "sha256": sha256_file(args.model), "training": training},
+        "model": {"path": args.model, "sha256": file_sha256(args.model), "training": training},
         "class_names": names,
         "definition": DICE_DEFINITION,
-        "intensity": {"real": real_rng.describe(), "synthetic": fake_rng.describe()},
+        "intensity": {k: rng.describe() for k, rng in ranges.items()},
+        "predictions": {k: [str(p) for p in v] for k, v in plan.items()} or None,
         "dice": dice,
         "per_volume": per_volume,
         "notes": {"test label maps": str(args.labels), "inference": f"sliding window {list(window)}, overlap 0.25"},
@@ -318,13 +391,15 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
     """``augment``: train on real vs real + synthetic (same seed and schedule), test both on real."""
-    check_outputs([args.out, markdown_path(args.out)], args.overwrite)
+    _check_report(args.out, args.overwrite)
     cfg = _config(args, args.num_classes)
     names = _class_names(args.class_names, cfg.num_classes)
-    real_rng, fake_rng = _ranges(args)
+    real_rng = _range(args, "real", args.train_images, args.train_labels, "--train-images")
+    fake_rng = _range(args, "fake", args.synth_images, args.synth_labels, "--synth-images")
+    test_rng = _range(args, "real", args.test_images, args.test_labels, "--test-images")
     real_train = load_cases(args.train_images, args.train_labels, cfg.num_classes, real_rng)
     synth_train = load_cases(args.synth_images, args.synth_labels, cfg.num_classes, fake_rng)
-    test = load_cases(args.test_images, args.test_labels, cfg.num_classes, real_rng)
+    test = load_cases(args.test_images, args.test_labels, cfg.num_classes, test_rng)
     dice, per_volume, training = {}, {}, {}
     for name, cases in (("real", real_train), ("real + synthetic", real_train + synth_train)):
         net, info = train_segmenter(cases, cfg, args.device, not args.no_progress)
@@ -337,7 +412,7 @@ def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
         "definition": DICE_DEFINITION + "; both networks tested on the real test set",
         "config": asdict(cfg),
         "training": training,
-        "intensity": {"real": real_rng.describe(), "synthetic": fake_rng.describe()},
+        "intensity": {"real": real_rng.describe(), "synthetic": fake_rng.describe(), "test": test_rng.describe()},
         "dice": dice,
         "per_volume": per_volume,
         "notes": {
@@ -351,51 +426,86 @@ def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=out_help)
-    p.add_argument("--data-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"))
-    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="override for real images")
-    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="override for synthetic images")
+    p.add_argument(
+        "--data-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="intensity range the images are stored in, mapped to [0, 1] (e.g. -1 1, or -1000 1000 for CT in HU). "
+        "Default: the range recorded with the files (generation.json, preprocessing's manifest.json); without a "
+        "record this option is required",
+    )
+    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for real images")
+    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for synthetic ones")
     p.add_argument("--clip", action="store_true", help="clip out-of-range voxels (counted) instead of failing")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs written by this tool")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, required=True, help="K, background included")
-    p.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--res-units", type=int, default=1)
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"))
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="UNet channels per level")
+    p.add_argument("--res-units", type=int, default=1, help="residual units per UNet block")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="training crop and inference window, divisible by 2^(levels-1); default: whole volumes",
+    )
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=2, help="volumes (or crops) per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seeds network init, batch order and crops")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (subcommands train, evaluate, augment)."""
-    parser = argparse.ArgumentParser(prog="segmentation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train the segmenter on real (+ extra) volumes")
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--labels", type=Path, required=True)
+    parser = argparse.ArgumentParser(
+        prog="segmentation", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    sub = parser.add_subparsers(dest="command", required=True, help="what to run (each has its own --help)")
+    report_help = "JSON report path; the Markdown goes next to it with .md (an --out ending in .md names the Markdown)"
+    names_help = "class names, background first (default: background, class_1, ...)"
+    p = sub.add_parser("train", help="train the segmenter on real (+ extra) volumes", formatter_class=HelpFormatter)
+    p.add_argument("--images", type=Path, required=True, help="real training images <id>.nii[.gz]")
+    p.add_argument("--labels", type=Path, required=True, help="their label maps, same names")
     p.add_argument("--extra-images", type=Path, help="extra (e.g. synthetic) images, <id>[_s<k>] names")
     p.add_argument("--extra-labels", type=Path, help="label maps of the extra images")
     _training(p)
     _common(p, "checkpoint path (.pt)")
-    p = sub.add_parser("evaluate", help="Dice on real test volumes and on synthetic ones")
-    p.add_argument("--model", type=Path, required=True)
+    p = sub.add_parser(
+        "evaluate", help="Dice on real test volumes and on synthetic ones", formatter_class=HelpFormatter
+    )
+    p.add_argument("--model", type=Path, required=True, help="segmenter checkpoint written by 'train'")
     p.add_argument("--labels", type=Path, required=True, help="test label maps <id>.nii[.gz]")
     p.add_argument("--real", type=Path, required=True, help="real test images <id>.nii[.gz]")
     p.add_argument("--fake", type=Path, help="synthetic images generated from the test label maps")
-    p.add_argument("--class-names", nargs="+")
-    _common(p, "JSON report path (Markdown written next to it)")
-    p = sub.add_parser("augment", help="train on real vs real + synthetic, test both on real")
-    for name in ("train-images", "train-labels", "synth-images", "synth-labels", "test-images", "test-labels"):
-        p.add_argument(f"--{name}", type=Path, required=True)
-    p.add_argument("--class-names", nargs="+")
+    p.add_argument("--class-names", nargs="+", help=names_help)
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        help="also write the predicted label maps to DIR/real/ and DIR/synthetic/, named after the images",
+    )
+    _common(p, report_help)
+    p = sub.add_parser(
+        "augment", help="train on real vs real + synthetic, test both on real", formatter_class=HelpFormatter
+    )
+    for name, text in (
+        ("train-images", "real training images"),
+        ("train-labels", "their label maps"),
+        ("synth-images", "synthetic training images (<id>[_s<k>] names)"),
+        ("synth-labels", "the label maps they were generated from"),
+        ("test-images", "real test images"),
+        ("test-labels", "their label maps"),
+    ):
+        p.add_argument(f"--{name}", type=Path, required=True, help=text)
+    p.add_argument("--class-names", nargs="+", help=names_help)
     _training(p)
-    _common(p, "JSON report path (Markdown written next to it)")
+    _common(p, report_help)
     return parser
 
 

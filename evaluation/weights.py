@@ -1,9 +1,10 @@
 """Where the pretrained weight files come from, how they are found, and what the report says about them.
 
-Nothing here downloads. A weight file is looked for, by its exact name, in ``--weights-dir`` (when given)
-and then in the torch hub cache ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``),
-where ``torch.hub`` / ``torchvision`` would have cached it. When it is absent the error names the file, the
-folders searched, where to get it, and how to skip the metric.
+Nothing here downloads (``scripts/fetch_weights.py`` does, once, on a machine with internet). A weight file is
+looked for, by its exact name, in ``--weights-dir`` (when given) and then in the torch hub cache
+``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``), where ``torch.hub`` /
+``torchvision`` / ``lpips`` would have cached it. When it is absent the error names the file, the folders
+searched, the command that fetches it, where it comes from, and how to skip the metric.
 
 ``random_weights=True`` (CLI ``--random-weights``) builds the same networks with random initialisation. It
 exists to test the plumbing without the files; the numbers it produces mean nothing, and the report says so.
@@ -11,13 +12,14 @@ exists to test the plumbing without the files; the numbers it produces mean noth
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from dataset.files import file_sha256
 
 T = TypeVar("T")
 RANDOM_WEIGHTS_SEED = 0
@@ -28,38 +30,47 @@ class WeightSpec:
     """One pretrained weight file.
 
     Attributes:
+        key: short name used by ``scripts/fetch_weights.py --only`` (the metric that needs the file).
         filename: exact file name looked for.
-        url: where to download it by hand.
+        url: the official download URL (``scripts/fetch_weights.py`` fetches it).
         used_by: metric(s) that need it and the ``--metrics`` name(s) to leave out to skip it.
         sha256_prefix: leading hex digits of the file's sha256 (torch hub naming convention), or None.
+        source: who publishes the file, for the report and the README.
     """
 
+    key: str
     filename: str
     url: str
     used_by: str
     sha256_prefix: str | None = None
+    source: str = ""
 
 
 INCEPTION = WeightSpec(
+    key="fid",
     filename="pt_inception-2015-12-05-6726825d.pth",
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     used_by="2D FID (--metrics fid)",
     sha256_prefix="6726825d",
+    source="pytorch-fid release fid_weights (the TF FID Inception graph ported to PyTorch)",
 )
 VGG16 = WeightSpec(
+    key="lpips",
     filename="vgg16-397923af.pth",
-    url="https://download.pytorch.org/models/vgg16-397923af.pth (torchvision VGG16_Weights.IMAGENET1K_V1)",
-    used_by="LPIPS (--metrics lpips)",
+    url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    used_by="LPIPS (--metrics lpips; also the VQ-GAN perceptual loss)",
     sha256_prefix="397923af",
+    source="torchvision VGG16_Weights.IMAGENET1K_V1, the trunk lpips.LPIPS(net='vgg') loads",
 )
 MEDICALNET50 = WeightSpec(
+    key="fid3d",
     filename="resnet_50_23dataset.pth",
-    url=(
-        "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50/resolve/main/resnet_50_23dataset.pth "
-        "(also linked from github.com/Tencent/MedicalNet and the HA-GAN repository)"
-    ),
+    url="https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50/resolve/main/resnet_50_23dataset.pth",
     used_by="3D-FID (--metrics fid3d) and the privacy audit's feature distance",
+    source="Tencent MedicalNet ResNet-50 pretrained on 23 datasets (github.com/Tencent/MedicalNet)",
 )
+#: Every pretrained file the project can use, by ``key``.
+ALL_WEIGHTS = {spec.key: spec for spec in (VGG16, INCEPTION, MEDICALNET50)}
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -69,6 +80,12 @@ class MissingWeightsError(FileNotFoundError):
 def hub_checkpoint_dir() -> Path:
     """The torch hub cache folder for weight files (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fetch_command(spec: WeightSpec, weights_dir: Path | None = None) -> str:
+    """The command that downloads ``spec`` into the folder the loaders search (shown in every missing-file error)."""
+    dest = f" --dest {weights_dir}" if weights_dir is not None else ""
+    return f"python scripts/fetch_weights.py --only {spec.key}{dest}"
 
 
 def search_dirs(weights_dir: Path | None) -> list[Path]:
@@ -90,18 +107,19 @@ def resolve(spec: WeightSpec, weights_dir: Path | None) -> Path:
             return candidate
     raise MissingWeightsError(
         f"pretrained weights for {spec.used_by.split(' (')[0]} not found: file '{spec.filename}' is in none of "
-        f"{', '.join(str(d) for d in dirs)}. Download it from {spec.url} and put it in one of those folders "
-        f"(or pass --weights-dir DIR). To run without it, leave the metric out: {spec.used_by}."
+        f"{', '.join(str(d) for d in dirs)}. Fetch it with `{fetch_command(spec, weights_dir)}` (on a machine "
+        f"with internet; it downloads {spec.url}), or copy the file into one of those folders (or pass "
+        f"--weights-dir DIR). To run without it, leave the metric out: {spec.used_by}."
     )
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def available(spec: WeightSpec, weights_dir: Path | None) -> bool:
+    """Whether ``spec``'s file is in one of the search folders."""
+    try:
+        resolve(spec, weights_dir)
+    except MissingWeightsError:
+        return False
+    return True
 
 
 def load_state_dict(spec: WeightSpec, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -116,11 +134,11 @@ def load_state_dict(spec: WeightSpec, path: Path) -> tuple[dict[str, torch.Tenso
     Raises:
         ValueError: the file's sha256 does not start with the prefix its name promises (corrupt download).
     """
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if spec.sha256_prefix is not None and not digest.startswith(spec.sha256_prefix):
         raise ValueError(
             f"{path}: sha256 {digest[:16]}... does not start with {spec.sha256_prefix} as the file name promises; "
-            f"the file is corrupt or not {spec.filename}. Download it again from {spec.url}"
+            f"the file is corrupt or not {spec.filename}. Fetch it again: `{fetch_command(spec)} --force`"
         )
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import evaluation
+from dataset.files import write_run_record
 from evaluation.compute_metrics import main
 
 SCRIPT = Path(evaluation.__file__).parent / "compute_metrics.py"
@@ -42,7 +43,10 @@ def folders(tmp_path, nifti, volume):
 
 
 def _base(root: Path, out: str = "x.json") -> list[str]:
-    return ["--real", str(root / "real"), "--fake", str(root / "fake"), "--out", str(root / out)]
+    return ["--real", str(root / "real"), "--fake", str(root / "fake"), "--out", str(root / out), *RANGE]
+
+
+RANGE = ["--data-range", "-1", "1"]
 
 
 def _run(args: list[str], cwd: Path, module: bool = False) -> subprocess.CompletedProcess:
@@ -52,8 +56,11 @@ def _run(args: list[str], cwd: Path, module: bool = False) -> subprocess.Complet
 
 
 def test_script_end_to_end_with_random_weights(folders):
+    # The synthetic folder's range comes from generation's run record; the real ones are stated.
+    outputs = ["case_a_s0.nii.gz", "case_b_s1.nii.gz"]
+    write_run_record(folders / "fake" / "generation.json", {"data_range": [-1.0, 1.0], "outputs": outputs})
     args = ["--real", "real", "--fake", "fake", "--labels", "labels", "--train", "train", "--out", "out/r.json"]
-    proc = _run(args + ["--random-weights", "--slice-step", "16", "--no-progress"], folders)
+    proc = _run(args + ["--real-range", "-1", "1", "--random-weights", "--slice-step", "16", "--no-progress"], folders)
     assert proc.returncode == 0, proc.stderr
     report = _strict_json(folders / "out" / "r.json")
     assert report["random_weights"] is True
@@ -76,6 +83,9 @@ def test_script_end_to_end_with_random_weights(folders):
         assert metrics[key][f"n_real_{unit}"] == 2 and metrics[key][f"n_fake_{unit}"] == 2
     assert any("rank-deficient" in w for w in report["warnings"])
     assert report["intensity"]["real"]["range"] == [-1.0, 1.0]
+    assert "--real-range" in report["intensity"]["real"]["source"]
+    assert report["intensity"]["fake"]["source"].endswith("generation.json (data_range)")
+    assert report["metrics"]["fid3d"]["input_convention"] == "project"
 
     audit = report["privacy"]
     assert [(c["fake"], c["nearest_train_ssim"], c["exact_copy"]) for c in audit["suspected_copies"]][0] == (
@@ -88,15 +98,24 @@ def test_script_end_to_end_with_random_weights(folders):
     md = (folders / "out" / "r.md").read_text()
     assert "| FID | 3D-FID | LPIPS | SSIM | RMSE | PSNR | MS-SSIM | SSIM-2D |" in md
     assert "RANDOM WEIGHTS" in md and "Privacy audit" in md
+    assert "- MS-SSIM per shape: 16x16x16: 2 scales, window 7x7x7" in md
+    assert "- data range (fake): [-1, 1] from " in md and "generation.json (data_range)" in md
+    assert "- 3D-FID: extractor MedicalNet ResNet-50 (23 datasets); input convention `project`" in md
 
 
-def test_module_entry_point_refuses_to_overwrite(folders):
+def test_module_entry_point_refuses_to_overwrite(folders, caplog):
     out = folders / "r.json"
     out.write_text("precious")
-    proc = _run(["--real", "real", "--fake", "fake", "--out", "r.json", "--metrics", "psnr"], folders, module=True)
+    proc = _run(["--real", "real", "--fake", "fake", "--out", "r.json", "--metrics", "psnr", *RANGE], folders, True)
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr
     assert out.read_text() == "precious"
+    # --overwrite replaces only a report this tool wrote, never someone else's file of that name.
+    with caplog.at_level(logging.ERROR):
+        assert main([*_base(folders, "r.json"), "--metrics", "rmse", "--overwrite"]) == 2
+    assert "not written by this project" in caplog.text and out.read_text() == "precious"
+    out.unlink()
+    assert main([*_base(folders, "r.json"), "--metrics", "psnr"]) == 0
     assert main([*_base(folders, "r.json"), "--metrics", "rmse", "--overwrite"]) == 0
     assert _strict_json(out)["metrics"]["rmse"]["n"] == 2
     assert (folders / "r.md").exists()
@@ -104,6 +123,7 @@ def test_module_entry_point_refuses_to_overwrite(folders):
 
 def test_identical_folders_give_known_answers(folders):
     args = ["--real", str(folders / "real"), "--fake", str(folders / "real"), "--out", str(folders / "same.json")]
+    args += RANGE
     assert main(args + ["--metrics", "psnr,rmse,ssim,ssim2d,msssim,fid3d", "--random-weights", "--no-progress"]) == 0
     report = _strict_json(folders / "same.json")
     m = report["metrics"]
@@ -138,7 +158,7 @@ def test_hounsfield_volumes_need_a_stated_range_and_clipping_is_counted(tmp_path
     nifti(tmp_path / "fake" / "p.nii.gz", np.clip(hu, -1000, 1000))
     base = ["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--metrics", "psnr,rmse,ssim"]
     with caplog.at_level(logging.ERROR):
-        assert main(base + ["--out", str(tmp_path / "a.json")]) == 2  # default range is [-1, 1]
+        assert main(base + ["--out", str(tmp_path / "a.json"), *RANGE]) == 2
     assert "p.nii.gz" in caplog.text and "outside the stated data range [-1, 1]" in caplog.text
     assert main(base + ["--out", str(tmp_path / "b.json"), "--data-range", "-1000", "1000", "--clip"]) == 0
     report = _strict_json(tmp_path / "b.json")
@@ -169,7 +189,7 @@ def test_bad_arguments_are_reported(folders, caplog, extra, message):
     with caplog.at_level(logging.ERROR):
         rc = main(
             ["--real", str(folders / "real"), "--fake", str(folders / "fake"), "--out", str(folders / "x.json")]
-            + extra
+            + (extra if "--data-range" in extra else [*RANGE, *extra])
         )
     assert rc == 2 and message in caplog.text
 

@@ -14,6 +14,7 @@ from evaluation.intensity import IntensityRange
 from evaluation.segmentation import SegConfig, dice_of_cases, load_cases, load_checkpoint, main, train_segmenter
 
 NAMES = ["background", "bright", "dark"]
+RANGE = ["--data-range", "-1", "1"]
 
 
 def test_perfect_prediction_gives_dice_one():
@@ -92,7 +93,7 @@ def test_cli_train_evaluate_and_augment(tmp_path, nifti):
     _write_cases(tmp_path / "synth", nifti, range(20, 22), suffix="_s0", noise=0.25)
     _write_cases(tmp_path / "test", nifti, range(10, 12))
     _write_cases(tmp_path / "test_synth", nifti, range(10, 12), suffix="_s0", noise=0.25)
-    fit = ["--num-classes", "3", "--channels", "8", "16", "--steps", "8", "--lr", "2e-2", "--no-progress"]
+    fit = ["--num-classes", "3", "--channels", "8", "16", "--steps", "8", "--lr", "2e-2", "--no-progress", *RANGE]
     model = tmp_path / "seg.pt"
     train, test = tmp_path / "train", tmp_path / "test"
     assert main(["train", *_flags(images=train / "images", labels=train / "labels", out=model), *fit]) == 0
@@ -100,7 +101,7 @@ def test_cli_train_evaluate_and_augment(tmp_path, nifti):
     assert cfg.num_classes == 3 and training["window"] == [16, 16, 16]
 
     out = tmp_path / "dice.json"
-    evaluate = ["evaluate", *_flags(model=model, labels=test / "labels", real=test / "images", out=out)]
+    evaluate = ["evaluate", *_flags(model=model, labels=test / "labels", real=test / "images", out=out), *RANGE]
     assert main(evaluate + _flags(fake=tmp_path / "test_synth" / "images") + ["--class-names", *NAMES]) == 0
     report = json.loads(out.read_text())
     assert set(report["dice"]) == {"real", "synthetic"}

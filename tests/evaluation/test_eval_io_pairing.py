@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from dataset import DataError
+from dataset.files import atomic_write_text
 from dataset.nifti import load_image
+from evaluation.cli_common import check_output_files
 from evaluation.intensity import IntensityRange
-from evaluation.nifti_io import atomic_write_text, check_outputs, check_same_grid, list_nifti, read_header
+from evaluation.nifti_io import check_same_grid, list_nifti, read_header
 from evaluation.pairing import group_by_id, pair_folders
 
 
@@ -106,11 +108,13 @@ def test_intensity_mapping_and_out_of_range_policy():
 
 def test_overwrite_refusal_and_atomic_write(tmp_path):
     out = tmp_path / "r.json"
-    check_outputs([out], overwrite=False)  # nothing there yet
+    check_output_files([out], overwrite=False)  # nothing there yet
     atomic_write_text(out, "first")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        check_outputs([out], overwrite=False)
-    check_outputs([out], overwrite=True)
+        check_output_files([out], overwrite=False)
+    check_output_files([out], overwrite=True)
+    with pytest.raises(DataError, match="not written by this project"):
+        check_output_files([out], overwrite=True, ours=lambda p: False)
     atomic_write_text(out, "second")
     assert out.read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind

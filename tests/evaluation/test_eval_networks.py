@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from dataset.files import file_sha256
 from evaluation import weights as W
 from evaluation.inception import build_inception, fid_inception_structure
 from evaluation.lpips_metric import build_lpips, lpips_slices
@@ -66,12 +67,12 @@ def test_medicalnet_loads_a_medicalnet_style_checkpoint(tmp_path, monkeypatch):
 
 
 def test_state_dict_file_unwrapping(tmp_path):
-    spec = W.WeightSpec(filename="t.pth", url="u", used_by="x")
+    spec = W.WeightSpec(key="t", filename="t.pth", url="u", used_by="x")
     path = tmp_path / "t.pth"
     torch.save({"state_dict": {"module.a.weight": torch.ones(2)}}, path)
     state, record = W.load_state_dict(spec, path)
     assert list(state) == ["a.weight"]
-    assert record["sha256"] == W.sha256_file(path) and len(record["sha256"]) == 64
+    assert record["sha256"] == file_sha256(path) and len(record["sha256"]) == 64
 
 
 def test_inception_structure_equals_pytorch_fid_builder(tmp_path, monkeypatch):
