@@ -45,8 +45,8 @@ def _compose(primary: str, overrides: list[str]):
 
 def _primary(model_name: str) -> str:
     """The primary config (config/<primary>.yaml) whose stage a model config belongs to."""
-    for prefix, primary in (("label_ae", "label_ae"), ("label_diffusion", "label_diffusion"), ("diffusion", "diffusion")):
-        if model_name.startswith(prefix):
+    for primary in ("label_ae", "label_diffusion", "diffusion"):
+        if model_name.startswith(primary):
             return primary
     return "vqgan"
 
@@ -123,12 +123,16 @@ def test_variants_inherit_their_parent() -> None:
 
 def test_cli_override_of_a_new_intensity_kind() -> None:
     """The README's own-data example: a dict intensity spec on the command line composes (it used to fail)."""
-    cfg = _compose("vqgan", ["dataset=nifti_pairs", "dataset.intensity={kind: ct_window, hu_min: -1000, hu_max: 1000}"])
+    spec = "dataset.intensity={kind: ct_window, hu_min: -1000, hu_max: 1000}"
+    cfg = _compose("vqgan", ["dataset=nifti_pairs", spec])
     expected = {"kind": "ct_window", "hu_min": -1000, "hu_max": 1000}
     assert OmegaConf.to_container(cfg.dataset.datamodule.dataset.intensity, resolve=True) == expected
 
 
-@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith(("duke", "autopet", "synthrad")) and "labels" not in e])
+PAPER_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("duke", "autopet", "synthrad")) and "labels" not in e]
+
+
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_paper_experiments_share_one_trainer_block(name: str) -> None:
     primary = "diffusion" if "diffusion" in name else "vqgan"
     cfg = _compose(primary, [f"experiment={name}"])
