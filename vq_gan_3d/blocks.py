@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 PADDING_TYPES = ("replicate", "constant", "reflect", "circular")
@@ -148,10 +149,20 @@ class ResBlock3D(nn.Module):
         out_channels: output channels; a 3x3x3 conv projects the skip when they differ.
         num_groups: GroupNorm groups (capped at the channel count).
         padding_type: ``F.pad`` mode of the convolutions.
+        checkpointing: recompute the block's activations in the backward pass instead of storing them
+            (``torch.utils.checkpoint``; only when gradients are enabled).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, padding_type: str = "replicate"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_groups: int = 32,
+        padding_type: str = "replicate",
+        checkpointing: bool = False,
+    ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         self.norm1 = normalize(in_channels, num_groups)
         self.conv1 = SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)
         self.norm2 = normalize(out_channels, num_groups)
@@ -162,11 +173,16 @@ class ResBlock3D(nn.Module):
             else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, D, H, W) -> (B, C_out, D, H, W)."""
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, D, H, W) -> (B, C_out, D, H, W)."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
 
 
 def log2_factors(factors: list[int] | tuple[int, ...], name: str = "downsample") -> tuple[int, int, int]:

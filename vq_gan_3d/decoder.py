@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataset.contract import one_hot
 from vq_gan_3d.blocks import ResBlock3D, SamePadConv3d, SamePadConvTranspose3d, log2_factors, normalize
-from vq_gan_3d.spade import SPADE, SPADEResBlock3D
+from vq_gan_3d.spade import SPADE, SPADEResBlock3D, labels_from_one_hot
 
 
 def _stage_plan(n_hiddens: int, upsample: list[int] | tuple[int, ...]) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -39,6 +40,7 @@ class Decoder3D(nn.Module):
         upsample: per-axis factors (D, H, W), powers of two.
         num_groups: GroupNorm groups (capped at the channel count; must divide it).
         padding_type: ``F.pad`` mode of all convolutions.
+        checkpointing: activation checkpointing of every ResBlock (recomputed in the backward pass).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class Decoder3D(nn.Module):
         upsample: list[int] | tuple[int, int, int],
         num_groups: int = 32,
         padding_type: str = "replicate",
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         plan = _stage_plan(n_hiddens, upsample)
@@ -57,8 +60,8 @@ class Decoder3D(nn.Module):
         for c_in, c_out, stride in plan:
             stage = nn.Module()
             stage.up = SamePadConvTranspose3d(c_in, c_out, 4, stride=stride, padding_type=padding_type)
-            stage.res1 = ResBlock3D(c_out, c_out, num_groups, padding_type)
-            stage.res2 = ResBlock3D(c_out, c_out, num_groups, padding_type)
+            stage.res1 = ResBlock3D(c_out, c_out, num_groups, padding_type, checkpointing)
+            stage.res2 = ResBlock3D(c_out, c_out, num_groups, padding_type, checkpointing)
             self.stages.append(stage)
         self.conv_last = SamePadConv3d(plan[-1][1], image_channels, 3, padding_type=padding_type)
 
@@ -84,6 +87,9 @@ class SPADEDecoder3D(nn.Module):
         spade_kernel: SPADE conv kernel, (1, 3, 3) = in-plane as the reference.
         num_groups: SPADE GroupNorm groups (reference: 8), capped at the channel count.
         padding_type: ``F.pad`` mode of the 3x3x3 and (transposed) convolutions.
+        lookup: SPADE's first conv as a lookup over the integer label map (exact; see :mod:`vq_gan_3d.spade`);
+            False runs the original conv over the one-hot map (benchmarks, equivalence tests).
+        checkpointing: activation checkpointing of every SPADE ResBlock (recomputed in the backward pass).
     """
 
     def __init__(
@@ -96,23 +102,49 @@ class SPADEDecoder3D(nn.Module):
         spade_kernel: tuple[int, int, int] | list[int] = (1, 3, 3),
         num_groups: int = 8,
         padding_type: str = "replicate",
+        lookup: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         plan = _stage_plan(n_hiddens, upsample)
         self.in_channels = plan[0][0]
         self.label_nc = label_nc
-        self.first_norm = SPADE(self.in_channels, label_nc, spade_hidden, spade_kernel, num_groups)
+        self.lookup = lookup
+        self.first_norm = SPADE(self.in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
+        args = (label_nc, spade_hidden, spade_kernel, num_groups, padding_type, lookup, checkpointing)
         self.stages = nn.ModuleList()
         for c_in, c_out, stride in plan:
             stage = nn.Module()
             stage.up = SamePadConvTranspose3d(c_in, c_out, 4, stride=stride, padding_type=padding_type)
-            stage.res1 = SPADEResBlock3D(c_out, c_out, label_nc, spade_hidden, spade_kernel, num_groups, padding_type)
-            stage.res2 = SPADEResBlock3D(c_out, c_out, label_nc, spade_hidden, spade_kernel, num_groups, padding_type)
+            stage.res1 = SPADEResBlock3D(c_out, c_out, *args)
+            stage.res2 = SPADEResBlock3D(c_out, c_out, *args)
             self.stages.append(stage)
         self.conv_last = SamePadConv3d(plan[-1][1], image_channels, 3, padding_type=padding_type)
 
+    def label_input(self, seg: torch.Tensor) -> torch.Tensor:
+        """The form of ``seg`` every SPADE of this decoder gets, converted once per forward.
+
+        With ``lookup`` an exactly one-hot float map becomes its (B, 1, D, H, W) class map (soft maps stay float
+        and go through the conv); without it an integer class map is one-hot encoded.
+        """
+        if self.lookup and seg.is_floating_point():
+            labels = labels_from_one_hot(seg)
+            return seg if labels is None else labels[:, None]
+        if not self.lookup and not seg.is_floating_point():
+            return one_hot(seg, self.label_nc)
+        return seg
+
     def forward(self, h: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """h: (B, C_lat, d, h, w), seg: (B, K, D, H, W) one-hot -> (B, image_channels, D, H, W) in (-1, 1)."""
+        """Decode ``h`` conditioned on ``seg``.
+
+        Args:
+            h: (B, C_lat, d, h, w) latent features.
+            seg: (B, K, D, H, W) one-hot map, or (B, 1, D, H, W) integer class map in [0, K).
+
+        Returns:
+            (B, image_channels, D, H, W) in (-1, 1).
+        """
+        seg = self.label_input(seg)
         h = F.silu(self.first_norm(h, seg))
         for stage in self.stages:
             h = stage.res2(stage.res1(stage.up(h), seg), seg)

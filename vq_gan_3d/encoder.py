@@ -22,6 +22,7 @@ class Encoder3D(nn.Module):
         downsample: per-axis factors (D, H, W), powers of two, e.g. ``[4, 4, 4]``.
         num_groups: GroupNorm groups (capped at the channel count; must divide it).
         padding_type: ``F.pad`` mode of all convolutions.
+        checkpointing: activation checkpointing of every ResBlock (recomputed in the backward pass).
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class Encoder3D(nn.Module):
         downsample: list[int] | tuple[int, int, int],
         num_groups: int = 32,
         padding_type: str = "replicate",
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if image_channels < 1 or n_hiddens < 1:
@@ -45,7 +47,7 @@ class Encoder3D(nn.Module):
             stride = tuple(2 if r > 0 else 1 for r in remaining)
             stage = nn.Module()
             stage.down = SamePadConv3d(channels, out_channels, 4, stride=stride, padding_type=padding_type)
-            stage.res = ResBlock3D(out_channels, out_channels, num_groups, padding_type)
+            stage.res = ResBlock3D(out_channels, out_channels, num_groups, padding_type, checkpointing)
             self.stages.append(stage)
             remaining = [max(r - 1, 0) for r in remaining]
             channels = out_channels

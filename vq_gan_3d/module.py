@@ -5,9 +5,9 @@ L1 + commitment + 2D LPIPS on slices + 2D slice / 3D volume PatchGAN (hinge) + d
 (reference-notes §1). Manual optimisation, one encoder/codebook/decoder forward per batch, generator step then
 discriminator step.
 
-Step counting: both optimisers step on every batch (before the discriminator warm-up the discriminator step has
-zero gradients, which leaves Adam's parameters unchanged), so Lightning's ``global_step`` advances by **2 per
-batch**; ``discriminator_iter_start`` counts **batches** (``global_step // 2``).
+Step counting: both optimisers' ``step()`` is called on every batch (before the discriminator warm-up the
+discriminators have no gradients, so Adam skips them and keeps no state), so Lightning's ``global_step`` advances by
+**2 per batch**; ``discriminator_iter_start`` counts **batches** (``global_step // 2``).
 
 Logged keys (``train/`` per step, ``val/`` per epoch):
     rec_loss        unweighted L1 between reconstruction and input (val/rec_loss is the checkpoint monitor)
@@ -21,8 +21,9 @@ Logged keys (``train/`` per step, ``val/`` per epoch):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -59,6 +60,28 @@ def _to_primitive(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [_to_primitive(v) for v in value]
     return value
+
+
+def _distributed() -> bool:
+    """True inside a torch.distributed process group (DDP needs every parameter in every backward)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Turn ``requires_grad`` off for ``module``'s parameters inside the context, restoring each flag after.
+
+    A forward inside builds no graph edges to those weights, so a backward computes the input gradients
+    (to the generator) but not the weight gradients.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _zero_touch(params: list[nn.Parameter]) -> torch.Tensor:
@@ -107,6 +130,13 @@ class VQGANModule(pl.LightningModule):
         perceptual_random_weights: LPIPS with a random VGG16 backbone (tests / CPU demos; logged warning).
         vgg_weights_path: torchvision ``vgg16-397923af.pth``; None = torch hub cache.
         inference_only: build no discriminators (first stage inside stage 2; cannot be trained).
+        checkpointing: activation checkpointing of the encoder's and decoder's residual blocks (SPADE blocks
+            included): their activations are recomputed in the backward pass, which saves memory and costs
+            about one more forward of those blocks. Gradients equal the plain ones within fp32 round-off.
+        toggle_discriminator_grad: build the generator step's discriminator forward without graph edges to
+            the discriminator weights (their gradients were discarded anyway) and run the discriminators once
+            on the real data. False keeps the original computation (exactly the same result, slower): it is
+            there so that a benchmark can measure both in one run.
     """
 
     def __init__(
@@ -143,6 +173,8 @@ class VQGANModule(pl.LightningModule):
         perceptual_random_weights: bool = False,
         vgg_weights_path: str | None = None,
         inference_only: bool = False,
+        checkpointing: bool = False,
+        toggle_discriminator_grad: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -153,7 +185,7 @@ class VQGANModule(pl.LightningModule):
         self.automatic_optimization = False
         self._frozen = False
 
-        self.encoder = Encoder3D(image_channels, n_hiddens, hp.downsample, num_groups, padding_type)
+        self.encoder = Encoder3D(image_channels, n_hiddens, hp.downsample, num_groups, padding_type, checkpointing)
         channels = self.encoder.out_channels
         self.pre_vq_conv = SamePadConv3d(channels, embedding_dim, 1, padding_type=padding_type)
         self.codebook = EMACodebook(
@@ -163,10 +195,12 @@ class VQGANModule(pl.LightningModule):
         if decoder == "spade":
             self.decoder = SPADEDecoder3D(
                 image_channels, n_hiddens, hp.downsample, label_nc, spade_hidden, hp.spade_kernel,
-                spade_num_groups, padding_type,
+                spade_num_groups, padding_type, checkpointing=checkpointing,
             )  # fmt: skip
         else:
-            self.decoder = Decoder3D(image_channels, n_hiddens, hp.downsample, num_groups, padding_type)
+            self.decoder = Decoder3D(
+                image_channels, n_hiddens, hp.downsample, num_groups, padding_type, checkpointing
+            )  # fmt: skip
         if not inference_only:
             self.image_discriminator = PatchGAN(2, image_channels, disc_channels, disc_layers)
             self.volume_discriminator = PatchGAN(3, image_channels, disc_channels, disc_layers)
@@ -389,18 +423,30 @@ class VQGANModule(pl.LightningModule):
 
         # 2. Generator objective; GAN terms only after the warm-up (before it they would be weighted by 0).
         gan_active = self.batch_step >= hp.discriminator_iter_start
-        g = {"g_image_loss": zero, "g_volume_loss": zero, "image_gan_feat_loss": zero, "volume_gan_feat_loss": zero}
-        if gan_active:
+        toggle = hp.toggle_discriminator_grad
+        discs = [
+            (name, disc, real, fake, weight)
             for name, disc, real, fake, weight in (
                 ("image", self.image_discriminator, frames, frames_hat, hp.image_gan_weight),
                 ("volume", self.volume_discriminator, x, x_hat, hp.video_gan_weight),
-            ):
-                if weight > 0:
+            )
+            if gan_active and weight > 0
+        ]
+        # The discriminators do not change between the two steps, so one forward on the real data gives the
+        # generator's feature-matching targets and the discriminator's real logits (same values as two).
+        real_out = {name: disc(real.detach()) for name, disc, real, _, _ in discs} if toggle else {}
+        g = {"g_image_loss": zero, "g_volume_loss": zero, "image_gan_feat_loss": zero, "volume_gan_feat_loss": zero}
+        for name, disc, real, fake, _ in discs:
+            if toggle:
+                with _frozen(disc):  # no graph to the discriminator weights: their gradients would be discarded
                     logits_fake, feats_fake = disc(fake)
-                    with torch.no_grad():
-                        _, feats_real = disc(real)
-                    g[f"g_{name}_loss"] = generator_adversarial_loss(logits_fake, hp.disc_loss_type)
-                    g[f"{name}_gan_feat_loss"] = feature_matching_loss(feats_fake, feats_real)
+                feats_real = real_out[name][1]
+            else:  # the original computation (benchmarks): discriminator weight gradients computed and dropped
+                logits_fake, feats_fake = disc(fake)
+                with torch.no_grad():
+                    _, feats_real = disc(real)
+            g[f"g_{name}_loss"] = generator_adversarial_loss(logits_fake, hp.disc_loss_type)
+            g[f"{name}_gan_feat_loss"] = feature_matching_loss(feats_fake, feats_real)
         g_loss = (
             hp.l1_weight * rec_loss
             + vq.commitment_loss
@@ -409,28 +455,32 @@ class VQGANModule(pl.LightningModule):
             + hp.video_gan_weight * g["g_volume_loss"]
             + hp.gan_feat_weight * (g["image_gan_feat_loss"] + g["volume_gan_feat_loss"])
         )
+        ddp = _distributed()
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss + _zero_touch(self._discriminator_params()))
+        opt_d.zero_grad(set_to_none=True)  # the last batch's discriminator gradients: not needed, free them now
+        touch = _zero_touch(self._discriminator_params()) if ddp or not toggle else zero
+        self.manual_backward(g_loss + touch)
         opt_g.step()  # gradients are clipped in on_before_optimizer_step (after AMP unscaling)
 
-        # 3. Discriminator step on detached reconstructions; a zero-gradient step before the warm-up keeps
-        #    global_step at 2 per batch without changing the discriminators (Adam's update of a zero gradient is 0).
+        # 3. Discriminator step on detached reconstructions. Before the warm-up ends the discriminators get no
+        #    gradient at all, so Adam skips them (no state, no step count) and its bias correction starts with
+        #    the first real update; opt_d.step() is still called, which keeps global_step at 2 per batch.
         d = {}
         d_loss = zero
-        if gan_active:
-            for name, disc, real, fake, weight in (
-                ("image", self.image_discriminator, frames, frames_hat, hp.image_gan_weight),
-                ("volume", self.volume_discriminator, x, x_hat, hp.video_gan_weight),
-            ):
-                if weight > 0:
-                    logits_real, _ = disc(real.detach())
-                    logits_fake, _ = disc(fake.detach())
-                    d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
-                    d[f"logits_{name}_real"] = logits_real.detach().mean()
-                    d[f"logits_{name}_fake"] = logits_fake.detach().mean()
-                    d_loss = d_loss + weight * d[f"d_{name}_loss"]
+        for name, disc, real, fake, weight in discs:
+            logits_real = real_out[name][0] if toggle else disc(real.detach())[0]
+            logits_fake, _ = disc(fake.detach())
+            d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
+            d[f"logits_{name}_real"] = logits_real.detach().mean()
+            d[f"logits_{name}_fake"] = logits_fake.detach().mean()
+            d_loss = d_loss + weight * d[f"d_{name}_loss"]
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss + _zero_touch(self._discriminator_params() + self._generator_params()))
+        if ddp:  # DDP expects a gradient for every parameter in every backward
+            self.manual_backward(d_loss + _zero_touch(self._discriminator_params() + self._generator_params()))
+            if not discs:
+                opt_d.zero_grad(set_to_none=True)
+        elif discs:
+            self.manual_backward(d_loss)
         opt_d.step()
 
         logs = {

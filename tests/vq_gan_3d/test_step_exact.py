@@ -1,0 +1,124 @@
+"""Training-step changes of issue 13 that must not change the result: discriminator gradients toggled off in the
+generator step (bit-identical to the old step), no discriminator Adam steps before the warm-up ends, and activation
+checkpointing (equal within fp32 round-off)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tests.vq_gan_3d.helpers import loader, phantom_batch, tiny_model, trainer
+from tests.vq_gan_3d.legacy_step import adam_pair, legacy_training_step, run_module_step
+from vq_gan_3d.module import VQGANModule
+
+
+def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    return [None if p.grad is None else p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("toggle", [True, False], ids=["toggled", "original"])
+@pytest.mark.parametrize("decoder", ["normal", "spade"])
+def test_generator_step_is_bit_identical_and_leaves_discriminator_grads_none(decoder: str, toggle: bool) -> None:
+    torch.manual_seed(0)
+    base = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
+    old = copy.deepcopy(base)
+    new = copy.deepcopy(base)
+    new.hparams.toggle_discriminator_grad = toggle
+    old_opts, new_opts = adam_pair(old), adam_pair(new)
+    old.train()
+    new.train()
+    for step in range(2):  # GAN on from the first batch; Adam states must stay equal too
+        batch = phantom_batch(seed=step)
+        seen: dict[str, list] = {}
+        torch.manual_seed(100 + step)  # the random slices and codebook restarts draw from the global RNG
+        legacy_training_step(
+            old, batch, *old_opts, gan_active=True,
+            after_generator_backward=lambda: seen.update(old_g=_grads(old._generator_params())),  # noqa: B023
+        )  # fmt: skip
+        torch.manual_seed(100 + step)
+        run_module_step(
+            new, batch, *new_opts,
+            after_generator_backward=lambda: seen.update(  # noqa: B023
+                new_g=_grads(new._generator_params()), new_d=_grads(new._discriminator_params())
+            ),
+        )  # fmt: skip
+        assert all(a is not None and torch.equal(a, b) for a, b in zip(seen["old_g"], seen["new_g"]))
+        if toggle:
+            assert all(g is None for g in seen["new_d"])  # no discriminator weight gradient was computed
+        else:
+            assert any(g is not None and g.abs().sum() > 0 for g in seen["new_d"])  # the original, wasteful path
+        for (k, a), b in zip(old.state_dict().items(), new.state_dict().values()):
+            assert torch.equal(a, b), (step, k)
+
+
+class _DiscAdamProbe(pl.Callback):
+    """Records the discriminator Adam state per batch and checks its first real update against a fresh Adam."""
+
+    def __init__(self) -> None:
+        self.state_sizes: list[int] = []
+        self.pending: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.checked = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if params[0] is not pl_module._discriminator_params()[0]:
+            return
+        if self.pending is None and self.checked == 0 and any(p.grad is not None for p in params):
+            self.pending = ([p.detach().clone() for p in params], [p.grad.clone() for p in params])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        opt_d = trainer.optimizers[1]
+        self.state_sizes.append(len(opt_d.state))
+        if self.pending is not None:
+            before, grads = self.pending
+            fresh = [torch.nn.Parameter(p.clone()) for p in before]
+            for p, g in zip(fresh, grads):
+                p.grad = g
+            torch.optim.Adam(fresh, lr=pl_module.hparams.lr, betas=tuple(pl_module.hparams.betas)).step()
+            actual = [p.detach() for p in pl_module._discriminator_params()]
+            assert all(torch.equal(a, b) for a, b in zip(actual, fresh))
+            assert all(int(s["step"]) == 1 for s in opt_d.state.values())
+            self.pending = None
+            self.checked += 1
+
+
+def test_discriminator_adam_does_not_step_before_warm_up() -> None:
+    pl.seed_everything(3, verbose=False)
+    model = tiny_model(discriminator_iter_start=2, gradient_clip_val=None)
+    probe = _DiscAdamProbe()
+    tr = trainer(2 * 4, callbacks=[probe])
+    tr.fit(model, loader(phantom_batch()))
+    assert tr.global_step == 8  # both optimisers still count a step per batch
+    n_disc = len(model._discriminator_params())
+    assert probe.state_sizes == [0, 0, n_disc, n_disc]  # no Adam state (no step count) during the warm-up
+    assert probe.checked == 1  # the first GAN batch's update is a fresh Adam's first update, bit for bit
+
+
+@pytest.mark.parametrize("decoder", ["normal", "spade"])
+def test_checkpointing_matches_plain_within_round_off(decoder: str) -> None:
+    torch.manual_seed(4)
+    plain = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
+    ckpt = VQGANModule(**{**dict(plain.hparams), "checkpointing": True})
+    ckpt.load_state_dict(plain.state_dict())
+    assert sum(getattr(m, "checkpointing", False) is True for m in ckpt.modules()) >= 6
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        seen: dict[str, list] = {}
+        torch.manual_seed(5)
+        logged = run_module_step(
+            model, phantom_batch(), *adam_pair(model),
+            after_generator_backward=lambda m=model: seen.update(g=_grads(m._generator_params())),  # noqa: B023
+        )  # fmt: skip
+        grads_d = _grads(model._discriminator_params())
+        results.append((logged, seen["g"], grads_d))
+    (log_a, ga, da), (log_b, gb, db) = results
+    assert set(log_a) == set(log_b)
+    for k in log_a:
+        torch.testing.assert_close(torch.as_tensor(log_b[k]), torch.as_tensor(log_a[k]), rtol=1e-6, atol=1e-6)
+    for a, b in zip(ga + da, gb + db):
+        scale = float(a.abs().max()) + 1e-12
+        torch.testing.assert_close(b / scale, a / scale, rtol=1e-6, atol=1e-6)  # 1e-6 relative to the tensor
