@@ -72,6 +72,11 @@ class Denoiser(nn.Module):
         """Channels of the label features (0 for an unconditional denoiser)."""
         return self.label_encoder.out_channels if self.label_encoder is not None else 0
 
+    @property
+    def size_multiple(self) -> tuple[int, int, int]:
+        """(d, h, w): every latent size this network takes is a multiple of these (its down-sampling)."""
+        return (1, 1, 1)
+
     def null_labels(self, x: torch.Tensor) -> torch.Tensor:
         """The "no label map" input for latents ``x`` (B, C, d, h, w): zeros (B, K, d·fd, h·fh, w·fw).
 

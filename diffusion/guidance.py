@@ -63,6 +63,9 @@ class GuidedDenoiser:
         self.guidance = guidance if denoiser.conditional else 1.0
         self.cond = denoiser.encode_labels(seg) if self.guidance != 0.0 else None
         self.uncond = denoiser.encode_labels(torch.zeros_like(seg)) if self.guidance != 1.0 else None
+        # Both branches in one batch: concatenated once, so every step sees the *same* feature tensor (a SPADE
+        # modulation cache keyed on it then hits at every step).
+        self.both = torch.cat((self.cond, self.uncond)) if self.cond is not None and self.uncond is not None else None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, C, d, h, w), t: (B,) → guided prediction (B, C, d, h, w)."""
@@ -70,6 +73,6 @@ class GuidedDenoiser:
             return self.denoiser(x, t, label_features=self.cond)
         if self.cond is None:
             return self.denoiser(x, t, label_features=self.uncond)
-        out = self.denoiser(torch.cat((x, x)), torch.cat((t, t)), label_features=torch.cat((self.cond, self.uncond)))
+        out = self.denoiser(torch.cat((x, x)), torch.cat((t, t)), label_features=self.both)
         c, u = out.chunk(2)
         return combine(c, u, self.guidance)

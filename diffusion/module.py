@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from dataset.contract import one_hot
+from dataset.registry import plain_data_info
 from diffusion.denoisers import build_denoiser
 from diffusion.ema import EMA
 from diffusion.first_stage import architecture_hparams, build_first_stage, load_first_stage
-from diffusion.guidance import GuidedDenoiser, drop_labels
+from diffusion.guidance import drop_labels
 from diffusion.latent_norm import LatentNormalizer
 from diffusion.schedulers import NoiseSchedule
 from vq_gan_3d.losses import psnr
@@ -55,8 +57,9 @@ class LatentDiffusionModule(pl.LightningModule):
             diffusion hyperparameters, so ``load_from_checkpoint`` rebuilds the first stage without the original
             file. Set by hand only to build an untrained first stage (tests).
         block_size: (D, H, W) of the training blocks (``${dataset.block_size}``), for block-wise generation.
-        data_info: the dataset config the model is trained on (``${dataset}``: voxel size, intensity normalisation,
-            class names, datamodule node), stored in the checkpoint for generation; not used in training.
+        data_info: the dataset config the model is trained on (``${dataset}``), stored in the checkpoint as plain
+            data for generation (:func:`dataset.registry.plain_data_info`: name, voxel size, intensity, class names,
+            block size, root, the dataset's plain arguments; never a ``_target_``); not used in training.
         denoiser: "unet3d_spade" (Med-LSDM), "unet3d" (no SPADE; labels concatenated or absent) or "monai_spade".
         denoiser_kwargs: constructor arguments of the chosen denoiser (``dim``, ``dim_mults``, ``attn_heads``, ...).
         objective: "ddpm" (Gaussian diffusion) or "rflow" (rectified flow).
@@ -129,6 +132,9 @@ class LatentDiffusionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Plain data only: the dataset config's datamodule node (and any call target) never reaches the checkpoint,
+        # and an older checkpoint's is dropped here on load (dataset.registry builds datasets from a fixed table).
+        self.hparams["data_info"] = plain_data_info(data_info)
         self._check_args()
 
         # 1. Frozen first stage: from the stored hparams (diffusion checkpoint) or from the stage-1 checkpoint.
@@ -338,37 +344,44 @@ class LatentDiffusionModule(pl.LightningModule):
         Returns:
             (B, E, D/fd, H/fh, W/fw) float32.
         """
+        return self._sample(seg, sampler, steps, guidance, generator, progress, eta, use_ema, latents=True)
+
+    def _sample(
+        self,
+        seg: torch.Tensor,
+        sampler: str | None,
+        steps: int | None,
+        guidance: float | None,
+        generator: torch.Generator | None,
+        progress: bool,
+        eta: float | None,
+        use_ema: bool,
+        latents: bool,
+    ) -> torch.Tensor:
+        from diffusion.sampling import resolve_sampler, sample_images
+
         self.check_seg(seg)
         if not self.latent_norm.is_fitted:
             raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
-        hp = self.hparams
-        sampler = sampler or hp.sampler
-        if steps is None and sampler != "ddpm":
-            steps = hp.sample_steps
-        guidance = hp.guidance if guidance is None else guidance
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator is on {generator.device}, the model on {self.device}: create it there")
-        seg = seg.to(self.device, torch.float32)
-        shape = (
-            seg.shape[0],
-            self.first_stage.embedding_dim,
-            *(s // f for s, f in zip(seg.shape[2:], self.latent_factor)),
-        )
-        noise = torch.randn(shape, device=self.device, generator=generator)
-        denoise = GuidedDenoiser(self.ema.module if use_ema else self.denoiser, seg, guidance)
-        z = self.schedule.sample(
-            denoise, noise, sampler, steps, hp.ddim_eta if eta is None else eta, generator, progress
-        )
-        return self.latent_norm.denormalize(z)
+        settings = resolve_sampler(self, sampler, steps, guidance, eta, use_ema)
+        if generator is None:  # global RNG: one fresh generator seeded from it
+            generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        # One generator for the whole batch, as a single noise draw: the items' noise comes from it in order.
+        gens = [generator] * seg.shape[0]
+        return sample_images(self, seg, gens, settings, progress=progress, return_latents=latents)
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
         """Quantise and decode latents z (B, E, d, h, w); the SPADE decoder also gets seg (B, K, D, H, W).
 
         Returns:
             (B, 1, D, H, W) in [-1, 1].
         """
         spade = self.first_stage.decoder_type == "spade"
+        if spade and seg is None:
+            raise ValueError("the SPADE decoder needs the label map")
         return self.first_stage.decode(z, seg.to(z.dtype) if spade else None).clamp(-1, 1)
 
     @torch.no_grad()
@@ -383,7 +396,7 @@ class LatentDiffusionModule(pl.LightningModule):
         eta: float | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """Generate images for one-hot label maps.
+        """Generate images for one-hot label maps (whole latent at once; :mod:`diffusion.sampling` does the work).
 
         Args:
             seg: (B, K, D, H, W) one-hot label maps at image resolution; D, H, W divisible by :attr:`latent_factor`.
@@ -398,5 +411,61 @@ class LatentDiffusionModule(pl.LightningModule):
         Returns:
             (B, 1, D, H, W) images in [-1, 1].
         """
-        z = self.sample_latents(seg, sampler, steps, guidance, generator, progress, eta, use_ema)
-        return self.decode_latents(z, seg.to(self.device, torch.float32))
+        return self._sample(seg, sampler, steps, guidance, generator, progress, eta, use_ema, latents=False)
+
+
+def load_checkpoint(ckpt: str | Path, device: torch.device | str = "cpu", **overrides: Any) -> LatentDiffusionModule:
+    """Load a diffusion checkpoint for sampling, treating it as untrusted data.
+
+    The file is read with ``weights_only=True``; its hyperparameters must be exactly constructor arguments of
+    :class:`LatentDiffusionModule` and contain no ``_target_`` (or other call key) anywhere, so nothing in the file
+    names code to import or call. The model is then built by this class (not by Lightning's loader or Hydra) and
+    the weights loaded strictly. A stage-1 or foreign checkpoint is refused before anything is built.
+
+    Args:
+        ckpt: ``.ckpt`` file from ``train/train_diffusion.py``.
+        device: where the model goes.
+        overrides: constructor arguments that replace the stored ones (e.g. ``compile=False``, a choice of the run).
+
+    Returns:
+        The model in eval mode on ``device``.
+
+    Raises:
+        DataError: missing, unreadable, stage-1 or foreign checkpoint, unknown or call-naming hyperparameters.
+    """
+    import inspect
+
+    from dataset.contract import DataError
+    from dataset.registry import find_targets
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:  # mmap: the tensors are read lazily, when the state dict is copied into the model
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    hparams = data.get("hyper_parameters") if isinstance(data, dict) else None
+    if not isinstance(hparams, dict) or "first_stage_hparams" not in hparams:
+        stage = "a stage-1 (VQ-GAN) checkpoint" if isinstance(hparams, dict) and "n_codes" in hparams else (
+            "not a Med-LSDM diffusion checkpoint")  # fmt: skip
+        raise DataError(f"{path}: {stage}; generation needs the stage-2 checkpoint from train/train_diffusion.py")
+    try:  # an older checkpoint's data_info.datamodule node is dropped here (logged), never instantiated
+        hparams = {**hparams, "data_info": plain_data_info(hparams.get("data_info"))}
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    targets = find_targets(hparams)
+    if targets:
+        raise DataError(f"{path}: hyper_parameters.{targets[0]} names code to call; refusing this checkpoint")
+    allowed = set(inspect.signature(LatentDiffusionModule.__init__).parameters) - {"self"}
+    unknown = sorted(set(hparams) - allowed)
+    if unknown:
+        raise DataError(f"{path}: unknown hyperparameter(s) {unknown}; not a checkpoint of this code")
+    if not isinstance(data.get("state_dict"), dict):
+        raise DataError(f"{path}: the checkpoint has no state_dict")
+    try:
+        model = LatentDiffusionModule(**{**hparams, "first_stage_ckpt": None, **overrides})
+        model.load_state_dict(data["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise DataError(f"{path}: cannot rebuild the model from this checkpoint ({err})") from None
+    return model.eval().to(device)

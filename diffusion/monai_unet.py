@@ -75,6 +75,11 @@ class MonaiSPADEUNet(Denoiser):
             spade_intermediate_channels=spade_hidden,
         )
 
+    @property
+    def size_multiple(self) -> tuple[int, int, int]:
+        """Every axis is halved ``len(widths) - 1`` times."""
+        return (2**self.num_downsamples,) * 3
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, label_features: torch.Tensor | None) -> torch.Tensor:
         """x: (B, C, d, h, w), t: (B,), label_features: (B, C_label, d, h, w) → (B, C, d, h, w)."""
         div = 2**self.num_downsamples

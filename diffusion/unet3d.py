@@ -169,6 +169,11 @@ class Unet3D(Denoiser):
         self.final_block = block(dim + init_dim, dim, time=False)
         self.final_conv = nn.Conv3d(dim, channels, 1)
 
+    @property
+    def size_multiple(self) -> tuple[int, int, int]:
+        """In-plane sizes are halved ``len(dim_mults) - 1`` times; depth never."""
+        return (1, 2**self.num_downsamples, 2**self.num_downsamples)
+
     def predict(
         self,
         x: torch.Tensor,

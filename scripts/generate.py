@@ -9,6 +9,11 @@ are in the dataset's units where the normalisation is invertible (HU for CT), el
 Label maps of any size work: volumes larger than the training block are sampled in overlapping windows that are
 blended at every denoising step; smaller or odd-sized ones are padded and cropped back; label maps with another
 voxel size are resampled to the training voxel size and back (unless ``--no-resample``).
+
+Every run leaves ``OUT/generation.json`` (checkpoint sha256, seed, sampler, steps, guidance, inputs, outputs);
+``--overwrite`` replaces exactly the files that record lists. ``--export-real DIR`` (with ``split=...``) also writes
+the split's real images as ``DIR/<id>.nii.gz`` and its label maps as ``DIR/labels/<id>.nii.gz``, the folders that
+``evaluation/compute_metrics.py --real DIR --fake OUT --labels DIR/labels`` compares.
 """
 
 from __future__ import annotations
@@ -22,8 +27,18 @@ import numpy as np
 import torch
 
 from dataset import DataError
+from dataset.files import check_name, check_output_dir, file_sha256, install_signal_cleanup
 from diffusion.generation.inputs import resolve_labels
-from diffusion.generation.pipeline import PRECISIONS, GenerationSettings, LabelVolume, generate, load_label_volumes
+from diffusion.generation.pipeline import (
+    PRECISIONS,
+    GenerationSettings,
+    LabelVolume,
+    generate,
+    load_label_volumes,
+    plan_outputs,
+    sidecar_path,
+)
+from diffusion.sampling import WINDOW_MODES
 
 log = logging.getLogger("generate")
 
@@ -54,75 +69,148 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the denoiser (default: off, whatever training used)"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap for volumes larger than a block")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap along the axes that are tiled")
+    p.add_argument(
+        "--window",
+        choices=WINDOW_MODES,
+        default="auto",
+        help="auto: windows of the training depth spanning the whole plane; block: training-size windows",
+    )
     p.add_argument("--no-resample", action="store_true", help="sample on the input grid whatever its voxel size")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of the previous run in --out")
     p.add_argument("--png", action="store_true", help="also write a label | synthetic slice montage per volume")
     p.add_argument("--gif", action="store_true", help="also write a GIF scrolling through each volume")
+    p.add_argument("--data-root", default=None, help="split=...: the dataset folder, if it moved since training")
+    p.add_argument(
+        "--export-real",
+        type=Path,
+        default=None,
+        help="split=...: also write the split's real images (DIR/<id>.nii.gz) and labels (DIR/labels/<id>.nii.gz)",
+    )
     return p.parse_args(argv)
 
 
-def load_model(ckpt: Path, device: torch.device, compile: bool = False) -> torch.nn.Module:
-    """Load a diffusion checkpoint; a stage-1 or foreign checkpoint is refused before anything else happens.
+def pick_device(name: str) -> torch.device:
+    """``--device``: auto, cpu, cuda, cuda:N; a GPU that is not there is a user error (DataError)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif device.type != "cpu":
+        raise DataError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def load_model(ckpt: Path, device: torch.device, compile: bool = False):  # noqa: ANN201 (imports Lightning lazily)
+    """Load a diffusion checkpoint as untrusted data (:func:`diffusion.module.load_checkpoint`).
 
     ``compile`` overrides the checkpoint's own ``compile`` hyperparameter: it is a choice of this run.
     """
-    from diffusion.module import LatentDiffusionModule
+    from diffusion.module import load_checkpoint
 
-    if not ckpt.is_file():
-        raise DataError(f"{ckpt}: checkpoint not found")
-    try:  # mmap: read the hyperparameters without pulling every tensor into memory
-        meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise DataError(f"{ckpt}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
-    hparams = meta.get("hyper_parameters", {}) if isinstance(meta, dict) else {}
-    if "first_stage_hparams" not in hparams:
-        stage = "a stage-1 (VQ-GAN) checkpoint" if "n_codes" in hparams else "not a Med-LSDM diffusion checkpoint"
-        raise DataError(f"{ckpt}: {stage}; generation needs the stage-2 checkpoint from train/train_diffusion.py")
-    del meta
-    model = LatentDiffusionModule.load_from_checkpoint(ckpt, map_location=device, weights_only=True, compile=compile)
-    return model.eval().to(device)
+    return load_checkpoint(ckpt, device, compile=compile)
 
 
-def dataset_volumes(model: torch.nn.Module, split: str) -> list[LabelVolume]:
-    """Label maps of a split of the dataset recorded in the checkpoint (``data_info.datamodule``)."""
-    import hydra
+def dataset_split(model: object, split: str, root: str | None = None) -> object:
+    """The split of the dataset recorded in the checkpoint, built from the fixed table in ``dataset.registry``."""
+    from dataset.registry import build_split
 
-    node = (model.hparams.get("data_info") or {}).get("datamodule")
-    if not node:
-        raise DataError("the checkpoint records no dataset configuration; pass label files instead of split=...")
-    datamodule = hydra.utils.instantiate(node, _convert_="all")
-    ds = datamodule.dataset(split)
+    info = model.hparams.get("data_info")  # type: ignore[attr-defined]
+    if not info:
+        raise DataError("the checkpoint records no dataset; pass label files instead of split=...")
+    return build_split(info, split, root)
+
+
+def dataset_volumes(ds: object, split: str) -> list[LabelVolume]:
+    """Label maps of a dataset split; each id checked as a file name before it becomes one."""
     vols = []
-    for i in range(len(ds)):
-        s = ds[i]
-        vols.append(LabelVolume(str(s["id"]), s["label"][0].numpy(), np.asarray(s["affine"]), f"{split}[{i}]"))
+    for i in range(len(ds)):  # type: ignore[arg-type]
+        s = ds[i]  # type: ignore[index]
+        vid = check_name(str(s["id"]), f"{split}[{i}] id")
+        vols.append(LabelVolume(vid, s["label"][0].numpy(), np.asarray(s["affine"]), f"{split}[{i}]"))
     return vols
+
+
+def export_real(ds: object, split: str, folder: Path, intensity: dict | None, overwrite: bool,
+                record: dict) -> list[Path]:  # fmt: skip
+    """Write a split's real images (``<id>.nii.gz``, data units like the generated ones) and label maps.
+
+    The folder gets its own run record (``generation.json`` with ``command: export-real``), so
+    ``evaluation/compute_metrics.py`` knows the data range and ``--overwrite`` replaces exactly these files.
+    """
+    from dataset.files import write_run_record
+    from dataset.intensity import invert
+    from dataset.nifti import save_nifti
+    from diffusion.generation.pipeline import RECORD_NAME, output_units
+
+    ids = [check_name(str(ds[i]["id"]), f"{split}[{i}] id") for i in range(len(ds))]  # type: ignore[arg-type,index]
+    files = [folder / f"{i}.nii.gz" for i in ids] + [folder / "labels" / f"{i}.nii.gz" for i in ids]
+    plan = plan_outputs(folder, files, overwrite)
+    for i, vid in enumerate(ids):
+        s = ds[i]  # type: ignore[index]
+        image = s["image"][0].numpy()
+        try:
+            image = invert(image, intensity)
+        except ValueError:  # not invertible: stays in [-1, 1], like the generated volumes
+            pass
+        save_nifti(folder / f"{vid}.nii.gz", image.astype(np.float32), np.asarray(s["affine"]), overwrite=overwrite)
+        save_nifti(folder / "labels" / f"{vid}.nii.gz", s["label"][0].numpy(), np.asarray(s["affine"]),
+                   overwrite=overwrite)  # fmt: skip
+    for stale in plan.stale:
+        stale.unlink(missing_ok=True)
+    write_run_record(
+        folder / RECORD_NAME,
+        {"command": "export-real", **record, "split": split, **output_units(intensity),
+         "outputs": [str(p.relative_to(folder)) for p in files]},
+    )  # fmt: skip
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_signal_cleanup()  # SIGTERM/SIGHUP: no hidden temporary file stays behind
     args = parse_args(argv)
+    created: list[Path] = []
     try:
         settings = GenerationSettings(
             sampler=args.sampler, steps=args.steps, guidance=args.guidance, num_samples=args.num_samples,
             seed=args.seed, overlap=args.overlap, resample=not args.no_resample, precision=args.precision,
+            window=args.window,
         )  # fmt: skip
-        device = torch.device(
-            "cuda"
-            if args.device == "auto" and torch.cuda.is_available()
-            else "cpu"
-            if args.device == "auto"
-            else args.device
-        )
+        if args.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {args.batch_size}")
+        device = pick_device(args.device)
         source = resolve_labels(args.labels)
+        if args.export_real is not None and not source.split:
+            raise DataError("--export-real needs --labels split=train|val|test")
+        if not args.ckpt.is_file():
+            raise DataError(f"{args.ckpt}: checkpoint not found")
+        # every output folder is checked (and created) before the model is loaded or anything sampled
+        for folder in (args.out, args.export_real):
+            if folder is not None:
+                if not folder.exists():
+                    created.append(folder)
+                check_output_dir(folder, what="--out" if folder is args.out else "--export-real")
         model = load_model(args.ckpt, device, compile=args.compile)
         if settings.sampler is not None and settings.sampler not in model.schedule.samplers:
             raise ValueError(f"--sampler {settings.sampler} does not fit this model; use {model.schedule.samplers}")
+        ds = dataset_split(model, source.split, args.data_root) if source.split else None
         volumes = (
-            dataset_volumes(model, source.split) if source.split else load_label_volumes(source.files, model.label_nc)
+            dataset_volumes(ds, source.split) if ds is not None else load_label_volumes(source.files, model.label_nc)
         )
         log.info("%d label map(s), %d sample(s) each -> %s", len(volumes), settings.num_samples, args.out)
+        record = {
+            "checkpoint": {"name": args.ckpt.name, "sha256": file_sha256(args.ckpt)},
+            "labels": args.labels,
+        }
+        suffixes = (".png",) * args.png + (".gif",) * args.gif
         hook = None
         if args.png or args.gif:
             from dataset.visualization import save_gif, save_montage
@@ -131,17 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                 img = torch.from_numpy(image)
                 shown = (img - img.min()) / (img.max() - img.min() + 1e-8) * 2 - 1  # display scale only
                 lab = torch.from_numpy(vol.label)
-                stem = path.name[: -len(".nii.gz")]
                 if args.png:
-                    save_montage(
-                        path.with_name(f"{stem}.png"),
-                        [("label", lab), ("synthetic", shown)],
-                        label_nc=model.label_nc,
-                        overwrite=args.overwrite,
-                    )
+                    save_montage(sidecar_path(path, ".png"), [("label", lab), ("synthetic", shown)],
+                                 label_nc=model.label_nc, overwrite=args.overwrite)  # fmt: skip
                 if args.gif:
-                    save_gif(path.with_name(f"{stem}.gif"), shown[None], label=lab[None], overwrite=args.overwrite)
+                    save_gif(sidecar_path(path, ".gif"), shown[None], label=lab[None], overwrite=args.overwrite)
 
+        if args.export_real is not None:
+            intensity = (model.hparams.get("data_info") or {}).get("intensity")
+            export_real(ds, source.split, args.export_real, intensity, args.overwrite, record)
         written = generate(
             model,
             volumes,
@@ -151,9 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=True,
             on_volume=hook,
-            sidecar_suffixes=(".png",) * args.png + (".gif",) * args.gif,
+            sidecar_suffixes=suffixes,
+            record=record,
         )
     except (DataError, FileExistsError, ValueError) as err:
+        for folder in created:  # a refused run leaves no trace: remove the folders it created, if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         log.error("%s", err)
         return 2
     log.info("wrote %d volume(s) to %s", len(written), args.out)

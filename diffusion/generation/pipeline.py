@@ -8,19 +8,26 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dataset import DataError, one_hot
-from dataset.intensity import invert
+from dataset import DataError
+from dataset.files import check_name, read_run_record, recorded_outputs, write_run_record
+from dataset.intensity import invert, validate_intensity
 from dataset.nifti import load_label, save_nifti, voxel_size_dhw
-from diffusion.generation.blockwise import sample_volumes
 from diffusion.generation.geometry import pad_label, padded_shape, resample_image, resample_label, resampled_shape
+from diffusion.sampling import WINDOW_MODES, SamplerSettings, resolve_sampler, sample_images
+
+if TYPE_CHECKING:
+    from diffusion.module import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+#: The run record every generation leaves in its output folder (``dataset.files.write_run_record``).
+RECORD_NAME = "generation.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class GenerationSettings:
     overlap: float = 0.5
     resample: bool = True
     precision: str = "32"
+    window: str = "auto"
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -57,11 +65,17 @@ class GenerationSettings:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {WINDOW_MODES}, got {self.window!r}")
 
 
 def output_path(out_dir: Path, volume_id: str, sample: int) -> Path:
-    """``<out>/<id>_s<k>.nii.gz``: the naming that ``evaluation/compute_metrics.py`` pairs with ``<id>``."""
-    return out_dir / f"{volume_id}_s{sample}.nii.gz"
+    """``<out>/<id>_s<k>.nii.gz``: the naming that ``evaluation/compute_metrics.py`` pairs with ``<id>``.
+
+    Raises:
+        DataError: ``volume_id`` (from a file name, manifest or checkpoint) is not a safe single path component.
+    """
+    return out_dir / f"{check_name(volume_id, 'label map id')}_s{sample}.nii.gz"
 
 
 def volume_seed(seed: int, volume_id: str, sample: int) -> int:
@@ -84,18 +98,23 @@ def load_label_volumes(files: list[Path] | tuple[Path, ...], label_nc: int) -> l
         if label.size and (label.min() < 0 or label.max() >= label_nc):
             unknown = sorted(int(v) for v in np.unique(label) if v < 0 or v >= label_nc)
             raise DataError(f"{path}: classes {unknown[:10]} unknown to the model (it knows 0..{label_nc - 1})")
-        volumes.append(LabelVolume(strip_nifti_suffix(Path(path).name), label, affine, str(path)))
+        volume_id = check_name(strip_nifti_suffix(Path(path).name), f"{path}: label map id")
+        volumes.append(LabelVolume(volume_id, label, affine, str(path)))
     return volumes
 
 
 def _prepare(
     vol: LabelVolume,
     block: tuple[int, int, int],
-    factor: tuple[int, int, int],
+    multiple: tuple[int, int, int],
     voxel: tuple[float, ...] | None,
     resample: bool,
 ) -> tuple[torch.Tensor, tuple[slice, ...], tuple[int, int, int]]:
-    """Resample to the training voxel size, pad to a samplable shape; return the label and how to undo both."""
+    """Resample to the training voxel size, pad to a samplable shape; return the label and how to undo both.
+
+    ``multiple``: image sizes the sampler takes (the latent factor, times the denoiser's size multiple in-plane
+    when whole planes are denoised at once).
+    """
     label = torch.from_numpy(vol.label)
     work_shape = tuple(label.shape)
     if resample and voxel is not None:
@@ -111,7 +130,7 @@ def _prepare(
                 work_shape,
             )
             label = resample_label(label, work_shape)
-    target = padded_shape(work_shape, factor, block)
+    target = padded_shape(work_shape, multiple, block)
     padded, crop = pad_label(label, target)
     return padded, crop, work_shape  # type: ignore[return-value]
 
@@ -158,8 +177,62 @@ def _batches(jobs: list[_Job], batch_size: int) -> Iterator[list[_Job]]:
         yield batch
 
 
+def sidecar_path(path: Path, suffix: str) -> Path:
+    """``<id>_s<k><suffix>`` beside the volume ``<id>_s<k>.nii.gz`` (previews: ``.png``, ``.gif``)."""
+    return path.with_name(path.name[: -len(".nii.gz")] + suffix)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a run will write and what an ``--overwrite`` removes: decided before any sampling.
+
+    Attributes:
+        files: every file the run writes (volumes and sidecars), in ``out_dir``.
+        stale: files of the previous run (its run record) that this run does not rewrite; removed at the end.
+    """
+
+    files: tuple[Path, ...]
+    stale: tuple[Path, ...]
+
+
+def plan_outputs(out_dir: Path, files: list[Path], overwrite: bool) -> OutputPlan:
+    """Check the output folder's state against the files a run will write (before the model is loaded).
+
+    Without ``overwrite`` no file may exist yet, and a folder that holds a previous generation (its run record) is
+    refused as a whole. With it, exactly the previous record's outputs are replaced (those this run does not write
+    again are removed); without a record only the files this run writes are replaced. A ``generation.json`` that is
+    not one of our run records is never replaced.
+
+    Raises:
+        FileExistsError: outputs or a previous run exist and ``overwrite`` is False; a foreign ``generation.json``.
+    """
+    record_path = out_dir / RECORD_NAME
+    if record_path.exists() and read_run_record(record_path) is None:
+        raise FileExistsError(f"{record_path} exists and is not a Med-LSDM run record; choose another --out")
+    existing = [str(p) for p in files if p.exists()]
+    if not overwrite:
+        if existing:
+            raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
+        if record_path.exists():
+            raise FileExistsError(f"{out_dir} holds a previous generation ({RECORD_NAME}); pass --overwrite")
+    previous = recorded_outputs(record_path) if record_path.exists() else []
+    mine = {p.resolve() for p in files}
+    return OutputPlan(tuple(files), tuple(p for p in previous if p not in mine))
+
+
+def output_units(intensity: dict | None) -> dict[str, Any]:
+    """Intensity units and value range of the written volumes (recorded so metrics need not guess a range)."""
+    try:
+        spec = validate_intensity(intensity)
+    except ValueError:
+        spec = {"kind": "none", "invertible": True}
+    if spec["kind"] == "ct_window":
+        return {"units": "HU", "data_range": [float(spec["hu_min"]), float(spec["hu_max"])]}
+    return {"units": "model", "data_range": [-1.0, 1.0]}
+
+
 def generate(
-    model: torch.nn.Module,
+    model: LatentDiffusionModule,
     volumes: list[LabelVolume],
     out_dir: Path,
     settings: GenerationSettings,
@@ -168,66 +241,54 @@ def generate(
     progress: bool = True,
     on_volume: Callable[[LabelVolume, int, np.ndarray, Path], None] | None = None,
     sidecar_suffixes: tuple[str, ...] = (),
+    record: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Generate ``settings.num_samples`` volumes per label map into ``out_dir`` as ``<id>_s<k>.nii.gz``.
 
-    Every output path is checked before the first sample is drawn, so a run never dies half-way on an existing
-    file; files appear only complete (see :func:`dataset.nifti.save_nifti`). Each output has exactly its label
-    map's shape and affine.
+    Every output path is checked before the first sample is drawn (:func:`plan_outputs`), so a run never dies
+    half-way on an existing file; files appear only complete (:func:`dataset.nifti.save_nifti`). Each output has
+    exactly its label map's shape and affine. At the end ``out_dir/generation.json`` records the run (settings,
+    inputs, outputs as names relative to ``out_dir``, plus ``record``), so a later ``--overwrite`` replaces exactly
+    this set.
 
     Args:
-        model: trained :class:`~diffusion.module.LatentDiffusionModule` (eval mode, on its device).
+        model: trained diffusion model (eval mode, on its device).
         volumes: validated label maps (:func:`load_label_volumes`).
         out_dir: output folder.
-        settings: sampler, steps, guidance, samples, seed, overlap, resampling, precision.
+        settings: sampler, steps, guidance, samples, seed, overlap, window mode, resampling, precision.
         batch_size: label maps (or samples) of one working shape sampled together.
-        overwrite: replace existing outputs.
+        overwrite: replace the previous run's outputs.
         progress: progress bars over volumes and denoising steps.
         on_volume: called with (label volume, sample index, image, path) after each file is written.
-        sidecar_suffixes: files ``<id>_s<k><suffix>`` that ``on_volume`` writes (e.g. ``.png``): checked for
-            existence up front too, so a run without ``overwrite`` never stops half-way.
+        sidecar_suffixes: files ``<id>_s<k><suffix>`` that ``on_volume`` writes (e.g. ``.png``): checked up front
+            and recorded as outputs too.
+        record: extra plain data for the run record (checkpoint hash, command line inputs).
 
     Returns:
-        The written files, in input order.
+        The written volumes, in input order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [(vol, k, output_path(out_dir, vol.id, k)) for vol in volumes for k in range(settings.num_samples)]
-    candidates = [p for _, _, p in paths]
-    candidates += [p.with_name(p.name[: -len(".nii.gz")] + sfx) for p in list(candidates) for sfx in sidecar_suffixes]
-    existing = [str(p) for p in candidates if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
+    files = [p for _, _, p in paths] + [sidecar_path(p, sfx) for _, _, p in paths for sfx in sidecar_suffixes]
+    plan = plan_outputs(out_dir, files, overwrite)
+    sampler = resolve_sampler(model, settings.sampler, settings.steps, settings.guidance)
     info = dict(model.hparams.get("data_info") or {})
     block = tuple(model.block_size) if model.block_size is not None else tuple(info.get("block_size") or ())
     if len(block) != 3:
         raise ValueError("the checkpoint records no training block size (block_size); cannot tile the volume")
     voxel = tuple(info["voxel_size"]) if info.get("voxel_size") else None
-    prepared = {vol.id: _prepare(vol, block, model.latent_factor, voxel, settings.resample) for vol in volumes}
+    multiple = tuple(model.latent_factor)
+    if settings.window == "auto":  # whole planes: pad in-plane to sizes the network takes in one piece
+        net_multiple = model.denoiser.size_multiple
+        multiple = (multiple[0], *(f * m for f, m in zip(multiple[1:], net_multiple[1:])))
+    prepared = {vol.id: _prepare(vol, block, multiple, voxel, settings.resample) for vol in volumes}
     jobs = [_Job(vol, k, path, *prepared[vol.id][:2]) for vol, k, path in paths]
-    guidance = model.hparams.guidance if settings.guidance is None else settings.guidance
-    dtype = PRECISIONS[settings.precision]
     written = []
     bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=not progress)
     for batch in _batches(jobs, batch_size):
-        seg = one_hot(torch.stack([j.label for j in batch])[:, None], model.label_nc).to(model.device)
-        gens = [
-            torch.Generator(device=model.device).manual_seed(volume_seed(settings.seed, j.vol.id, j.sample))
-            for j in batch
-        ]
-        ctx = torch.autocast(model.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with ctx:
-            x = sample_volumes(
-                model,
-                seg,
-                block,
-                gens,
-                sampler=settings.sampler,
-                steps=settings.steps,
-                guidance=guidance,
-                overlap=settings.overlap,
-                progress=progress,
-            )
+        seeds = [volume_seed(settings.seed, j.vol.id, j.sample) for j in batch]
+        x = sample_batch(model, [j.label for j in batch], seeds, sampler, block, settings, progress)
         for i, job in enumerate(batch):
             image = _finish(x[i, 0], job, info.get("intensity"))
             save_nifti(job.path, image, job.vol.affine, overwrite=overwrite)
@@ -236,4 +297,53 @@ def generate(
             written.append(job.path)
             bar.update(1)
     bar.close()
+    for stale in plan.stale:  # the previous run's files that this run did not rewrite
+        stale.unlink(missing_ok=True)
+    write_run_record(
+        out_dir / RECORD_NAME,
+        {
+            "command": "generate",
+            **(record or {}),
+            "seed": settings.seed,
+            **sampler.record(),
+            "num_samples": settings.num_samples,
+            "overlap": settings.overlap,
+            "window": settings.window,
+            "resample": settings.resample,
+            "precision": settings.precision,
+            **output_units(info.get("intensity")),
+            "inputs": [{"id": v.id, "source": v.source} for v in volumes],
+            "outputs": [p.name for p in plan.files],
+        },
+    )
     return written
+
+
+def sample_batch(
+    model: LatentDiffusionModule,
+    labels: list[torch.Tensor],
+    seeds: list[int],
+    sampler: SamplerSettings,
+    block: tuple[int, ...],
+    settings: GenerationSettings,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample one batch of same-shape integer label maps (D, H, W) with per-item seeds → (B, 1, D, H, W) images.
+
+    The integer maps go to :func:`diffusion.sampling.sample_images` as they are: each window is one-hot encoded
+    on its own, so memory follows the window, not the volume times the classes.
+    """
+    gens = [torch.Generator(device=model.device).manual_seed(s) for s in seeds]
+    dtype = PRECISIONS[settings.precision]
+    ctx = torch.autocast(model.device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with ctx:
+        return sample_images(
+            model,
+            torch.stack(labels).to(model.device),
+            gens,
+            sampler,
+            train_window=block,
+            window_mode=settings.window,
+            overlap=settings.overlap,
+            progress=progress,
+        )

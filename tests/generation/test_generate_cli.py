@@ -43,8 +43,10 @@ def names(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
 
-def outputs(ids: list[str], samples: int = 1) -> list[str]:
-    return sorted(f"{i}_s{k}.nii.gz" for i in ids for k in range(samples))
+def outputs(ids: list[str], samples: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
+    """What a run leaves in --out: one volume per id and sample, ``extra`` sidecars, and the run record."""
+    stems = [f"{i}_s{k}" for i in ids for k in range(samples)]
+    return sorted([f"{s}.nii.gz" for s in stems] + [f"{s}{e}" for s in stems for e in extra] + ["generation.json"])
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def no_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("sampling started although the input should have been refused first")
 
-    monkeypatch.setattr(pipeline, "sample_volumes", refuse)
+    monkeypatch.setattr(pipeline, "sample_batch", refuse)
 
 
 @dataclass
@@ -68,18 +70,18 @@ class FolderRun:
 @pytest.fixture(scope="module")
 def folder_run(tiny_model: TinyModel, label_maps: LabelMaps, tmp_path_factory: pytest.TempPathFactory) -> FolderRun:
     """``--labels FOLDER --num-samples 2 --seed 7``: the three oblique maps, recording how each was tiled."""
-    import diffusion.generation.blockwise as blockwise
+    import diffusion.sampling as sampling
 
     seen: list[tuple[tuple[int, ...], int]] = []
 
-    class Recording(blockwise.WindowedDenoiser):
-        def __init__(self, denoiser: torch.nn.Module, seg: torch.Tensor, *args: object) -> None:
-            super().__init__(denoiser, seg, *args)  # type: ignore[arg-type]
-            seen.append((tuple(seg.shape[2:]), len(self.windows)))
+    class Recording(sampling.WindowedGuidedDenoiser):
+        def __init__(self, denoiser: torch.nn.Module, labels: torch.Tensor, *args: object) -> None:
+            super().__init__(denoiser, labels, *args)  # type: ignore[arg-type]
+            seen.append((tuple(labels.shape[-3:]), len(self.windows)))
 
     out = tmp_path_factory.mktemp("folder_run") / "out"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(blockwise, "WindowedDenoiser", Recording)
+        mp.setattr(sampling, "WindowedGuidedDenoiser", Recording)
         rc = cli(tiny_model, label_maps.folder, out, "--num-samples", "2", "--seed", "7")
     assert rc == 0
     return FolderRun(out, rc, seen)
@@ -116,9 +118,11 @@ def test_large_map_is_sampled_in_windows_small_map_padded_other_voxel_size_resam
     shapes = [s for s, _ in folder_run.windows]
     counts = [n for _, n in folder_run.windows]
     # aniso: (D, H, W) = (13, 9, 30) at (2.0, 1.5, 0.8) mm -> (13, 9, 16) at the training voxel -> padded to 16^3
-    # large: (37, 23, 41) padded to multiples of the latent factor 4 -> (40, 24, 44); small: (7, 11, 13) -> 16^3
-    assert shapes == [(16, 16, 16)] * 2 + [(40, 24, 44)] * 2 + [(16, 16, 16)] * 2
-    assert counts[2] == counts[3] > 1  # block-wise (MultiDiffusion) denoising of the large map
+    # large: (37, 23, 41) padded to multiples of the latent factor 4 along depth and, in-plane, of 4 x 2 (the tiny
+    # U-Net halves the plane once) so a whole plane is one window -> (40, 24, 48); small: (7, 11, 13) -> 16^3
+    assert shapes == [(16, 16, 16)] * 2 + [(40, 24, 48)] * 2 + [(16, 16, 16)] * 2
+    # latent (10, 6, 12): windows of the training depth 4 at overlap 0.5 (starts 0, 2, 4, 6), each a whole plane
+    assert counts[2] == counts[3] == 4  # block-wise (MultiDiffusion) denoising of the large map along depth
     assert counts[0] == counts[1] == counts[4] == counts[5] == 1
 
 
@@ -149,7 +153,7 @@ def test_other_seed_other_volumes_and_glob_input_with_previews(
     pattern = str(label_maps.folder / "[as]*_oblique.nii*")  # a quoted glob: aniso + small, not large
     assert cli(tiny_model, pattern, out, "--seed", "8", "--png", "--gif") == 0
     stems = ["aniso_oblique_s0", "small_oblique_s0"]
-    assert names(out) == sorted(f"{s}.{ext}" for s in stems for ext in ("nii.gz", "png", "gif"))
+    assert names(out) == outputs(["aniso_oblique", "small_oblique"], extra=(".png", ".gif"))
     for stem in stems:
         other, _, _ = load(out / f"{stem}.nii.gz")
         first, _, _ = load(folder_run.out / f"{stem}.nii.gz")
@@ -178,13 +182,13 @@ def test_no_resample_samples_on_the_input_grid(
     import diffusion.generation.pipeline as pipeline
 
     seen: list[tuple[int, ...]] = []
-    real = pipeline.sample_volumes
+    real = pipeline.sample_batch
 
-    def spy(model: torch.nn.Module, seg: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        seen.append(tuple(seg.shape[2:]))
-        return real(model, seg, *args, **kwargs)  # type: ignore[arg-type]
+    def spy(model: torch.nn.Module, labels: list[torch.Tensor], *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(tuple(labels[0].shape))
+        return real(model, labels, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline, "sample_volumes", spy)
+    monkeypatch.setattr(pipeline, "sample_batch", spy)
     caplog.set_level(logging.INFO)
     out = tmp_path / "native"
     assert cli(tiny_model, label_maps.aniso, out, "--seed", "7", "--no-resample") == 0
@@ -222,7 +226,7 @@ def test_existing_outputs_are_refused_untouched_unless_overwrite(
     assert cli(tiny_model, label_maps.small, out, *args, "--overwrite") == 0
     assert target.stat().st_ino != before[2]  # replaced by a new, complete file
     assert target.read_bytes() == before[0]  # same seed, same volume
-    assert names(out) == before[3] == ["small_oblique_s0.nii.gz", "small_oblique_s0.png"]
+    assert names(out) == before[3] == outputs(["small_oblique"], extra=(".png",))
 
 
 def test_an_existing_preview_alone_is_refused_before_sampling(
@@ -318,10 +322,9 @@ def _script(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def test_split(tiny_model: TinyModel) -> list[tuple[str, np.ndarray]]:
     """(id, affine) of the test split of the checkpoint's dataset, built from the recorded config."""
-    import hydra
+    from dataset.registry import build_split
 
-    dm = hydra.utils.instantiate(tiny_model.data_info["datamodule"], _convert_="all")
-    ds = dm.dataset("test")
+    ds = build_split(tiny_model.data_info, "test")
     return [(str(ds[i]["id"]), ds[i]["affine"].numpy()) for i in range(len(ds))]
 
 
