@@ -35,9 +35,9 @@ def missing_weights_message(path: Path) -> str:
     """Error text telling the user which file is missing and how to get it onto an offline machine."""
     return (
         f"LPIPS needs the torchvision ImageNet VGG16 weights {VGG16_FILENAME}, not found at {path}. "
-        "On a machine with internet run "
-        "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
-        f"(it saves {VGG16_FILENAME} to ~/.cache/torch/hub/checkpoints/), then copy the file to {path} "
+        "On a machine with internet run `python scripts/fetch_weights.py --only lpips` (or "
+        "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"`; "
+        f"both save {VGG16_FILENAME} to ~/.cache/torch/hub/checkpoints/), then copy the file to {path} "
         "(or set model.vgg_weights_path). For CPU demos/tests set model.perceptual_random_weights=true "
         "or model.perceptual_weight=0."
     )
