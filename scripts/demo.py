@@ -211,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
     metrics = (args.metrics or available_metrics()) + ",privacy"
     report = out / "report"
+    # the exported real volumes are dataset samples, in the model's [-1, 1]; the synthetic folders' range is read
+    # from generation's run record (evaluation needs a stated or recorded range, never a default)
+    real_range = ["--real-range", "-1", "1"]
     run([py, "-m", "evaluation.compute_metrics", "--real", str(test / "images"), "--fake", str(out / "synthetic"),
-         "--labels", str(test / "labels"), "--train", str(train / "images"), "--metrics", metrics,
+         "--labels", str(test / "labels"), "--train", str(train / "images"), "--metrics", metrics, *real_range,
          "--out", str(report / "metrics.json")], commands)
-    seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0"]
+    seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0", *real_range]
     run([py, "-m", "evaluation.segmentation", "train", "--images", str(train / "images"), "--labels",
          str(train / "labels"), *seg, "--out", str(out / "segmenter" / "real.pt")], commands)
     run([py, "-m", "evaluation.segmentation", "evaluate", "--model", str(out / "segmenter" / "real.pt"),
