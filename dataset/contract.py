@@ -16,6 +16,7 @@ One-hot encoding happens once, in :func:`one_hot`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 import torch
@@ -32,6 +33,21 @@ class Sample(TypedDict):
     label: torch.Tensor
     affine: torch.Tensor
     id: str
+
+
+def check_class_names(label_nc: int, class_names: Sequence[str] | None, where: str = "dataset config") -> None:
+    """Raise ``ValueError`` (one line) unless ``class_names`` has exactly ``label_nc`` entries (None passes).
+
+    A mismatch would silently shift every per-class number (Dice tables, colour keys) by a class.
+    """
+    if class_names is None:
+        return
+    names = [class_names] if isinstance(class_names, str) else list(class_names)
+    if len(names) != int(label_nc):
+        raise ValueError(
+            f"{where}: label_nc={label_nc} but {len(names)} class_names {names}; give one name per class, "
+            "background included"
+        )
 
 
 def check_label_range(label: torch.Tensor, label_nc: int, source: str) -> None:

@@ -44,7 +44,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so a rename inside it survives a crash (a no-op where the file system does not allow it)."""
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -104,7 +105,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], overwrite: b
                 if path.exists():
                     raise FileExistsError(f"{path} exists; pass --overwrite to replace it") from None
                 os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 
@@ -177,9 +178,7 @@ def check_output_dir(folder: str | Path, min_free_bytes: int = 0, what: str = "-
         raise DataError(f"{what} {folder} is not writable ({err.strerror or err})") from None
     free = shutil.disk_usage(folder).free
     if free < min_free_bytes:
-        raise DataError(
-            f"{what} {folder}: {free / 2**20:.0f} MiB free, about {min_free_bytes / 2**20:.0f} MiB needed"
-        )
+        raise DataError(f"{what} {folder}: {free / 2**20:.0f} MiB free, about {min_free_bytes / 2**20:.0f} MiB needed")
     return folder
 
 

@@ -53,10 +53,11 @@ from scipy import ndimage as ndi
 from torch.utils.data import Dataset
 
 from dataset.contract import Sample
+from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import percentile_normalize
 from dataset.nifti import ijk_to_dhw, save_nifti
 from dataset.nifti_pairs import NiftiPairsDataset
-from dataset.preprocess import MANIFEST_NAME, write_json_atomic
+from dataset.preprocess import MANIFEST_NAME
 from dataset.splits import check_split, split_by_count
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,7 @@ def build_subjects(folder: Path, config: MNI152Config) -> dict[str, Any]:
             }
         )
     manifest = {
+        "producer": PRODUCER,
         "format_version": 1,
         "dataset": NAME,
         "modality": "mr",
@@ -309,7 +311,7 @@ def build_subjects(folder: Path, config: MNI152Config) -> dict[str, Any]:
         "config_hash": config.digest(),
         "entries": entries,
     }
-    write_json_atomic(folder / MANIFEST_NAME, manifest, overwrite=False)
+    atomic_write_json(folder / MANIFEST_NAME, manifest, overwrite=False)
     return manifest
 
 

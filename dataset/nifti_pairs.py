@@ -3,8 +3,8 @@
 Accepted layouts of ``root`` (first match wins):
 
 1. ``root/manifest.json`` (or an explicit ``manifest=`` path): a JSON object with an ``entries`` list; each
-   entry has ``image``, ``label`` (paths relative to the manifest's folder, or absolute), ``split``
-   (``train``/``val``/``test``) and optionally ``id``, ``patient`` and any metadata. This is what
+   entry has ``image``, ``label`` (relative paths inside the manifest's folder: no absolute path, no ``..``),
+   ``split`` (``train``/``val``/``test``) and optionally ``id``, ``patient`` and any metadata. This is what
    ``scripts/preprocess_*.py`` write. If entries carry ``patient``, patients must not occur in two splits.
 2. ``root/<split>/images/<id>.nii.gz`` + ``root/<split>/labels/<id>.nii.gz``: one folder per split.
 3. ``root/images/<id>.nii.gz`` + ``root/labels/<id>.nii.gz``: no split information. Ids are split by a seeded
@@ -12,7 +12,14 @@ Accepted layouts of ``root`` (first match wins):
    if several files belong to one patient.
 
 Pairs are matched by file name (``.nii`` or ``.nii.gz``); a file without its partner is an error. ``split``
-may also be ``"all"`` (every pair, e.g. for generation or evaluation over a folder).
+may also be ``"all"`` (every pair, e.g. for generation or evaluation over a folder). Sample ids (manifest
+``id`` or file names) become output file names downstream, so they must pass :func:`dataset.files.check_name`.
+
+Every label file of the split is checked once when the dataset is built, before any training step: values
+must be integers in ``[0, label_nc)``; a bad value in any file (the last of many included) raises
+:class:`DataError` naming the file. The per-file minimum and maximum are cached in ``.label-ranges.json``
+beside the manifest (or in ``root``), keyed by relative path, size and mtime, so later runs re-read only
+files that changed; a read-only folder simply gets no cache.
 
 Images must either already be in [-1, 1] (``intensity=None``, the case for preprocessed blocks) or be raw
 data normalised on load by an ``intensity`` spec (:mod:`dataset.intensity`). ``block_size`` centre-crops or
@@ -22,21 +29,34 @@ batching needs when volumes differ in size.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
 from dataset.blocks import center_crop_or_pad_start, extract_block
-from dataset.contract import DataError, Sample, validate_sample
+from dataset.contract import DataError, Sample, check_class_names, validate_sample
+from dataset.files import PRODUCER, atomic_write_json, check_name
 from dataset.intensity import normalize, validate_intensity
-from dataset.nifti import AFFINE_ATOL, NIFTI_SUFFIXES, load_pair, make_sample, shift_affine, strip_nifti_suffix
+from dataset.nifti import (
+    AFFINE_ATOL,
+    NIFTI_SUFFIXES,
+    label_value_range,
+    load_pair,
+    make_sample,
+    shift_affine,
+    strip_nifti_suffix,
+)
 from dataset.preprocess import MANIFEST_NAME, read_manifest
 from dataset.splits import SPLITS, check_split, split_ids
 
 log = logging.getLogger(__name__)
+
+#: Cache of per-file label minimum/maximum, beside the manifest (or in the folder layouts' root).
+LABEL_CACHE_NAME = ".label-ranges.json"
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -69,6 +89,74 @@ def pair_folder(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Pat
     return [(sid, images[sid], labels[sid]) for sid in sorted(images)]
 
 
+def manifest_relpath(value: object, where: str) -> str:
+    """A manifest's image/label path, if it is a relative path that stays inside the manifest's folder.
+
+    Raises:
+        DataError: not a non-empty string, absolute, or with a ``..`` (or empty) component.
+    """
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where}: path {value!r} must be a non-empty string")
+    posix = PurePosixPath(value.replace("\\", "/"))
+    if posix.is_absolute() or Path(value).is_absolute() or any(p in ("..", "") for p in posix.parts):
+        raise DataError(f"{where}: path {value!r} must be relative and stay inside the dataset folder (no '..')")
+    return value
+
+
+def _file_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def check_label_files(paths: Sequence[Path], label_nc: int, cache_dir: Path) -> None:
+    """Check every label file's values lie in ``[0, label_nc)``, reading only files the cache does not know.
+
+    Args:
+        paths: label files.
+        label_nc: number of classes.
+        cache_dir: folder of the cache file :data:`LABEL_CACHE_NAME`; entries are keyed by the path relative
+            to it, the file size and its mtime (ns), and hold the file's minimum and maximum value.
+
+    Raises:
+        DataError: naming the first bad file (and how many others are bad); unreadable or non-integer labels.
+    """
+    cache_path = cache_dir / LABEL_CACHE_NAME
+    try:
+        cached = json.loads(cache_path.read_text(encoding="utf-8"))
+        files = cached["files"] if cached.get("producer") == PRODUCER and isinstance(cached["files"], dict) else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = {}
+    root = cache_dir.resolve()
+    changed = 0
+    bad: list[tuple[Path, int, int]] = []
+    for path in paths:
+        resolved = path.resolve()
+        key = resolved.relative_to(root).as_posix() if root in resolved.parents else str(resolved)
+        size, mtime = _file_key(path)
+        hit = files.get(key)
+        if isinstance(hit, dict) and hit.get("size") == size and hit.get("mtime_ns") == mtime:
+            lo, hi = int(hit["min"]), int(hit["max"])
+        else:
+            lo, hi = label_value_range(path)
+            files[key] = {"size": size, "mtime_ns": mtime, "min": lo, "max": hi}
+            changed += 1
+        if lo < 0 or hi >= label_nc:
+            bad.append((path, lo, hi))
+    if changed:
+        log.info("checked the label values of %d of %d files (the rest cached in %s)", changed, len(paths), cache_path)
+        try:
+            atomic_write_json(cache_path, {"producer": PRODUCER, "kind": "label-ranges", "files": files})
+        except OSError as err:  # a read-only dataset folder: no cache, the check simply runs again next time
+            log.debug("cannot write %s (%s); label ranges are not cached", cache_path, err)
+    if bad:
+        path, lo, hi = bad[0]
+        more = f"; {len(bad) - 1} more file(s) out of range" if len(bad) > 1 else ""
+        raise DataError(
+            f"{path}: label values in [{lo}, {hi}] outside [0, {label_nc}); the dataset config says "
+            f"label_nc={label_nc}{more}"
+        )
+
+
 class NiftiPairsDataset(Dataset):
     """Image/label NIfTI pairs as contract samples (see the module docstring for layouts).
 
@@ -82,6 +170,8 @@ class NiftiPairsDataset(Dataset):
         val_frac, test_frac, seed: split of the flat folder layout.
         affine_atol: image/label affine tolerance.
         dataset_name: when set, a manifest must name this dataset (guards against a wrong ``root``).
+        class_names: the config's class names; their number must equal ``label_nc`` (default: the manifest's).
+        check_labels: check every label file's value range now (module docstring); leave True for training.
     """
 
     def __init__(
@@ -97,11 +187,15 @@ class NiftiPairsDataset(Dataset):
         seed: int = 0,
         affine_atol: float = AFFINE_ATOL,
         dataset_name: str | None = None,
+        class_names: Sequence[str] | None = None,
+        check_labels: bool = True,
     ) -> None:
         super().__init__()
         self.split = check_split(split, allow_all=True)
         if label_nc < 2:
             raise ValueError(f"label_nc must be >= 2, got {label_nc}")
+        if class_names is not None:
+            check_class_names(label_nc, class_names)
         if block_size is not None and (len(block_size) != 3 or any(int(b) < 1 for b in block_size)):
             raise ValueError(f"block_size must be three positive ints (D, H, W), got {block_size}")
         self.root = Path(root)
@@ -109,13 +203,14 @@ class NiftiPairsDataset(Dataset):
         self.intensity = validate_intensity(intensity) if intensity is not None else None
         self.block_size = tuple(int(b) for b in block_size) if block_size is not None else None
         self.affine_atol = affine_atol
-        self.class_names: list[str] | None = None
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
         self.manifest: dict[str, Any] | None = None
         #: Per-item metadata (manifest entry or {"id": ...}), aligned with ``self.items``.
         self.entries: list[dict[str, Any]] = []
         self.items: list[tuple[str, Path, Path]] = []
 
         manifest_path = Path(manifest) if manifest is not None else self.root / MANIFEST_NAME
+        cache_dir = manifest_path.parent if manifest is not None or manifest_path.is_file() else self.root
         if manifest is not None or manifest_path.is_file():
             self._from_manifest(manifest_path, dataset_name)
         elif dataset_name is not None:
@@ -134,6 +229,8 @@ class NiftiPairsDataset(Dataset):
                     raise DataError(f"{path}: file not found (partner of {partner})")
         if not self.items:
             log.warning("%s: split %r is empty", self.root, self.split)
+        elif check_labels:
+            check_label_files([label for _, _, label in self.items], self.label_nc, cache_dir)
 
     # ----------------------------------------------------------------------------------------------- layouts
     def _from_manifest(self, path: Path, dataset_name: str | None) -> None:
@@ -154,21 +251,30 @@ class NiftiPairsDataset(Dataset):
                     f"{path}: patient {patient!r} occurs in splits {patient_splits[patient]!r} "
                     f"and {entry['split']!r}; splits must be disjoint by patient"
                 )
+            where = f"{path}: entry {i}"
+            image = path.parent / manifest_relpath(entry["image"], where)
+            label = path.parent / manifest_relpath(entry["label"], where)
+            sid = entry.get("id", strip_nifti_suffix(image.name))
+            sid = check_name(str(sid) if isinstance(sid, int) and not isinstance(sid, bool) else sid, f"{where}: id")
             if self.split not in ("all", entry["split"]):
                 continue
-            image = path.parent / entry["image"]  # absolute entry paths stay absolute
-            label = path.parent / entry["label"]
-            sid = str(entry.get("id", strip_nifti_suffix(image.name)))
             self.items.append((sid, image, label))
             self.entries.append(dict(entry))
         self.manifest = manifest
-        self.class_names = manifest.get("class_names")
+        stored = manifest.get("class_names")
+        if self.class_names is None:
+            self.class_names = list(stored) if isinstance(stored, list) else None
+        elif isinstance(stored, list) and len(stored) != len(self.class_names):
+            raise DataError(
+                f"{path}: manifest has {len(stored)} class names, the config {len(self.class_names)}: "
+                f"{self.class_names}"
+            )
 
     def _from_split_folders(self) -> None:
         for split in SPLITS if self.split == "all" else (self.split,):
             if (self.root / split / "images").is_dir():
                 for sid, image, label in pair_folder(self.root / split / "images", self.root / split / "labels"):
-                    self.items.append((sid, image, label))
+                    self.items.append((check_name(sid, f"{image}: sample id"), image, label))
                     self.entries.append({"id": sid, "split": split})
 
     def _from_flat_folder(self, val_frac: float, test_frac: float, seed: int) -> None:
@@ -180,6 +286,7 @@ class NiftiPairsDataset(Dataset):
                 raise
             assignment = {}
         for sid, image, label in pairs:
+            check_name(sid, f"{image}: sample id")
             if self.split in ("all", assignment.get(sid)):
                 self.items.append((sid, image, label))
                 self.entries.append({"id": sid, "split": assignment.get(sid)})
@@ -216,6 +323,7 @@ class PreprocessedDataset(NiftiPairsDataset):
         intensity: the spec the config believes was used (generation inverts with it); when given it must
             match the manifest's. Blocks are stored normalised, so nothing is applied on load.
         block_size: expected (D, H, W) block size; when given it must match the manifest's.
+        class_names: the config's class names; their number must equal ``label_nc`` and the manifest's.
     """
 
     NAME: ClassVar[str | None] = None
@@ -229,12 +337,13 @@ class PreprocessedDataset(NiftiPairsDataset):
         name: str | None = None,
         intensity: Mapping[str, Any] | None = None,
         block_size: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         label_nc = self.LABEL_NC if label_nc is None else label_nc
         name = self.NAME if name is None else name
         if label_nc is None or name is None:
             raise TypeError(f"{type(self).__name__} needs label_nc and name (or a subclass that sets them)")
-        super().__init__(split=split, root=root, label_nc=label_nc, dataset_name=name)
+        super().__init__(split=split, root=root, label_nc=label_nc, dataset_name=name, class_names=class_names)
         manifest = self.manifest or {}  # dataset_name forces the manifest layout, so this is the manifest
         where = self.root / MANIFEST_NAME
         if intensity is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dataset.contract import DataError
+from dataset.files import install_signal_cleanup
 from dataset.preprocess import PreprocessOptions
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,11 @@ def build_parser(prog: str, description: str | None, modality: str) -> argparse.
         help="also write blocks whose labels are all background (default: skip and count them)",
     )
     parser.add_argument("--label-table", default=None, help="YAML label table replacing the shipped one")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output in --dst")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset this project wrote in --dst (recognised by its manifest; nothing else is deleted)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -119,10 +124,14 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
 def run_cli(args: argparse.Namespace, job: Callable[[PreprocessOptions], dict[str, Any]]) -> int:
     """Set up logging, run ``job(options)`` and map expected failures to exit code 2 with a one-line error.
 
+    SIGTERM/SIGHUP become ``SystemExit`` (:func:`dataset.files.install_signal_cleanup`), so a cancelled job
+    removes its staging folder and temporary files on the way out.
+
     Returns:
         0 on success, 2 on bad arguments, bad data or a refused overwrite.
     """
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_signal_cleanup()
     try:
         options = options_from_args(args)
         manifest = job(options)

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--patient-regex",
         default=None,
-        help="regex whose first group extracts the patient id from a case id (default: case id)",
+        help="regex whose first group extracts the patient id from a case id, so a patient's studies share a split "
+        "(default: AutoPET naming, PETCT_<hash>_<study> -> patient PETCT_<hash>; '^(.*)$' = one patient per case)",
     )
     args = parser.parse_args(argv)
     return run_cli(

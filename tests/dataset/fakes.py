@@ -72,16 +72,20 @@ def body_case(
     return hu.astype(np.float32), label
 
 
-def write_autopet_raw(root: Path, n_patients: int = 4, seed: int = 0) -> list[str]:
-    """``root/imagesTr/<case>_0001.nii.gz`` (CT) + ``<case>_0002.nii.gz`` (labels 0-36)."""
+def write_autopet_raw(root: Path, n_patients: int = 4, seed: int = 0, studies_per_patient: int = 1) -> list[str]:
+    """``root/imagesTr/<case>_0001.nii.gz`` (CT) + ``<case>_0002.nii.gz`` (labels 0-36).
+
+    Cases are named as AutoPET's nnU-Net export names them: ``PETCT_<patient hash>_<study index>``.
+    """
     rng = np.random.default_rng(seed)
     ids = []
     for i in range(n_patients):
-        case = f"PETCT_{i:04x}ab_0"
-        hu, label = body_case(rng, values=(3, 17, 36))
-        write_nifti(root / "imagesTr" / f"{case}_0001.nii.gz", hu.round(), dtype=np.int16)
-        write_nifti(root / "imagesTr" / f"{case}_0002.nii.gz", label, dtype=np.uint8)
-        ids.append(case)
+        for study in range(studies_per_patient):
+            case = f"PETCT_{i:04x}ab_{study}"
+            hu, label = body_case(rng, values=(3, 17, 36))
+            write_nifti(root / "imagesTr" / f"{case}_0001.nii.gz", hu.round(), dtype=np.int16)
+            write_nifti(root / "imagesTr" / f"{case}_0002.nii.gz", label, dtype=np.uint8)
+            ids.append(case)
     return ids
 
 

@@ -62,8 +62,8 @@ def test_raw_images_need_an_intensity_spec(tmp_path: Path) -> None:
 
 def test_label_values_checked_against_label_nc(tmp_path: Path) -> None:
     _flat(tmp_path, n=1)
-    with pytest.raises(DataError, match=r"labels/vol0.nii.gz: label values \[2\] outside \[0, 2\)"):
-        NiftiPairsDataset("all", tmp_path, label_nc=2, intensity=CT)[0]
+    with pytest.raises(DataError, match=r"labels/vol0.nii.gz: label values in \[0, 2\] outside \[0, 2\)"):
+        NiftiPairsDataset("all", tmp_path, label_nc=2, intensity=CT)  # at construction, before any sample
 
 
 def test_missing_partner_in_folder(tmp_path: Path) -> None:
