@@ -15,11 +15,13 @@ logger = logging.getLogger(__name__)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows every option's default (except ``None``: the help says what happens then) and keeps
-    the description's line breaks."""
+    """``--help`` shows every option's default and keeps the description's line breaks.
+
+    Not shown: ``None`` (the help says what happens then), ``False`` of an on/off flag, required options.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.required:
+        if action.default is None or action.default is False or action.required:
             return action.help
         return super()._get_help_string(action)
 

@@ -488,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predictions",
         type=Path,
+        metavar="DIR",
         help="also write the predicted label maps to DIR/real/ and DIR/synthetic/, named after the images",
     )
     _common(p, report_help)

@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         choices=sorted(W.ALL_WEIGHTS),
-        default=sorted(W.ALL_WEIGHTS),
+        default=None,
         metavar="NAME",
-        help=f"which files, by the metric that needs them ({', '.join(sorted(W.ALL_WEIGHTS))})",
+        help=f"which files, by the metric that needs them: {', '.join(sorted(W.ALL_WEIGHTS))} (default: all)",
     )
     p.add_argument(
         "--dest",
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args: argparse.Namespace, _argv: list[str]) -> None:
     dest = args.dest if args.dest is not None else W.hub_checkpoint_dir()
-    specs = [W.ALL_WEIGHTS[k] for k in dict.fromkeys(args.only)]
+    specs = [W.ALL_WEIGHTS[k] for k in dict.fromkeys(args.only or sorted(W.ALL_WEIGHTS))]
     if args.list:
         for spec in specs:
             sha = f"sha256 {spec.sha256_prefix}..." if spec.sha256_prefix else "no published sha256"
