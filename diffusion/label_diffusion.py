@@ -188,7 +188,10 @@ def first_timestep(
     limit = strength * schedule.num_train_timesteps
     below = [t for t, _ in pairs if t <= limit]
     if not below:
-        raise ValueError(f"--strength {strength} is below the first denoising step; use a larger strength")
+        raise ValueError(
+            f"--strength {strength} is below the first of the {len(pairs)} denoising steps (t = {pairs[-1][0]} of "
+            f"{schedule.num_train_timesteps}); use a larger --strength or more --steps"
+        )
     return max(below)
 
 

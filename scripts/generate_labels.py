@@ -1,0 +1,288 @@
+"""Generate new label maps with a trained label latent diffusion checkpoint (the ``labels`` stage).
+
+    python scripts/generate_labels.py --ckpt runs/label_diffusion/.../checkpoints/last.ckpt --num-samples 8 \
+        --out OUT --seed 0 [--condition grey_matter=650,white_matter=480] [--like MAP.nii.gz --strength 0.5] \
+        [--repair] [--overwrite]
+
+Each map is ``OUT/<id>.nii.gz`` (``map0000``, ``map0001``, ...; with ``--like MAP``: ``like-<MAP name>-0000``, ...),
+integer dtype, on the training grid (``block_size``) at the training voxel size. Default affine (no ``--like``):
+axis-aligned, the stored (I, J, K) axes are (H, W, D) with the training voxel size (the median over the training
+maps, stored in the checkpoint), and the grid centre at world (0, 0, 0) mm; with ``--like`` the source map's
+affine is kept. ``--condition NAME=VALUE,...`` fixes attributes (``<class>`` = its volume in mL,
+``<class>.centroid_d|h|w`` = its centroid in [-1, 1] where the model was trained with centroids); the others are
+left free (none given: unconditional). ``--like MAP --strength s`` noises MAP's latent to the fraction ``s`` of the
+noise schedule and denoises it with the given attributes ("this patient, with larger ventricles"): small ``s`` stays
+close to MAP, ``s = 1`` ignores it. ``--repair`` keeps the largest connected component of every foreground class
+(removed voxels take the nearest remaining label) and fills background holes enclosed by a class; it is off by
+default and must stay off when the generator itself is evaluated (the record says whether it ran).
+
+``OUT/labels_run.json`` is the run record: checkpoint and its sha256, seed, settings, and per map the requested and
+achieved attributes (achieved = measured on the written map). ``--overwrite`` replaces exactly the files the
+previous run record lists; a file of the same name that no record of ours lists is never replaced. Maps are written
+to a staging folder inside ``OUT`` first and moved into place only when all of them are done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset import DataError
+from dataset.files import (
+    check_name,
+    check_output_dir,
+    file_sha256,
+    install_signal_cleanup,
+    read_run_record,
+    recorded_outputs,
+    write_run_record,
+)
+from dataset.nifti import load_label, save_nifti, strip_nifti_suffix, voxel_size_dhw
+
+log = logging.getLogger("generate_labels")
+
+RECORD = "labels_run.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, type=Path, help="label diffusion checkpoint (train_label_diffusion.py)")
+    p.add_argument("--num-samples", type=int, default=1, help="number of maps to generate")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same maps")
+    p.add_argument("--condition", default="", help="attributes NAME=VALUE,... (class volume in mL; see above)")
+    p.add_argument("--like", type=Path, default=None, help="a label map (NIfTI) to make variations of")
+    p.add_argument("--strength", type=float, default=0.5, help="with --like: noise level in (0, 1] to start from")
+    p.add_argument("--repair", action="store_true", help="largest component per class + hole filling (reported)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "rflow"), default=None, help="default: the checkpoint's")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance w in u + w(c - u) (default: checkpoint's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help="replace the maps of a previous run in --out")
+    return p.parse_args(argv)
+
+
+def parse_condition(text: str) -> dict[str, float]:
+    """``"a=1.5,b=2"`` -> ``{"a": 1.5, "b": 2.0}`` (names checked against the model later).
+
+    Raises:
+        ValueError: an entry without ``=``, a repeated name or a value that is not a finite number.
+    """
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--condition entry {item!r} must be NAME=VALUE")
+        if name in out:
+            raise ValueError(f"--condition names {name!r} twice")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--condition {name}={value!r}: not a number") from None
+        if not np.isfinite(number):
+            raise ValueError(f"--condition {name}={value!r}: not a finite number")
+        out[name] = number
+    return out
+
+
+def load_label_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
+    """Load a label diffusion checkpoint; anything else is refused with one line before any work."""
+    from diffusion.label_diffusion import LabelLatentDiffusion
+
+    if not ckpt.is_file():
+        raise DataError(f"{ckpt}: checkpoint not found")
+    try:
+        meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise DataError(f"{ckpt}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    hp = meta.get("hyper_parameters", {}) if isinstance(meta, dict) else {}
+    if "label_ae_hparams" not in hp:
+        raise DataError(f"{ckpt}: not a label diffusion checkpoint; train one with train/train_label_diffusion.py")
+    del meta
+    model = LabelLatentDiffusion.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    return model.eval().to(device)
+
+
+def default_affine(voxel_dhw: tuple[float, float, float], shape_dhw: tuple[int, int, int]) -> np.ndarray:
+    """Axis-aligned (I, J, K) = (H, W, D) affine with the given voxel size and the grid centre at world 0 mm."""
+    vd, vh, vw = voxel_dhw
+    d, h, w = shape_dhw
+    affine = np.diag([vh, vw, vd, 1.0])
+    affine[:3, 3] = [-(h - 1) / 2 * vh, -(w - 1) / 2 * vw, -(d - 1) / 2 * vd]
+    return affine
+
+
+def repair(label: np.ndarray, label_nc: int) -> tuple[np.ndarray, int]:
+    """Largest connected component per foreground class, then background holes filled; (map, changed voxels).
+
+    Voxels of removed components take the label of the nearest voxel that stays (Euclidean distance transform);
+    a hole is background (0) enclosed by one class in 3D and takes that class. Non-background voxels enclosed by a
+    class (nested structures) are left alone.
+    """
+    from scipy import ndimage
+
+    out = label.copy()
+    removed = np.zeros(label.shape, dtype=bool)
+    for c in range(1, label_nc):
+        comps, n = ndimage.label(out == c)
+        if n > 1:
+            sizes = np.bincount(comps.ravel())[1:]
+            removed |= (comps > 0) & (comps != int(np.argmax(sizes)) + 1)
+    if removed.any():
+        _, idx = ndimage.distance_transform_edt(removed, return_indices=True)
+        out[removed] = out[tuple(i[removed] for i in idx)]
+    for c in range(1, label_nc):
+        holes = ndimage.binary_fill_holes(out == c) & (out == 0)
+        out[holes] = c
+    return out, int((out != label).sum())
+
+
+def map_seed(seed: int, index: int) -> int:
+    """Seed of map ``index``: independent of how many maps are generated (crc32, stable across runs)."""
+    return zlib.crc32(f"{seed}:{index}".encode()) & 0x7FFFFFFF
+
+
+def check_outputs(out: Path, names: list[str], overwrite: bool) -> list[Path]:
+    """Refuse before any work when outputs exist and may not be replaced; return the files to remove on success.
+
+    Without ``overwrite`` any existing output (or run record) is an error. With it, only files listed by the
+    previous run record of this tool in ``out`` are replaced; a same-named file that no record lists is refused.
+    """
+    record = out / RECORD
+    targets = [out / n for n in names]
+    existing = [p for p in [*targets, record] if p.exists()]
+    if not existing:
+        return []
+    if not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
+    prev = read_run_record(record) if record.exists() else None
+    if record.exists() and (prev is None or prev.get("tool") != "generate_labels"):
+        raise DataError(f"{record} exists but is not a run record of generate_labels; refusing to replace it")
+    listed = {p.resolve() for p in recorded_outputs(record)} if prev is not None else set()
+    foreign = [p for p in targets if p.exists() and p.resolve() not in listed]
+    if foreign:
+        raise DataError(f"{foreign[0]} was not written by a previous generate_labels run here; not replacing it")
+    return sorted(listed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    install_signal_cleanup()
+    staging: Path | None = None
+    try:
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if args.like is None and args.strength != 0.5:
+            raise ValueError("--strength needs --like MAP")
+        if args.like is not None and not 0.0 < args.strength <= 1.0:
+            raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        requested = parse_condition(args.condition)
+        if any(v < 0 for k, v in requested.items() if ".centroid_" not in k):
+            raise ValueError("--condition: a volume cannot be negative")
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        )
+        model = load_label_model(args.ckpt, device)
+        values, mask = model.condition(requested)  # validates the names
+        if args.sampler is not None and args.sampler not in model.schedule.samplers:
+            raise ValueError(f"--sampler {args.sampler} does not fit this model; use {model.schedule.samplers}")
+        shape = model.block_size
+        like = None
+        if args.like is not None:
+            like_map, affine = load_label(args.like, model.label_nc)
+            if tuple(like_map.shape) != shape:
+                raise DataError(f"{args.like}: shape {tuple(like_map.shape)} (D, H, W) differs from the training grid "
+                                f"{shape}; crop or resample it to the training block first")  # fmt: skip
+            trained = tuple(float(v) for v in model.voxel_size_dhw)
+            if not np.allclose(voxel_size_dhw(affine), trained, rtol=0.01):
+                raise DataError(f"{args.like}: voxel size {voxel_size_dhw(affine)} mm differs from the training "
+                                f"voxel size {trained} mm")  # fmt: skip
+            like = torch.from_numpy(like_map.astype(np.int64))[None, None]
+            prefix = f"like-{check_name(strip_nifti_suffix(args.like.name), '--like file name')}-"
+        else:
+            affine = default_affine(tuple(float(v) for v in model.voxel_size_dhw), shape)
+            prefix = "map"
+        ids = [check_name(f"{prefix}{i:04d}", "map id") for i in range(args.num_samples)]
+        names = [f"{i}.nii.gz" for i in ids]
+        out = check_output_dir(args.out)
+        to_remove = check_outputs(out, names, args.overwrite)
+        sha = file_sha256(args.ckpt)
+
+        staging = Path(tempfile.mkdtemp(prefix=".staging-labels-", dir=out))
+        affine_t = torch.from_numpy(affine)[None]
+        maps = []
+        for i, (vid, name) in enumerate(tqdm(list(zip(ids, names)), desc="label maps", unit="map")):
+            gen = torch.Generator(device=device).manual_seed(map_seed(args.seed, i))
+            label = model.sample_labels(
+                values, mask, sampler=args.sampler, steps=args.steps, guidance=args.guidance, generator=gen,
+                like=like, strength=args.strength if like is not None else 1.0,
+            ).cpu()  # fmt: skip
+            array = label[0, 0].numpy().astype(np.int16)
+            changed = 0
+            if args.repair:
+                array, changed = repair(array, model.label_nc)
+            achieved = model.attributes_of(torch.from_numpy(array.astype(np.int64))[None, None], affine_t)[0]
+            save_nifti(staging / name, array, affine, dtype=np.int16)
+            maps.append({
+                "id": vid, "file": name, "seed": map_seed(args.seed, i),
+                "requested": dict(requested),
+                "achieved": dict(zip(model.attribute_names, (float(v) for v in achieved))),
+                **({"repair_changed_voxels": changed} if args.repair else {}),
+            })  # fmt: skip
+
+        # all maps are done: remove what the previous run wrote, move the new maps in, then the record
+        for path in to_remove:
+            path.unlink(missing_ok=True)
+        for name in names:
+            (staging / name).replace(out / name)
+        record = {
+            "tool": "generate_labels",
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "checkpoint": str(args.ckpt),
+            "checkpoint_sha256": sha,
+            "seed": args.seed,
+            "settings": {
+                "sampler": args.sampler or model.hparams.sampler,
+                "steps": args.steps or model.hparams.sample_steps,
+                "guidance": model.hparams.guidance if args.guidance is None else args.guidance,
+                "like": str(args.like) if args.like else None,
+                "like_sha256": file_sha256(args.like) if args.like else None,
+                "strength": args.strength if args.like else None,
+                "repair": bool(args.repair),
+            },
+            "class_names": model.class_names,
+            "attribute_names": model.attribute_names,
+            "attribute_units": {
+                n: ("[-1, 1] of the grid" if ".centroid_" in n else "mL") for n in model.attribute_names
+            },
+            "voxel_size_dhw_mm": [float(v) for v in model.voxel_size_dhw],
+            "affine": np.asarray(affine).tolist(),
+            "maps": maps,
+            "outputs": names,
+        }
+        write_run_record(out / RECORD, record)
+    except (DataError, FileExistsError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %d label map(s) to %s", len(ids), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
