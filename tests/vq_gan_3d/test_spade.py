@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vq_gan_3d.spade import SPADE, SPADEGroupNorm3D, SPADEResBlock3D, modulation_cache
+from vq_gan_3d.spade import SPADE, SPADEGroupNorm3D, SPADEResBlock3D, labels_from_one_hot, modulation_cache
 
 
 def _seg(b: int, k: int, size: tuple[int, int, int]) -> torch.Tensor:
@@ -155,3 +155,151 @@ def test_modulation_cache_covers_integer_labels_and_nested_modules() -> None:
             again = [m(x, labels) for m in model for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip([plain[0], plain[0], plain[1], plain[1]], again))
     assert model[0]._modulation_cache is None
+
+
+# ---------------------------------------------------------------- lookup path and fused gamma/beta
+def _dyadic_(module: torch.nn.Module, seed: int) -> None:
+    """Weights that are multiples of 1/64 in [-0.5, 0.5]: every sum of a few of them is exact in fp32, so any
+    summation order gives the same bits and the lookup can be compared with the conv bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randint(-32, 33, p.shape, generator=g).float() / 64)
+
+
+def _blocky_labels(b: int, k: int, size: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """(B, 1, D, H, W) piecewise-constant class map (random classes on a coarse grid, nearest-upsampled)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, k, (b, 1, *(max(s // 2, 1) for s in size)), generator=g).float()
+    return torch.nn.functional.interpolate(coarse, size=size, mode="nearest").long()
+
+
+def _onehot(labels: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels[:, 0], k).movedim(-1, 1).float()
+
+
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 3, 3), (1, 1, 1), (3, 1, 5)])
+@pytest.mark.parametrize("grid", [(6, 10, 10), (3, 5, 7), (12, 20, 20)], ids=["same", "odd-ratio", "up"])
+def test_lookup_hidden_map_is_bit_identical_to_conv_over_one_hot(kernel, grid) -> None:
+    k = 5
+    spade = SPADE(4, k, hidden=7, kernel=kernel, num_groups=2)
+    _dyadic_(spade, seed=sum(kernel) + grid[2])
+    labels = _blocky_labels(2, k, (6, 10, 10), seed=grid[1])
+    labels[0, 0, 0, 0, :3] = torch.tensor([0, 4, 2])  # classes next to the zero-padded border
+    with torch.no_grad():
+        by_conv = spade.hidden_map(_onehot(labels, k), grid, torch.float32)
+        by_lookup = spade.hidden_map(labels, grid, torch.float32)
+    assert by_lookup.shape == by_conv.shape == (2, 7, *grid)
+    assert torch.equal(by_lookup, by_conv)
+
+
+def test_lookup_handles_many_classes_and_noisy_maps() -> None:
+    # (K + 1) ** 9 overflows the packed int64 code for K = 200: the row-wise unique path is used.
+    for k, size in ((200, (2, 6, 6)), (3, (2, 7, 7))):
+        spade = SPADE(2, k, hidden=3, num_groups=1)
+        _dyadic_(spade, seed=k)
+        labels = torch.randint(0, k, (1, 1, *size))  # noise: nearly every neighbourhood is distinct
+        with torch.no_grad():
+            assert torch.equal(
+                spade.hidden_map(labels, size, torch.float32),
+                spade.hidden_map(_onehot(labels, k), size, torch.float32),
+            )
+
+
+def test_lookup_matches_conv_within_round_off_with_gradients() -> None:
+    # Random weights: the lookup adds the same products as the conv, in another order, so equality is up to
+    # fp32 rounding (about 1e-7 relative); gradients of all parameters and of x agree to 1e-6 relative.
+    torch.manual_seed(7)
+    k = 4
+    new = SPADE(6, k, hidden=8, num_groups=2, lookup=True)
+    old = SPADE(6, k, hidden=8, num_groups=2, lookup=False)
+    old.load_state_dict(new.state_dict())
+    labels = _blocky_labels(2, k, (8, 12, 12))
+    x = torch.randn(2, 6, 4, 6, 6)
+    outs = []
+    for module, seg in ((new, labels), (old, _onehot(labels, k))):
+        xx = x.clone().requires_grad_()
+        y = module(xx, seg)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xx.grad, [p.grad for p in module.parameters()]))
+    (ya, gxa, gpa), (yb, gxb, gpb) = outs
+    torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
+    for a, b in zip([gxa, *gpa], [gxb, *gpb]):
+        scale = float(b.abs().max())
+        torch.testing.assert_close(a / scale, b / scale, rtol=1e-6, atol=1e-6)
+
+
+def test_soft_maps_take_the_conv_and_fused_gamma_beta_equals_two_convs() -> None:
+    torch.manual_seed(8)
+    spade = SPADE(4, 3, hidden=6, num_groups=2)
+    _dyadic_(spade, seed=8)  # exact sums: the fused conv must give the two convs' bits
+    soft = torch.softmax(torch.randn(1, 3, 4, 6, 6), 1).round(decimals=2)
+    assert labels_from_one_hot(soft) is None
+    x = torch.randn(1, 4, 4, 6, 6)
+    with torch.no_grad():
+        fused = spade(x, soft)
+        spade.lookup = False  # the original: two convs
+        assert torch.equal(fused, spade(x, soft))
+
+
+class _OldSPADE(torch.nn.Module):
+    """The SPADE as it was before issue 13 (separate gamma and beta convs), for the state-dict test."""
+
+    def __init__(self, c: int, k: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(2, c, affine=False)
+        self.mlp_shared = torch.nn.Sequential(
+            torch.nn.Conv3d(k, hidden, (1, 3, 3), padding=(0, 1, 1)), torch.nn.ReLU()
+        )
+        self.mlp_gamma = torch.nn.Conv3d(hidden, c, (1, 3, 3), padding=(0, 1, 1))
+        self.mlp_beta = torch.nn.Conv3d(hidden, c, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        seg = torch.nn.functional.interpolate(seg.to(x.dtype), size=x.shape[2:], mode="nearest")
+        actv = self.mlp_shared(seg)
+        return self.norm(x) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+
+def test_old_layout_state_dict_loads_and_gives_the_same_output() -> None:
+    torch.manual_seed(9)
+    old = _OldSPADE(4, 3, 6)
+    state = old.state_dict()
+    assert "mlp_gamma.weight" in state and "mlp_beta.bias" in state
+    new = SPADE(4, 3, hidden=6, num_groups=2)
+    new.load_state_dict(state, strict=True)  # the pre-hook concatenates gamma and beta
+    assert set(new.state_dict()) == {
+        "mlp_shared.0.weight",
+        "mlp_shared.0.bias",
+        "mlp_gamma_beta.weight",
+        "mlp_gamma_beta.bias",
+    }
+    labels = _blocky_labels(1, 3, (4, 8, 8))
+    x = torch.randn(1, 4, 2, 4, 4)
+    with torch.no_grad():
+        expected = old(x, _onehot(labels, 3))
+        torch.testing.assert_close(new(x, labels), expected, rtol=1e-6, atol=1e-6)  # lookup: other summation order
+        new.lookup = False
+        assert torch.equal(new(x, _onehot(labels, 3)), expected)  # the original computation, bit for bit
+    # a nested module (prefixes) loads too
+    wrapped = torch.nn.ModuleDict({"norm1": _OldSPADE(4, 3, 6)})
+    target = torch.nn.ModuleDict({"norm1": SPADE(4, 3, hidden=6, num_groups=2)})
+    target.load_state_dict(wrapped.state_dict(), strict=True)
+
+
+def test_decoder_converts_one_hot_once_and_integer_maps_agree() -> None:
+    from vq_gan_3d.decoder import SPADEDecoder3D
+
+    torch.manual_seed(10)
+    dec = SPADEDecoder3D(1, 4, [2, 2, 2], label_nc=3, spade_hidden=5, num_groups=2).eval()
+    labels = _blocky_labels(1, 3, (8, 8, 8))
+    h = torch.randn(1, dec.in_channels, 4, 4, 4)
+    with torch.no_grad():
+        from_int = dec(h, labels)
+        assert torch.equal(dec(h, _onehot(labels, 3)), from_int)  # exact one-hot -> the same class map
+        dec.lookup = False
+        for m in dec.modules():
+            if isinstance(m, SPADE):
+                m.lookup = False
+        by_conv = dec(h, _onehot(labels, 3))
+        assert torch.equal(dec(h, labels), by_conv)  # an integer map is one-hot encoded once
+    torch.testing.assert_close(from_int, by_conv, rtol=1e-6, atol=1e-6)
