@@ -301,8 +301,10 @@ def decode_latents(
         (B, 1, D, H, W) images in [-1, 1].
     """
     factor = tuple(model.latent_factor)
+    # the normal decoder never sees labels: no one-hot at all; stand-ins without a first stage get labels
+    spade = getattr(getattr(model, "first_stage", None), "decoder_type", "spade") == "spade"
     if latent_window is None or all(w >= s for w, s in zip(latent_window, z.shape[2:])):
-        return model.decode_latents(z, window_seg(labels, model.label_nc))
+        return model.decode_latents(z, window_seg(labels, model.label_nc) if spade else None)
     from monai.inferers import sliding_window_inference
 
     if labels.dim() == 5:  # one-hot in: fold the class index, not K channels
@@ -314,8 +316,8 @@ def decode_latents(
     def predictor(zw: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         n, _, wd, wh, ww = condition.shape
         lab = condition.reshape(n, fd, fh, fw, wd, wh, ww).permute(0, 4, 1, 5, 2, 6, 3)
-        lab = lab.reshape(n, wd * fd, wh * fh, ww * fw)
-        return model.decode_latents(zw, window_seg(lab.long(), model.label_nc)).float()
+        lab = lab.reshape(n, wd * fd, wh * fh, ww * fw).long()
+        return model.decode_latents(zw, window_seg(lab, model.label_nc) if spade else None).float()
 
     window = tuple(min(int(a), s) for a, s in zip(latent_window, z.shape[2:]))
     out = sliding_window_inference(
