@@ -371,9 +371,12 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _process_gone(marker: dict[str, Any]) -> bool:
-    """Whether the process a marker names has ended (only decidable on the same host)."""
+    """Whether the run a marker names is over: its process has ended, or it is this process (which is here,
+    not committing). Only decidable on the same host."""
     if marker.get("host") != socket.gethostname() or not isinstance(marker.get("pid"), int):
         return False
+    if marker["pid"] == os.getpid():
+        return True
     try:
         os.kill(marker["pid"], 0)
     except ProcessLookupError:
@@ -414,7 +417,9 @@ def clean_stale(dst: str | Path) -> list[Path]:
                 folder.rmdir()
                 removed.append(folder)
             continue
-        if _process_gone(marker) and _remove_our_tree(folder):
+        if not _process_gone(marker):
+            log.warning("%s: left in place, the run that wrote it (%s) may still be working", folder, marker)
+        elif _remove_our_tree(folder):
             log.info("removed %s, left behind by an interrupted run (pid %s)", folder, marker.get("pid"))
             removed.append(folder)
     return removed
