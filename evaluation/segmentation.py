@@ -31,7 +31,15 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
-from dataset.files import atomic_torch_save, check_name, check_output_dir, file_sha256, read_run_record
+from dataset.files import (
+    atomic_torch_save,
+    check_name,
+    check_output_dir,
+    file_sha256,
+    read_run_record,
+    recorded_outputs,
+    write_run_record,
+)
 from dataset.nifti import load_pair, save_nifti, strip_nifti_suffix
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
 from evaluation.dice import per_class_dice, summarise_dice
@@ -42,6 +50,7 @@ from evaluation.report import dice_markdown, header, report_paths, write_report
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "med-lsdm/dice-segmenter/1"
+PREDICTIONS_RECORD = "predictions.json"
 DICE_DEFINITION = (
     "Dice per foreground class (background excluded), MONAI DiceMetric on argmax predictions; a class absent "
     "from ground truth and prediction is not applicable (excluded, counted); mean = mean of class means"
@@ -308,17 +317,30 @@ def _check_report(out: Path, overwrite: bool) -> None:
 
 
 def _prediction_plan(cases_by_set: dict[str, list[Case]], folder: Path, overwrite: bool) -> dict[str, list[Path]]:
-    """Where each predicted label map goes: ``folder/<set>/<image name>``, every name checked first."""
+    """Where each predicted label map goes: ``folder/<set>/<image name>``, every name and place checked first.
+
+    ``--overwrite`` replaces only the files the previous run recorded in ``folder/predictions.json``.
+    """
+    ours = {p.resolve() for p in recorded_outputs(folder / PREDICTIONS_RECORD)}
     plan: dict[str, list[Path]] = {}
     for set_name, cases in cases_by_set.items():
-        sub = check_output_dir(folder / set_name, what="--predictions")
+        # first estimate of the space needed: one uncompressed uint8 label map per case
+        need = sum(int(case.label.numel()) for case in cases)
+        sub = check_output_dir(folder / set_name, min_free_bytes=need, what="--predictions")
         paths = []
         for case in cases:
             stem = check_name(strip_nifti_suffix(case.image_path.name), "image file name")
             paths.append(sub / f"{stem}.nii.gz")
-        check_output_files(paths, overwrite, what="--predictions")
+        check_output_files(paths, overwrite, ours=lambda p: p.resolve() in ours, what="--predictions")
         plan[set_name] = paths
     return plan
+
+
+def _record_predictions(folder: Path, plan: dict[str, list[Path]], model: Path, argv: list[str]) -> None:
+    """Run record of the predictions (what made them, which files), so ``--overwrite`` can tell them apart."""
+    outputs = sorted(str(p.relative_to(folder)) for paths in plan.values() for p in paths)
+    record = {"tool": "evaluation.segmentation evaluate", "command": argv, "model_sha256": file_sha256(model)}
+    write_run_record(folder / PREDICTIONS_RECORD, record | {"outputs": outputs})
 
 
 def _config(args: argparse.Namespace, num_classes: int) -> SegConfig:
@@ -374,6 +396,8 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
         dice[set_name], per_volume[set_name] = _dice_block(
             net, set_cases, window, names, plan.get(set_name), args.overwrite
         )
+    if plan:
+        _record_predictions(args.predictions, plan, args.model, argv)
     report = header("evaluation.segmentation", argv) | {
         "command_name": "evaluate",
         "model": {"path": args.model, "sha256": file_sha256(args.model), "training": training},

@@ -164,6 +164,13 @@ def test_prediction_names_from_files_are_checked_before_inference(tmp_path, nift
     pred = tmp_path / "pred" / "real" / "c1.nii.gz"
     assert pred.is_file()
     assert json.loads((tmp_path / "d.json").read_text())["predictions"]["real"] == [str(pred)]
+    assert json.loads((tmp_path / "pred" / "predictions.json").read_text())["outputs"] == ["real/c1.nii.gz"]
+    # --overwrite replaces the predictions the record lists, not a foreign file in their place
+    assert segmentation.main([*evaluate, "--out", str(tmp_path / "d.json"), "--overwrite"]) == 0
+    (tmp_path / "pred" / "predictions.json").unlink()
+    with caplog.at_level(logging.ERROR):
+        assert segmentation.main([*evaluate, "--out", str(tmp_path / "d.json"), "--overwrite"]) == 2
+    assert "not written by this project" in caplog.text
     # a file name that is no safe output name (a space here) is refused before any inference
     for folder in ("images", "labels"):
         (tmp_path / "test" / folder / "c1.nii.gz").rename(tmp_path / "test" / folder / "c 1.nii.gz")
