@@ -153,7 +153,10 @@ def _privacy_uses_medicalnet(opts: Options) -> bool:
     try:
         W.resolve(W.MEDICALNET50, opts.weights_dir)
     except W.MissingWeightsError:
-        logger.warning("privacy audit: MedicalNet weights not found; using the avg-pool fallback features")
+        logger.warning(
+            "privacy audit: MedicalNet weights not found; using the avg-pool fallback features (`%s` fetches them)",
+            W.fetch_command(W.MEDICALNET50, opts.weights_dir),
+        )
         return False
     return True
 
