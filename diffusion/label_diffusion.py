@@ -34,6 +34,7 @@ from dataset.contract import one_hot
 from diffusion.ema import EMA
 from diffusion.guidance import combine
 from diffusion.latent_norm import LatentNormalizer
+from diffusion.sampling import sample_latent
 from diffusion.schedulers import NoiseSchedule
 from diffusion.unet3d import Unet3D
 from vq_gan_3d.label_autoencoder import (
@@ -156,8 +157,9 @@ def run_sampler(
 ) -> torch.Tensor:
     """Integrate from ``x`` at noise level ``start_t`` (None: pure noise at T) down to a clean latent.
 
-    The loop of :meth:`NoiseSchedule.sample`, restricted to the inference timesteps at or below ``start_t`` so the
-    same code also denoises a partly noised latent (``--like``).
+    The loop of :meth:`NoiseSchedule.sample`, restricted to the inference timesteps at or below ``start_t``, for
+    what :func:`diffusion.sampling.sample_latent` (pure noise only) does not cover: denoising a partly noised
+    latent (``--like``).
 
     Returns:
         (B, C, d, h, w) float32.
@@ -489,7 +491,6 @@ class LabelLatentDiffusion(pl.LightningModule):
         mask = mask.to(self.device, torch.float32)
         net = self.ema.module if use_ema else self.denoiser
         b = values.shape[0]
-        noise = torch.randn((b, *self.latent_shape), device=self.device, generator=generator)
         none_given = not bool(mask.any())
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -499,14 +500,19 @@ class LabelLatentDiffusion(pl.LightningModule):
             c, u = out.chunk(2)
             return combine(c, u, guidance)
 
-        start_t = None
-        x = noise
-        if like is not None and strength < 1.0:
+        gens = [generator] * b if generator is not None else [torch.Generator(device=self.device) for _ in range(b)]
+        if generator is None:
+            for g in gens:
+                g.manual_seed(int(torch.randint(0, 2**62, (1,))))
+        if like is None or strength >= 1.0:  # from pure noise: the project's one sampling path
+            z = sample_latent(denoise, self.schedule, self.latent_shape, gens, sampler, steps, eta, self.device)
+        else:  # from the partly noised latent of ``like`` (SDEdit), the same scheduler steps below start_t
+            noise = torch.cat([torch.randn((1, *self.latent_shape), device=self.device, generator=g) for g in gens])
             start_t = first_timestep(self.schedule, sampler, steps, int(noise[0, 0].numel()), strength)
             z0 = self.encode_labels(like.to(self.device))
             t0 = torch.full((b,), start_t, device=self.device, dtype=torch.long)
             x = self.schedule.add_noise(z0, noise, t0)
-        z = run_sampler(self.schedule, denoise, x, sampler, steps, eta, generator, start_t)
+            z = run_sampler(self.schedule, denoise, x, sampler, steps, eta, gens[0], start_t)
         return self.latent_norm.denormalize(z)
 
     @torch.no_grad()
