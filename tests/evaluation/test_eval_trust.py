@@ -77,7 +77,7 @@ def test_no_silent_default_range(unit_folders, caplog):
 
     # generation's run record (fake) and a preprocessing manifest (real) state [0, 1]: PSNR has its true value
     write_run_record(root / "fake" / "generation.json", {"data_range": [0, 1], "outputs": ["c1_s0.nii.gz"]})
-    manifest = {"format_version": 1, "entries": [{"image": "real/c1.nii.gz"}], "data_range": [0, 1]}
+    manifest = {"producer": "med-lsdm", "entries": [{"image": "real/c1.nii.gz"}], "data_range": [0, 1]}
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert compute_metrics.main(_args(root, "b.json", "--metrics", "psnr")) == 0
     report = json.loads((root / "b.json").read_text())
@@ -100,14 +100,17 @@ def test_recorded_ranges_from_intensity_spec_and_manifest_layout(tmp_path):
     assert recorded_range(gen)[:2] == (-1.0, 1.0)
     (gen / "generation.json").write_text(json.dumps({"data_range": [0, 1]}))  # not ours: no producer
     assert recorded_range(gen) is None
-    # preprocessing layout DST/manifest.json + DST/test/images/<id>.nii.gz
+    # preprocessing layout DST/manifest.json + DST/blocks-<id>/test/images/<id>.nii.gz
     dst = tmp_path / "dst"
-    (dst / "test" / "images").mkdir(parents=True)
-    entries = [{"image": "test/images/a_b0.nii.gz"}]
-    (dst / "manifest.json").write_text(json.dumps({"entries": entries, "images_normalized": True}))
-    assert recorded_range(dst / "test" / "images")[:2] == (-1.0, 1.0)
+    images = dst / "blocks-1a2b" / "test" / "images"
+    images.mkdir(parents=True)
+    manifest = {"producer": "med-lsdm", "entries": [{"image": "blocks-1a2b/test/images/a_b000.nii.gz"}]}
+    (dst / "manifest.json").write_text(json.dumps(manifest | {"images_normalized": True}))
+    assert recorded_range(images)[:2] == (-1.0, 1.0)
     (dst / "other").mkdir()
     assert recorded_range(dst / "other") is None  # a manifest describes only its own folders
+    (dst / "manifest.json").write_text(json.dumps({"entries": manifest["entries"], "images_normalized": True}))
+    assert recorded_range(images) is None  # not one of ours
 
 
 def _run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
