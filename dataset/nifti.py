@@ -140,7 +140,11 @@ def check_declared_size(path: str | Path, img: nib.Nifti1Image | nib.Nifti2Image
             f"(set {MAX_VOXELS_ENV} to allow larger volumes)"
         )
     dtype = header.get_data_dtype()
-    needed = int(header.get_data_offset()) + n_voxels * dtype.itemsize
+    # Where the voxels start: the loaded proxy knows (nibabel resets the header's vox_offset on load); never
+    # before the end of the header itself.
+    offset = getattr(img.dataobj, "offset", None)
+    offset = max(int(offset if offset is not None else header.get_data_offset()), int(header.sizeof_hdr))
+    needed = offset + n_voxels * dtype.itemsize
     size = path.stat().st_size
     name = path.name.lower()
     if name.endswith(".gz"):
