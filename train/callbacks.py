@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
+
+from dataset.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +121,11 @@ class VolumeLogger(pl.Callback):
             rows = [(name, vol[i].detach().cpu()) for name, vol in volumes.items()]
             labels = [v for name, v in rows if "label" in name]
             montage = folder / f"montage_{i}.png"
-            save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None)
+            affine = batch["affine"][i] if "affine" in batch else None  # montages reorient to RAS from it
+            save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None, affine=affine)
             for name, vol in rows:
                 if "label" not in name:
-                    save_gif(folder / f"{name}_{i}.gif", vol, label=labels[0] if labels else None)
+                    save_gif(folder / f"{name}_{i}.gif", vol, label=labels[0] if labels else None, affine=affine)
             self._to_tensorboard(trainer, montage, f"val/montage_{i}")
         log.info("wrote validation montages to %s", folder)
 
@@ -147,7 +153,6 @@ class StateDigest(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import hashlib
-        import json
 
         h = hashlib.sha256()
         total = 0.0
@@ -165,7 +170,92 @@ class StateDigest(pl.Callback):
             "sha256": h.hexdigest(),
             "sum": total,
         }
-        path = self.out_dir / f"state_digest_rank{trainer.global_rank}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        atomic_write_json(self.out_dir / f"state_digest_rank{trainer.global_rank}.json", record)
+
+
+def _numpy_state(gen: np.random.Generator | None = None) -> dict[str, Any]:
+    """A numpy RNG state as checkpoint-safe plain data (tensors, ints, floats; ``weights_only=True`` loads it)."""
+    if gen is not None:
+        return {"bit_generator": gen.bit_generator.state}  # nested dict of str / int
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["gauss"]))
+
+
+def _owned_generators(pl_module: pl.LightningModule) -> dict[str, torch.Generator | np.random.Generator]:
+    """Every ``torch.Generator`` / numpy ``Generator`` held as an attribute of the module or its submodules."""
+    found: dict[str, torch.Generator | np.random.Generator] = {}
+    for name, module in pl_module.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, (torch.Generator, np.random.Generator)):
+                found[f"{name}.{attr}" if name else attr] = value
+    return found
+
+
+class ResumeRNGState(pl.Callback):
+    """Save every RNG the training draws from in the checkpoint, and restore it on resume (exact resume).
+
+    Saved: the global RNGs of torch (CPU and every CUDA device), numpy and Python, and every ``torch.Generator`` or
+    numpy ``Generator`` the LightningModule or one of its submodules keeps as an attribute (codebook restarts,
+    timestep or noise generators...). The states of a checkpoint are applied just before the first training batch
+    after the resume, not when the checkpoint is loaded: whatever a resume does in between (building loaders,
+    measuring statistics) then cannot shift them, and the next batch draws exactly what the uninterrupted run drew.
+    Under DDP the checkpoint holds rank 0's states (one file for all ranks); bit-for-bit resume is promised for a
+    single process. :func:`train.run.train` adds this callback to every run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: dict[str, Any] | None = None
+        self._module: pl.LightningModule | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._module = pl_module
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state(),
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+            "generators": {},
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        for name, gen in _owned_generators(self._module).items() if self._module is not None else ():
+            if isinstance(gen, torch.Generator):
+                state["generators"][name] = {"torch": gen.get_state(), "device": str(gen.device)}
+            else:
+                state["generators"][name] = {"numpy": _numpy_state(gen)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        _set_numpy_state(state["numpy"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        owned = _owned_generators(pl_module)
+        for name, saved in state.get("generators", {}).items():
+            gen = owned.get(name)
+            if gen is None:
+                log.warning("checkpoint has the state of generator %s, which the model no longer has", name)
+            elif isinstance(gen, torch.Generator) and "torch" in saved:
+                gen.set_state(saved["torch"])
+            elif isinstance(gen, np.random.Generator) and "numpy" in saved:
+                gen.bit_generator.state = saved["numpy"]["bit_generator"]
+            else:
+                log.warning("generator %s: checkpoint state of another kind, not restored", name)

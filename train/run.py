@@ -1,25 +1,87 @@
-"""The one training routine behind both entry points: compose → validate → instantiate → fit.
+"""The one training routine behind every entry point: compose → validate → instantiate → fit.
 
-It holds no model logic: everything a run builds comes from a Hydra ``_target_`` node, so a new model, dataset,
-logger or callback is a new YAML file, not an ``if`` here.
+It holds no model logic: everything a run builds comes from a Hydra ``_target_`` node of the composed config (our
+own YAML files and the command line, never a file a run reads), so a new model, dataset, logger or callback is a
+new YAML file, not an ``if`` here. What makes a run safe to interrupt is added here, whatever the config says:
+checkpoints are written atomically (:class:`train.checkpointing.AtomicCheckpointIO`), the RNG states are saved with
+them (:class:`train.callbacks.ResumeRNGState`), and ``ckpt_path=last`` resumes from the newest checkpoint that
+loads (:func:`train.checkpointing.find_resume_checkpoint`).
+
+:func:`hydra_entry` builds the command-line entry points: a user error (bad value, missing file, bad data) prints
+one line and exits with status 2; a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dataset.contract import DataError
+from train.callbacks import ResumeRNGState
+from train.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: The project's config folder (``config/`` beside ``train/``).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 
 class ConfigError(ValueError):
     """The composed configuration cannot produce a run (reported before any training starts)."""
+
+
+#: Exceptions that are the user's to fix (exit status 2, one line); anything else is a bug (traceback).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Type and range checks of the values a run needs, so a bad override fails here and not deep inside fit."""
+    trainer = cfg.get("trainer") or {}
+    for key, lowest in (("max_steps", -1), ("max_epochs", -1), ("accumulate_grad_batches", 1)):
+        value = trainer.get(key)
+        if value is not None and (not _is_int(value) or value < lowest):
+            raise ConfigError(f"trainer.{key}={value!r}: expected an integer >= {lowest}")
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is available here (use trainer=cpu)")
+    if not _is_int(cfg.get("seed", 0)):
+        raise ConfigError(f"seed={cfg.get('seed')!r}: expected an integer")
+    ds = cfg.get("dataset")
+    if ds is None:
+        return
+    label_nc = ds.get("label_nc")
+    if label_nc is not None and (not _is_int(label_nc) or label_nc < 2):
+        raise ConfigError(f"dataset.label_nc={label_nc!r}: expected an integer >= 2 (classes including background)")
+    names = ds.get("class_names")
+    if label_nc is not None and isinstance(names, ListConfig) and len(names) != label_nc:
+        raise ConfigError(f"dataset.label_nc={label_nc} but dataset.class_names has {len(names)} names")
+    block = ds.get("block_size")
+    if block is not None:
+        if not isinstance(block, ListConfig) or len(block) != 3 or not all(_is_int(b) and b > 0 for b in block):
+            raise ConfigError(f"dataset.block_size={_plain(block)}: expected 3 positive integers [D, H, W]")
+        factor = (cfg.get("model") or {}).get("downsample")
+        if isinstance(factor, ListConfig) and len(factor) == 3 and all(_is_int(f) and f > 0 for f in factor):
+            if any(b % f for b, f in zip(block, factor)):
+                raise ConfigError(
+                    f"dataset.block_size={_plain(block)} is not divisible by model.downsample={_plain(factor)}"
+                )
+
+
+def _plain(value: object) -> object:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -33,10 +95,12 @@ def validate_config(cfg: DictConfig) -> None:
     except Exception as err:  # omegaconf raises several error types; all mean "this config is unusable"
         key = getattr(err, "full_key", None)
         hint = f" (set it on the command line: {key}=...)" if key else ""
-        raise ConfigError(f"invalid configuration: {err}{hint}") from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"invalid configuration: {first}{hint}") from err
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+    _check_values(cfg)
 
 
 def instantiate_nodes(node: DictConfig | None) -> list[Any]:
@@ -51,17 +115,28 @@ def instantiate_nodes(node: DictConfig | None) -> list[Any]:
 def resolve_resume_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> str | None:
     """Map ``ckpt_path`` to a file to resume from.
 
-    ``"last"`` picks the newest of ``<output_dir>/checkpoints/last.ckpt`` and Lightning's Slurm requeue checkpoints
-    ``<output_dir>/hpc_ckpt_N.ckpt`` (written on SIGUSR1 before a requeue); ``None`` when there is none yet, so the
-    same command starts a run and resumes it.
+    ``"last"`` picks the newest checkpoint of ``<output_dir>`` that loads: ``checkpoints/last.ckpt``, Lightning's
+    Slurm requeue checkpoints ``hpc_ckpt_N.ckpt`` (written on SIGUSR1 before a requeue) or another
+    ``checkpoints/*.ckpt``; an unreadable newer one is skipped with a warning
+    (:func:`train.checkpointing.find_resume_checkpoint`). ``None`` when there is none yet, so the same command
+    starts a run and resumes it.
     """
     if ckpt_path != "last":
         return ckpt_path
-    out = Path(output_dir)
-    candidates = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    return find_resume_checkpoint(output_dir)
+
+
+def build_trainer(node: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    """The Trainer of ``node`` (``cfg.trainer``), always with the atomic checkpoint writer.
+
+    Another ``CheckpointIO`` in the trainer config is refused: it would bring back in-place checkpoint writes.
+    """
+    plugins = list(hydra.utils.instantiate(node.get("plugins") or [], _convert_="all"))
+    if any(isinstance(p, pl.plugins.io.CheckpointIO) and not isinstance(p, AtomicCheckpointIO) for p in plugins):
+        raise ConfigError("trainer.plugins: only train.checkpointing.AtomicCheckpointIO may write checkpoints")
+    if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return hydra.utils.instantiate(node, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -73,9 +148,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.dataset.datamodule, _convert_="all")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_nodes(cfg.get("callbacks"))
+    # first: the RNG states of a checkpoint are back before any other callback sees the first resumed batch
+    callbacks = [ResumeRNGState(), *instantiate_nodes(cfg.get("callbacks"))]
     loggers = instantiate_nodes(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
 
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the full composed config, per run
@@ -90,3 +166,56 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(cb, pl.callbacks.ModelCheckpoint) and trainer.is_global_zero:
             log.info("best checkpoint: %s, last: %s", cb.best_model_path, cb.last_model_path)
     return metrics
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user error behind ``err`` (itself or a cause, e.g. inside Hydra's ``InstantiationException``), if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, USER_ERRORS):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def report_user_error(err: BaseException) -> None:
+    """Print ``err`` as one line on stderr (what the user has to fix), for the entry points."""
+    text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the message holds
+    sys.stderr.write(f"error: {text}\n")
+
+
+def hydra_entry(config_name: str, task: Callable[[DictConfig], object] = train) -> Callable[[], None]:
+    """A command-line entry point: Hydra composes ``config/<config_name>.yaml`` with the overrides, then ``task``.
+
+    User errors (:data:`USER_ERRORS`, also wrapped in another exception) and Hydra's own errors about the command
+    line (unknown group option, unparsable override) exit with status 2 after one message; a bug keeps its
+    traceback (Hydra's exit status 1).
+    """
+    started = False
+
+    # the folder from this file, not relative: Hydra resolves a relative config_path against the task's module
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def _task(cfg: DictConfig) -> None:
+        nonlocal started
+        started = True
+        try:
+            task(cfg)
+        except Exception as err:
+            found = user_error(err)
+            if found is None:
+                raise
+            report_user_error(found)
+            raise SystemExit(2) from None
+
+    def main() -> None:
+        try:
+            _task()
+        except SystemExit as exit_:
+            if exit_.code == 1 and not started:  # Hydra refused the command line before the task ran
+                raise SystemExit(2) from None
+            raise
+
+    main.__doc__ = f"Compose ``config/{config_name}.yaml`` with the command-line overrides and run {task.__name__}."
+    return main
