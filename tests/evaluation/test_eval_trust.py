@@ -241,3 +241,30 @@ def test_fid3d_convention_is_reported(unit_folders):
         report["metrics"]["fid3d"]["input_convention"] == "medicalnet" and report["fid3d_convention"] == "medicalnet"
     )
     assert "input convention `medicalnet`" in (root / "f.md").read_text()
+
+
+def test_ranges_recorded_by_the_real_writers(tmp_path, nifti):
+    """The fields evaluation reads are the ones preprocessing and generation write (no guessing between teams)."""
+    from dataset.label_table import load_label_table
+    from dataset.preprocess import Case, PreprocessOptions, preprocess
+    from diffusion.generation.pipeline import RECORD_NAME, output_units
+
+    raw = tmp_path / "raw"
+    hu = np.linspace(-1200, 1500, 8 * 8 * 6).reshape(6, 8, 8).astype(np.float32)  # (D, H, W)
+    image = nifti(raw / "p1_0001.nii.gz", hu)
+    label = nifti(raw / "p1_0002.nii.gz", (hu > 0).astype(np.uint8))
+    opts = PreprocessOptions(
+        block_size=(6, 8, 8), val_frac=0.0, test_frac=0.0, progress=False, intensity={"kind": "ct_window"}
+    )
+    table = load_label_table("autopet")
+    manifest = preprocess("autopet", [Case("p1", "p1", image, label)], tmp_path / "dst", table, opts)
+    images = (tmp_path / "dst" / manifest["entries"][0]["image"]).parent
+    lo, hi, source = recorded_range(images)
+    assert (lo, hi) == (-1.0, 1.0) and source.endswith("manifest.json (images_normalized)")
+    # generation: HU within the window for ct_window datasets, the model's scale otherwise
+    out = tmp_path / "gen"
+    out.mkdir()
+    write_run_record(out / RECORD_NAME, {"outputs": [], **output_units({"kind": "ct_window", "hu_max": 400})})
+    assert recorded_range(out)[:2] == (-1000.0, 400.0)
+    write_run_record(out / RECORD_NAME, {"outputs": [], **output_units({"kind": "percentile"})})
+    assert recorded_range(out)[:2] == (-1.0, 1.0)
