@@ -42,6 +42,7 @@ log = logging.getLogger("fetch_weights")
 
 RECORD_NAME = "med-lsdm-weights.json"
 CHUNK = 1 << 20
+PROGRESS_BYTES = 64 << 20
 TIMEOUT_S = 60.0
 
 #: ``opener(url, timeout=...)`` returns a readable binary stream usable as a context manager (``urlopen``).
@@ -82,11 +83,16 @@ def download(
     digest = hashlib.sha256()
 
     def write(tmp: Path) -> None:
+        size = 0
         try:
             with opener(url, timeout=timeout) as src, open(tmp, "wb") as out:
                 while block := src.read(CHUNK):
                     digest.update(block)
                     out.write(block)
+                    size += len(block)
+                    # a sign of life on slow links each time another PROGRESS_BYTES have arrived
+                    if size // PROGRESS_BYTES > (size - len(block)) // PROGRESS_BYTES:
+                        log.info("%s: %d MiB so far", dest.name, size >> 20)
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise DataError(f"{url}: download failed ({err})") from None
         _check_digest(digest.hexdigest(), sha256_prefix, url)
