@@ -81,15 +81,18 @@ def child_memory(
         "resolved": {k: {"how": v["how"], "name": v["name"]} for k, v in resolved.items()},
     }
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.bench.memchild", json.dumps(request)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=args.max_seconds,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scripts.bench.memchild", json.dumps(request)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.max_seconds,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"child timed out after --max-seconds {args.max_seconds:.0f}"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"status": "error", "reason": f"child exited {proc.returncode}: {tail[0]}"[:500]}
@@ -104,7 +107,8 @@ def bench_ab_training(args: argparse.Namespace, device: torch.device) -> dict[st
         "size": size_str(size),
         "rounds": args.ab_rounds,
         "steps_per_turn": f"{args.warmup} warm-up + {args.repeats} timed",
-        "memory_kind": f"peak RSS (ru_maxrss) of a child process per variant, {args.ab_memory_steps} training batches",
+        "memory_kind": "peak RSS of the fit in a child process per variant (VmHWM reset once the model and its "
+        f"LPIPS network are built; ru_maxrss where it cannot be reset), {args.ab_memory_steps} training batches",
         "variants": VARIANTS,
         "switches": {s.key: s.what for s in SWITCHES},
         "models": [],
@@ -140,8 +144,8 @@ def ratios(entry: dict[str, Any]) -> dict[str, float | None]:
     """after / before of the median step time, the child's peak RSS and its growth during the fit, per variant."""
     t = {v: s["median"] for v, s in entry["step_time_s"].items()}
     ok = {v: m for v, m in entry["memory"].items() if m.get("status") == "ok"}
-    peak = {v: m["peak_rss_mb"] for v, m in ok.items()}
-    grow = {v: m["peak_rss_mb"] - m["rss_before_fit_mb"] for v, m in ok.items()}
+    peak = {v: m["peak_mb"] for v, m in ok.items()}
+    grow = {v: m["peak_mb"] - m["rss_before_fit_mb"] for v, m in ok.items()}
     out: dict[str, float | None] = {}
     for v in VARIANTS:
         if v == "before":

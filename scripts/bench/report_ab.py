@@ -16,7 +16,7 @@ def training_ab_lines(tr: dict[str, Any]) -> list[str]:
         f"Image {tr['size']}, batch 1, GAN terms on, {tr['rounds']} rounds of {tr['steps_per_turn']} steps "
         f"per variant, alternated. Memory: {tr['memory_kind']}; fit +MB: its growth over the RSS before the fit.",
         "",
-        "| model | variant | switches changed | step s (median) | time ratio | peak RSS MB | peak ratio "
+        "| model | variant | switches changed | step s (median) | time ratio | peak MB | peak ratio "
         "| fit +MB | fit +MB ratio | max rel. output diff | note |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -26,13 +26,13 @@ def training_ab_lines(tr: dict[str, Any]) -> list[str]:
             continue
         for v in e["step_time_s"]:
             mem = e["memory"].get(v, {})
-            grow = mem["peak_rss_mb"] - mem["rss_before_fit_mb"] if mem.get("status") == "ok" else None
+            grow = mem["peak_mb"] - mem["rss_before_fit_mb"] if mem.get("status") == "ok" else None
             changed = ", ".join(e["differs"].get(v, [])) or "–"
             one = 1.0 if v == "before" else None
             r = e["ratios"]
             lines.append(
                 f"| {e['model']} | {v} | {changed} | {median(e['step_time_s'], v)} | "
-                f"{fmt(r.get(f'time {v}', one))} | {fmt(mem.get('peak_rss_mb'), 4)} | "
+                f"{fmt(r.get(f'time {v}', one))} | {fmt(mem.get('peak_mb'), 4)} | "
                 f"{fmt(r.get(f'peak memory {v}', one))} | {fmt(grow, 4)} | "
                 f"{fmt(r.get(f'training memory {v}', one))} | "
                 f"{fmt(e['max_rel_output_diff_vs_before'].get(v))} | {note(mem)} |"
