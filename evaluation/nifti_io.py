@@ -1,4 +1,4 @@
-"""NIfTI listing and header checks for evaluation, and the output-file rules every evaluation CLI follows.
+"""NIfTI listing and header checks for evaluation (output rules: ``report.report_paths``, ``cli_common``).
 
 Voxel data is read with :mod:`dataset.nifti` (``load_image`` / ``load_label`` / ``load_pair``: stored (I, J, K)
 arrays permuted to (K, I, J) = (D, H, W), affine of the stored array, :class:`dataset.DataError` naming the
@@ -85,22 +85,5 @@ def check_same_grid(a: Header, b: Header) -> None:
     check_same_geometry(a.path, a.shape, a.affine, b.path, b.shape, b.affine)
 
 
-def markdown_path(json_path: Path) -> Path:
-    """The Markdown report written next to a JSON report (``results.json`` → ``results.md``)."""
-    return Path(json_path).with_suffix(".md")
-
-
-def check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse to run when an output exists and ``overwrite`` is False (checked before any work is done).
-
-    Raises:
-        FileExistsError: naming every existing output.
-        ValueError: an output's parent is not a folder.
-    """
-    existing = [str(p) for p in paths if Path(p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it")
-    for p in paths:
-        parent = Path(p).parent
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{p}: parent {parent} is not a folder")
+# Output rules (report paths, output checks) live in evaluation.report.report_paths and
+# evaluation.cli_common.check_output_files.
