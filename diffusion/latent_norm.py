@@ -108,4 +108,8 @@ class LatentNormalizer(nn.Module):
         self.shift.copy_(mean.float().expand(c))
         self.scale.copy_(std.clamp(min=1e-6).float().expand(c))
         self.fitted.fill_(True)
-        log.info("latent normalisation (std): mean %s, std %s", self.shift.tolist(), self.scale.tolist())
+        log.info(  # 3 significant digits: the exact values are in the checkpoint, the log is for reading
+            "latent normalisation (std): mean [%s], std [%s]",
+            ", ".join(f"{v:.3g}" for v in self.shift.tolist()),
+            ", ".join(f"{v:.3g}" for v in self.scale.tolist()),
+        )

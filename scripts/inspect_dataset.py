@@ -242,7 +242,7 @@ def render_config(name: str, root: str, stats: list[PairStats], sug: Suggestion)
     template = OmegaConf.load(TEMPLATE)
     datamodule = OmegaConf.to_yaml(template.datamodule).rstrip().splitlines()
     lines += [
-        f"name: {name}",
+        "name: nifti_pairs   # the dataset class; checkpoints rebuild the data by this name (dataset/registry.py)",
         f"modality: {sug.modality}",
         f"label_nc: {sug.label_nc}",
         f"class_names: {_flow(sug.class_names)}   # placeholders: one name per label value",
@@ -261,7 +261,14 @@ def inspect_folder(root: Path) -> list[PairStats]:
     """Find every pair under ``root`` (any nifti_pairs layout) and measure each once, in id order per split."""
     # The dataset lists the pairs in the layout training will use. Its label-range check must not refuse the
     # folder before the label values are known (finding them is this script's job), hence the generous bound.
-    found = NiftiPairsDataset(split="all", root=root, label_nc=MAX_LABEL_NC)
+    # The dataset's own summary would describe loading without an intensity spec: not what this script reports.
+    dataset_log = logging.getLogger("dataset")
+    level = dataset_log.level
+    dataset_log.setLevel(max(level, logging.WARNING))
+    try:
+        found = NiftiPairsDataset(split="all", root=root, label_nc=MAX_LABEL_NC)
+    finally:
+        dataset_log.setLevel(level)
     stats = []
     for (sid, image, label), entry in zip(found.items, found.entries, strict=True):
         stats.append(inspect_pair(sid, entry.get("split"), image, label))
@@ -280,7 +287,7 @@ def _triple(text: list[int] | None, what: str) -> tuple[int, int, int] | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("root", type=Path, help="data folder (manifest.json, <split>/images + labels, or images + labels)")
-    p.add_argument("--name", default=None, help="dataset name in the config and run folders (default: folder name)")
+    p.add_argument("--name", default=None, help="config file name my_configs/dataset/<name>.yaml (default: folder's)")
     p.add_argument(
         "--multiple",
         type=int,

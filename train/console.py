@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FROZEN_BY_DESIGN = ("first_stage", "label_ae", "ema")
 _TIP_PREFIX = "💡 Tip"
 _FEW_BATCHES = r"The number of training batches \(\d+\) is smaller than the logging interval"
+#: Lightning's own use of a torch API that newer torch deprecates (nothing a user can act on).
+_LEAFSPEC = r".*isinstance\(treespec, LeafSpec\)` is deprecated"
 _EVAL_MODE = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
@@ -55,6 +57,7 @@ def quiet_lightning() -> None:
             logger.addFilter(_DropTips())
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", message=_FEW_BATCHES)
+    warnings.filterwarnings("ignore", message=_LEAFSPEC)
 
 
 def format_metrics(metrics: dict[str, float], first: str | None = None) -> str:

@@ -149,14 +149,14 @@ def test_paper_experiments_share_one_trainer_block(name: str) -> None:
 def test_own_data_cpu_experiments(stage: str, tmp_path: Path) -> None:
     """experiment=nifti_pairs_<stage>_cpu with a dataset config of the user's own, found via hydra.searchpath."""
     (tmp_path / "dataset").mkdir()
-    text = (CONFIG_DIR / "dataset" / "nifti_pairs.yaml").read_text().replace("name: nifti_pairs ", "name: mydata ")
-    (tmp_path / "dataset" / "mydata.yaml").write_text(text.replace("label_nc: 2 ", "label_nc: 3 ", 1))
+    text = (CONFIG_DIR / "dataset" / "nifti_pairs.yaml").read_text().replace("label_nc: 2 ", "label_nc: 3 ", 1)
+    (tmp_path / "dataset" / "mydata.yaml").write_text(text.replace("${paths.data_dir}/nifti_pairs", "/data/mine"))
     cfg = _compose(
         stage, [f"experiment=nifti_pairs_{stage}_cpu", "dataset=mydata", f"hydra.searchpath=[file://{tmp_path}]"]
     )
-    assert (cfg.dataset.name, cfg.dataset.label_nc, cfg.dataset.datamodule.num_workers) == ("mydata", 3, 0)
+    assert (cfg.dataset.root, cfg.dataset.label_nc, cfg.dataset.datamodule.num_workers) == ("/data/mine", 3, 0)
     assert cfg.trainer.accelerator == "cpu"
     if stage == "vqgan":
         assert cfg.model.perceptual_weight == 0.0 and cfg.model.decoder == "spade"  # no VGG weights needed
     else:
-        assert cfg.model.denoiser_kwargs.dim == 16 and cfg.model.data_info.name == "mydata"
+        assert cfg.model.denoiser_kwargs.dim == 16 and cfg.model.data_info.root == "/data/mine"

@@ -64,7 +64,8 @@ def test_mr_and_normalised_folders(tmp_path: Path, capsys: pytest.CaptureFixture
     mr_text = capsys.readouterr().out
     mr = yaml.safe_load(mr_text)
     assert mr["intensity"] == {"kind": "percentile", "lower": 0.5, "upper": 99.5} and mr["modality"] == "mr"
-    assert mr["block_size"] == [8, 32, 32] and mr["name"] == "mr"
+    assert mr["block_size"] == [8, 32, 32] and mr["name"] == "nifti_pairs"
+    assert "my_configs/dataset/mr.yaml" in mr_text  # the config's file name defaults to the folder's
     assert mr["voxel_size"] is None  # files differ: no common voxel size, and the report says so
     assert "# WARNING: voxel sizes differ between files" in mr_text
     assert main([str(tmp_path / "norm")]) == 0
