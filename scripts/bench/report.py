@@ -130,8 +130,8 @@ def _fit_lines(ge: dict[str, Any]) -> list[str]:
     ]
     if "time_vs_windows" in fit:
         lines.append(
-            f"Time ~ windows^{fit['time_vs_windows']['exponent']:.2f} (windows overlap by "
-            f"{ge['overlap']}, so at small sizes they grow faster than voxels)."
+            f"Time ~ windows^{fit['time_vs_windows']['exponent']:.2f} (denoising windows of the pipeline's "
+            f"default layout, overlap {ge['overlap']} along the tiled axes)."
         )
     if fit.get("note"):
         lines.append(f"Note: {fit['note']}.")

@@ -1,7 +1,7 @@
 """Samplers on trained checkpoints: time per volume and paired SSIM/PSNR against the real volumes of the split.
 
-The real volumes come from the project's own dataset config of the checkpoint's dataset name (a plain string,
-validated, looked up in ``config/dataset/``): nothing read from the checkpoint names code to build (SPEC section 10).
+The real volumes come from the checkpoint's plain dataset information through the fixed table of
+:mod:`dataset.registry`: nothing read from the checkpoint names code to build (SPEC section 10).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from scripts.bench.build import CONFIG_DIR, compose_config
 from scripts.bench.common import summary
 from scripts.bench.machine import free_memory, synchronize
 
@@ -27,42 +26,22 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def dataset_overrides(data_info: Any) -> tuple[str, list[int] | None, str | None]:
-    """The dataset config name, block size and root that a checkpoint's ``data_info`` records, validated.
+def real_volumes(model: torch.nn.Module, split: str, n: int, data_root: str | None) -> list[dict[str, Any]]:
+    """The first n (image, label) pairs of the checkpoint's dataset split.
+
+    Built by :func:`dataset.registry.build_split` from the checkpoint's plain data info (name, sizes, root): the
+    dataset class comes from that fixed table; anything that names code (``_target_``) is refused.
 
     Raises:
-        ValueError: no dataset recorded, or a name that is no config in ``config/dataset/``.
+        DataError: no dataset recorded, unknown or malformed fields.
     """
-    from dataset.files import check_name
+    from dataset.contract import DataError
+    from dataset.registry import build_split
 
-    info = data_info if isinstance(data_info, dict) else {}
-    name = info.get("name")
-    if not name:
-        raise ValueError("the checkpoint records no dataset (data_info.name); cannot pair real volumes")
-    name = check_name(name, "dataset name in the checkpoint")
-    if not (CONFIG_DIR / "dataset" / f"{name}.yaml").is_file():
-        raise ValueError(f"the checkpoint's dataset {name!r} is not one of config/dataset/*.yaml")
-    block = info.get("block_size")
-    ok_block = isinstance(block, list | tuple) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)
-    root = info.get("root")
-    return name, list(block) if ok_block else None, root if isinstance(root, str) else None
-
-
-def real_volumes(model: torch.nn.Module, split: str, n: int, data_root: str | None) -> list[dict[str, Any]]:
-    """The first n (image, label) pairs of the checkpoint's dataset split, built from ``config/dataset/<name>``."""
-    import copy
-
-    import hydra
-
-    name, block, root = dataset_overrides(model.hparams.get("data_info"))
-    overrides = [f"dataset={name}"] + ([f"dataset.block_size=[{','.join(map(str, block))}]"] if block else [])
-    cfg = copy.deepcopy(compose_config("diffusion", tuple(overrides)))  # the composed one is cached: copy
-    root = data_root or root
-    if root is not None and "root" in cfg.dataset:
-        cfg.dataset.root = root  # a plain path string: set on the composed config, never parsed as an override
-    if int(cfg.dataset.label_nc) != int(model.label_nc):
-        raise ValueError(f"config/dataset/{name}.yaml has label_nc {cfg.dataset.label_nc}, the model {model.label_nc}")
-    ds = hydra.utils.instantiate(cfg.dataset.datamodule, _convert_="all").dataset(split)
+    info = model.hparams.get("data_info")
+    if not info:
+        raise DataError("the checkpoint records no dataset (data_info); cannot pair real volumes")
+    ds = build_split(info, split, data_root)
     return [ds[i] for i in range(min(n, len(ds)))]
 
 

@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dataset.contract import one_hot
+from dataset.contract import DataError, one_hot
 from diffusion.denoisers import build_denoiser
 from diffusion.first_stage import architecture_hparams
 from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate
@@ -423,19 +423,22 @@ def test_memory_child_accepts_only_names_of_the_switch_table() -> None:
             memchild.checked_resolution({**table, "spade_lookup": {"how": how, "name": name}})
 
 
-def test_real_volumes_come_from_the_projects_config_not_the_checkpoint(tmp_path: Path) -> None:
+def test_real_volumes_come_from_the_registry_never_from_checkpoint_code(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     marker.write_text("keep")
-    hostile = {"_target_": "os.remove", "path": str(marker)}  # would delete the marker if it were instantiated
-    info = {"name": "synthetic", "block_size": [16, 16, 16], "datamodule": hostile, "root": {"_target_": "os.getcwd"}}
-    model = SimpleNamespace(hparams={"data_info": info}, label_nc=SYNTHETIC_NC)
-    vols = real_volumes(model, "train", 1, None)
-    assert marker.read_text() == "keep"
+    plain = {"name": "synthetic", "label_nc": SYNTHETIC_NC, "block_size": [16, 16, 16], "voxel_size": [2.0, 1.5, 1.5]}
+    vols = real_volumes(SimpleNamespace(hparams={"data_info": plain}), "train", 1, None)
     assert len(vols) == 1 and tuple(vols[0]["label"].shape) == (1, 16, 16, 16)
-    for name, match in (("../../etc", "file name"), ("no_such_dataset", "config/dataset"), (None, "records no")):
-        bad = SimpleNamespace(hparams={"data_info": {**info, "name": name}}, label_nc=SYNTHETIC_NC)
-        with pytest.raises(ValueError, match=match):
-            real_volumes(bad, "train", 1, None)
+    hostile = [
+        {**plain, "dataset_kwargs": {"_target_": "os.remove", "path": str(marker)}},
+        {**plain, "datamodule": {"_target_": "os.remove", "path": str(marker)}},
+    ]
+    for info in hostile:  # would delete the marker if anything in it were instantiated
+        with pytest.raises(DataError):
+            real_volumes(SimpleNamespace(hparams={"data_info": info}), "train", 1, None)
+    assert marker.read_text() == "keep"
+    with pytest.raises(DataError, match="records no dataset"):
+        real_volumes(SimpleNamespace(hparams={}), "train", 1, None)
 
 
 def test_before_after_markdown_shows_ratios_and_what_is_missing() -> None:
