@@ -44,6 +44,8 @@ LEGEND_ROW_HEIGHT = 18
 MODEL_WINDOW = (-1.0, 1.0)
 #: Row titles that mark the real image (drawn first).
 REAL_NAMES = ("real", "input", "image", "original")
+#: Row titles of generated images (never taken for the real one).
+GENERATED_NAMES = ("synthetic", "sample", "reconstruction", "fake", "generated")
 
 _BASE_COLOURS = np.array(
     [
@@ -105,8 +107,8 @@ def display_window(intensity: Mapping[str, Any] | None, units: str = "model") ->
 
 def order_rows(rows: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """Stable order real | label | everything else: the row titled real/input/image/original (else the first
-    image row), then label maps (integer volumes or titles containing "label"), then the rest (synthetic,
-    reconstruction)."""
+    image row not titled synthetic/sample/reconstruction/fake/generated), then label maps (integer volumes or
+    titles containing "label"), then the rest (synthetic, reconstruction)."""
 
     def is_label(row: tuple[str, Any]) -> bool:
         title, vol = row
@@ -115,8 +117,9 @@ def order_rows(rows: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
         return not floating or "label" in title.lower()
 
     real = [n for n, row in enumerate(rows) if row[0].lower() in REAL_NAMES]
-    if not real:  # no row is named as the real image: the first image row plays that part
-        real = [next((n for n, row in enumerate(rows) if not is_label(row)), -1)]
+    if not real:  # no row is named as the real image: the first image row not named as generated plays its part
+        candidates = [n for n, row in enumerate(rows) if not is_label(row) and row[0].lower() not in GENERATED_NAMES]
+        real = candidates[:1]
 
     def rank(n: int) -> int:
         return 0 if n in real else 1 if is_label(rows[n]) else 2

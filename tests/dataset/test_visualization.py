@@ -174,6 +174,7 @@ def test_rows_in_one_order(tmp_path: Path) -> None:
         "label",
         "reconstruction",
     ]
+    assert [t for t, _ in order_rows([("synthetic", fake), ("label", label)])] == ["label", "synthetic"]
     a = save_montage(tmp_path / "a.png", shuffled, label_nc=3)
     b = save_montage(tmp_path / "b.png", [("real", image), ("label", label), ("synthetic", fake)], label_nc=3)
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
