@@ -33,7 +33,7 @@ from torch import nn
 from dataset.contract import one_hot
 from vq_gan_3d.blocks import SamePadConv3d, group_count
 
-# Neighbourhood codes are packed into int64: (K + 1) ** n_offsets must stay below this.
+# Neighbourhood codes are packed into int64 and re-ranked before they could pass this bound.
 _MAX_CODE = 2**62
 
 
@@ -139,37 +139,46 @@ class SPADE(nn.Module):
             return self.mlp_shared(F.interpolate(dense, size=tuple(size), mode="nearest"))
         return self._lookup_hidden(resize_labels(labels, size))
 
-    def _lookup_hidden(self, labels: torch.Tensor) -> torch.Tensor:
-        """``ReLU(conv(one_hot(labels)))`` from weight columns: labels (B, d, h, w) -> (B, hidden, d, h, w).
+    def _lookup_table(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden map as a table: ``(table (U, hidden), inverse (B, d, h, w))``, hidden = table[inverse].
 
         A zero-padded conv over a one-hot map at voxel p is ``bias + sum_o W[:, class(p + o), o]`` over the
         kernel offsets o, with padding voxels contributing nothing. Padding with an extra class K whose weight
         column is zero gives exactly that; the sum is computed once per distinct neighbourhood pattern.
         """
         conv = self.mlp_shared[0]
-        k = self.label_nc
-        kd, kh, kw = conv.kernel_size
-        pd, ph, pw = conv.padding
-        b, d, h, w = labels.shape
-        padded = F.pad(labels, (pw, pw, ph, ph, pd, pd), value=k)
-        windows = torch.stack(
-            [padded[:, i : i + d, j : j + h, m : m + w] for i in range(kd) for j in range(kh) for m in range(kw)],
-            dim=-1,
-        ).reshape(-1, kd * kh * kw)  # (N, n_offsets) class of each neighbour
-        n_off = windows.shape[1]
-        if (k + 1) ** n_off < _MAX_CODE:
-            place = (k + 1) ** torch.arange(n_off, device=labels.device)
-            codes, inverse = torch.unique((windows * place).sum(1), return_inverse=True)
-            patterns = (codes[:, None] // place) % (k + 1)  # (U, n_offsets)
-        else:
-            patterns, inverse = torch.unique(windows, dim=0, return_inverse=True)
+        patterns, inverse = _neighbourhoods(labels, conv.kernel_size, conv.padding, fill=self.label_nc)
         # columns[o, c] = W[:, c, o] for c < K and 0 for the padding class c = K: (n_offsets, K + 1, hidden)
         columns = F.pad(conv.weight.flatten(2), (0, 0, 0, 1)).permute(2, 1, 0)
         table = conv.bias + columns[0][patterns[:, 0]]
-        for o in range(1, n_off):
+        for o in range(1, patterns.shape[1]):
             table = table + columns[o][patterns[:, o]]
-        out = F.embedding(inverse.view(b, d, h, w), torch.relu(table))  # (B, d, h, w, hidden)
-        return out.permute(0, 4, 1, 2, 3)
+        return torch.relu(table), inverse
+
+    def _lookup_hidden(self, labels: torch.Tensor) -> torch.Tensor:
+        """``ReLU(conv(one_hot(labels)))``: labels (B, d, h, w) -> (B, hidden, d, h, w) (channels-last strides)."""
+        table, inverse = self._lookup_table(labels)
+        return F.embedding(inverse, table).permute(0, 4, 1, 2, 3)
+
+    def _lookup_gamma_beta(self, labels: torch.Tensor) -> torch.Tensor:
+        """The gamma/beta conv over the hidden map, also as a lookup: labels (B, d, h, w) -> (B, 2C, d, h, w).
+
+        The hidden map is a function of each voxel's label neighbourhood, so the conv over it is a function of
+        the neighbourhood of hidden-map patterns: computed once per distinct one, with the hidden map's zero
+        padding as an extra all-zero table row.
+        """
+        table, inverse = self._lookup_table(labels)
+        conv = self.mlp_gamma_beta
+        rows = F.pad(table, (0, 0, 0, 1))  # row U: outside the grid, where the conv zero-pads the hidden map
+        patterns, inverse2 = _neighbourhoods(inverse, conv.kernel_size, conv.padding, fill=table.shape[0])
+        weight = conv.weight.flatten(2)  # (2C, hidden, n_offsets)
+        out = conv.bias + F.embedding(patterns[:, 0], rows) @ weight[:, :, 0].t()
+        for o in range(1, patterns.shape[1]):
+            out = out + F.embedding(patterns[:, o], rows) @ weight[:, :, o].t()
+        # gather channels-first: (2C, U) columns by voxel -> (2C, B, d, h, w), each channel plane contiguous
+        b, d, h, w = inverse2.shape
+        gathered = out.t().index_select(1, inverse2.flatten())
+        return gathered.view(-1, b, d, h, w).transpose(0, 1)
 
     def modulation(
         self, seg: torch.Tensor, size: torch.Size | tuple[int, ...], dtype: torch.dtype
@@ -179,23 +188,32 @@ class SPADE(nn.Module):
         Inside :func:`modulation_cache` the pair is computed once per distinct ``seg`` tensor and grid.
         """
         cache = self._modulation_cache
+        key = None if cache is None else _cache_key(seg, size, dtype, self.parameters())
         if cache is not None:
-            key = _cache_key(seg, size, dtype, self.parameters())
             hit = cache.get(key)
             if hit is not None and hit[0] is seg:
                 return hit[1], hit[2]
+        c = self.norm_channels
+        if self.lookup and not seg.is_floating_point():
+            labels = resize_labels(seg[:, 0] if seg.dim() == 5 else seg, size)
+            gamma, beta = self._lookup_gamma_beta(labels).to(dtype).chunk(2, dim=1)
+            return self._store(seg, key, 1 + gamma, beta)
         actv = self.hidden_map(seg, size, dtype)
         wgt, bias = self.mlp_gamma_beta.weight, self.mlp_gamma_beta.bias
-        c = self.norm_channels
         if self.lookup:
             gamma, beta = self.mlp_gamma_beta(actv).chunk(2, dim=1)
         else:  # the original two convs (same weights, slices of the fused conv)
             pad = self.mlp_gamma_beta.padding
             gamma = F.conv3d(actv, wgt[:c], bias[:c], padding=pad)
             beta = F.conv3d(actv, wgt[c:], bias[c:], padding=pad)
-        scale = 1 + gamma
-        if cache is not None:
-            cache[key] = (seg, scale, beta)
+        return self._store(seg, key, 1 + gamma, beta)
+
+    def _store(
+        self, seg: torch.Tensor, key: tuple | None, scale: torch.Tensor, beta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep ``(scale, beta)`` in the active modulation cache under ``key`` (None: no cache) and return them."""
+        if key is not None and self._modulation_cache is not None:
+            self._modulation_cache[key] = (seg, scale, beta)
         return scale, beta
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -218,6 +236,40 @@ class SPADE(nn.Module):
             raise ValueError(f"an integer seg must be (B={x.shape[0]}, 1, D, H, W), got {tuple(seg.shape)}")
         scale, beta = self.modulation(seg, x.shape[2:], x.dtype)
         return self.norm(x) * scale + beta
+
+
+def _neighbourhoods(
+    index: torch.Tensor, kernel: tuple[int, ...], padding: tuple[int, ...], fill: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct kernel neighbourhoods of an integer map: ``(patterns (U, n_offsets), inverse (B, d, h, w))``.
+
+    Args:
+        index: (B, d, h, w) non-negative integers.
+        kernel: (kd, kh, kw) odd kernel of a conv with ``padding`` = kernel // 2 (output grid = input grid).
+        padding: (pd, ph, pw).
+        fill: value of the positions outside the grid (one more than any value of ``index``).
+
+    Returns:
+        ``patterns[inverse[p]]`` lists the values at ``p + offset`` over the offsets in conv weight order.
+    """
+    (kd, kh, kw), (pd, ph, pw) = kernel, padding
+    b, d, h, w = index.shape
+    padded = F.pad(index, (pw, pw, ph, ph, pd, pd), value=fill)
+    windows = torch.stack(
+        [padded[:, i : i + d, j : j + h, m : m + w] for i in range(kd) for j in range(kh) for m in range(kw)], dim=-1
+    ).reshape(-1, kd * kh * kw)
+    # Pack each row into one int64 code (mixed radix fill + 1), re-ranking whenever the next digit could overflow.
+    base = fill + 1
+    code, bound = windows[:, 0], base
+    for o in range(1, windows.shape[1]):
+        if bound * base >= _MAX_CODE:
+            uniq, code = torch.unique(code, return_inverse=True)
+            bound = uniq.numel()
+        code, bound = code * base + windows[:, o], bound * base
+    uniq, inverse = torch.unique(code, return_inverse=True)
+    first = torch.full((uniq.numel(),), windows.shape[0], dtype=torch.long, device=index.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(windows.shape[0], device=index.device), "amin")
+    return windows[first], inverse.view(b, d, h, w)
 
 
 def _cache_key(seg: torch.Tensor, size: Any, dtype: torch.dtype, params: Iterator[nn.Parameter]) -> tuple:

@@ -194,16 +194,19 @@ def test_lookup_hidden_map_is_bit_identical_to_conv_over_one_hot(kernel, grid) -
 
 
 def test_lookup_handles_many_classes_and_noisy_maps() -> None:
-    # (K + 1) ** 9 overflows the packed int64 code for K = 200: the row-wise unique path is used.
+    # (K + 1) ** 9 overflows int64 for K = 200, so the neighbourhood codes are re-ranked on the way; noise makes
+    # nearly every neighbourhood distinct (the worst case of the pattern tables).
     for k, size in ((200, (2, 6, 6)), (3, (2, 7, 7))):
         spade = SPADE(2, k, hidden=3, num_groups=1)
         _dyadic_(spade, seed=k)
-        labels = torch.randint(0, k, (1, 1, *size))  # noise: nearly every neighbourhood is distinct
+        labels = torch.randint(0, k, (1, 1, *size))
+        x = torch.randn(1, 2, *size)
         with torch.no_grad():
-            assert torch.equal(
-                spade.hidden_map(labels, size, torch.float32),
-                spade.hidden_map(_onehot(labels, k), size, torch.float32),
-            )
+            hidden = spade.hidden_map(labels, size, torch.float32)
+            full = spade(x, labels)
+            spade.lookup = False
+            assert torch.equal(hidden, spade.hidden_map(_onehot(labels, k), size, torch.float32))
+            assert torch.equal(full, spade(x, _onehot(labels, k)))
 
 
 def test_lookup_matches_conv_within_round_off_with_gradients() -> None:
@@ -303,3 +306,19 @@ def test_decoder_converts_one_hot_once_and_integer_maps_agree() -> None:
         by_conv = dec(h, _onehot(labels, 3))
         assert torch.equal(dec(h, labels), by_conv)  # an integer map is one-hot encoded once
     torch.testing.assert_close(from_int, by_conv, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 3, 3), (1, 1, 3)])
+def test_full_lookup_modulation_is_bit_identical_with_exact_weights(kernel) -> None:
+    # Both convs as lookups (gamma/beta over the hidden-map patterns, zero rows outside the grid): with dyadic
+    # weights every partial sum is exact, so the result must equal the two-conv original bit for bit.
+    k = 4
+    spade = SPADE(3, k, hidden=6, kernel=kernel, num_groups=1)
+    _dyadic_(spade, seed=11 + kernel[0])
+    labels = _blocky_labels(2, k, (4, 10, 10), seed=3)
+    x = torch.randn(2, 3, 4, 5, 5)
+    with torch.no_grad():
+        by_lookup = spade(x, labels)
+        spade.lookup = False
+        by_conv = spade(x, _onehot(labels, k))
+    assert torch.equal(by_lookup, by_conv)

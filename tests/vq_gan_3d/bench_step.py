@@ -1,0 +1,134 @@
+"""Before/after timing and peak memory of one VQ-GAN training step (issue 13), without a Trainer.
+
+Not a test: ``python -m tests.vq_gan_3d.bench_step`` times the step of ``config/model/<config>.yaml`` (paper
+widths, GAN on, LPIPS weight 0 unless ``--lpips``) at ``--size``, alternating the variants in one process, then runs
+one child process per variant to read its peak resident set (``ru_maxrss``). Variants:
+
+* ``before``: SPADE conv over the one-hot map and two gamma/beta convs (``lookup=False``), discriminator weight
+  gradients in the generator step (``toggle_discriminator_grad=False``);
+* ``after``: the defaults;
+* ``after+ckpt``: the defaults with ``checkpointing=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tests.vq_gan_3d.legacy_step import adam_pair, run_module_step
+from vq_gan_3d.module import VQGANModule
+
+log = logging.getLogger(__name__)
+VARIANTS = ("before", "after", "after+ckpt")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
+
+
+def build(config: str, variant: str, label_nc: int, lpips: bool, seed: int = 0) -> VQGANModule:
+    """A VQ-GAN of ``config/model/<config>.yaml`` with the GAN on from the first batch, in ``variant``'s form."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config, overrides=[f"+dataset.label_nc={label_nc}"])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    args = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "dataset"}
+    args.update(label_nc=label_nc, discriminator_iter_start=0, gradient_clip_val=None)
+    if not lpips:
+        args["perceptual_weight"] = 0.0
+    args["toggle_discriminator_grad"] = variant != "before"
+    args["checkpointing"] = variant == "after+ckpt"
+    torch.manual_seed(seed)
+    model = VQGANModule(**args)
+    for m in model.modules():
+        if hasattr(m, "lookup"):
+            m.lookup = variant != "before"
+    return model.train()
+
+
+def batch_of(size: tuple[int, int, int], label_nc: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One (1, 1, D, H, W) image and a piecewise-constant label map (random classes on 8^3-voxel cells)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, label_nc, (1, 1, *(max(s // 8, 1) for s in size)), generator=g).float()
+    label = F.interpolate(coarse, size=size, mode="nearest").long()
+    image = (label.float() / label_nc * 2 - 1 + 0.05 * torch.randn(label.shape, generator=g)).clamp(-1, 1)
+    return {"image": image, "label": label}
+
+
+def time_steps(models: dict[str, VQGANModule], batch: dict[str, torch.Tensor], steps: int) -> dict[str, list[float]]:
+    """Seconds per training step of each model, variants alternated step by step (first step is warm-up)."""
+    opts = {k: adam_pair(m) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(steps + 1):
+        for k, m in models.items():
+            t = time.perf_counter()
+            run_module_step(m, batch, *opts[k])
+            if i > 0:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
+def peak_rss_mib(args: argparse.Namespace, variant: str) -> float:
+    """Peak resident set (MiB) of a fresh process that runs ``args.mem_steps`` steps of ``variant``."""
+    cmd = [sys.executable, "-m", "tests.vq_gan_3d.bench_step", "--child", variant, "--config", args.config,
+           "--size", *map(str, args.size), "--label-nc", str(args.label_nc),
+           "--mem-steps", str(args.mem_steps)]  # fmt: skip
+    if args.lpips:
+        cmd.append("--lpips")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mib"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse arguments, measure, log and print a JSON summary."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="vq_gan_spade", help="config/model/<name>.yaml")
+    p.add_argument("--size", type=int, nargs=3, default=[32, 64, 64], help="D H W")
+    p.add_argument("--label-nc", type=int, default=37, help="classes K (37: AutoPET)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
+    p.add_argument("--mem-steps", type=int, default=2, help="steps per memory child")
+    p.add_argument("--lpips", action="store_true", help="keep the config's LPIPS weight (needs VGG16 weights)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    size = tuple(args.size)
+    batch = batch_of(size, args.label_nc)
+    if args.child:
+        model = build(args.config, args.child, args.label_nc, args.lpips)
+        opt_g, opt_d = adam_pair(model)
+        for _ in range(args.mem_steps):
+            run_module_step(model, batch, opt_g, opt_d)
+        result = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(json.dumps(result))  # noqa: T201 - the parent reads this line
+        return result
+    models = {v: build(args.config, v, args.label_nc, args.lpips) for v in VARIANTS}
+    times = time_steps(models, batch, args.steps)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    result: dict[str, Any] = {
+        "config": args.config, "size": list(size), "label_nc": args.label_nc, "threads": torch.get_num_threads(),
+        "lpips": args.lpips, "step_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "median_s": {k: round(v, 3) for k, v in med.items()},
+        "time_ratio_after_before": round(med["after"] / med["before"], 3),
+        "time_ratio_ckpt_before": round(med["after+ckpt"] / med["before"], 3),
+    }  # fmt: skip
+    if not args.no_memory:
+        del models
+        rss = {v: round(peak_rss_mib(args, v), 1) for v in VARIANTS}
+        result["peak_rss_mib"] = rss
+        result["rss_ratio_ckpt_before"] = round(rss["after+ckpt"] / rss["before"], 3)
+        result["rss_ratio_ckpt_after"] = round(rss["after+ckpt"] / rss["after"], 3)
+    print(json.dumps(result))  # noqa: T201 - the summary is this tool's output
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
