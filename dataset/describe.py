@@ -13,11 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-from dataset.contract import DataError
-from dataset.nifti import voxel_size_dhw
+from dataset.nifti import load_header, voxel_size_dhw
 
 log = logging.getLogger("dataset")
 
@@ -55,10 +53,8 @@ def log_split_summary(
     """
     shapes, sizes = [], []
     for path in images:
-        try:  # the header only: nibabel reads voxels lazily, so this stays cheap for thousands of blocks
-            img = nib.load(str(path))
-        except Exception as err:  # nibabel raises many types for unreadable files
-            raise DataError(f"{path}: cannot read NIfTI header ({type(err).__name__}: {err})") from err
+        # The header only (nibabel reads voxels lazily), with the declared size checked against the file.
+        img = load_header(path)
         shapes.append(_shape_dhw(img.shape[:3]))
         sizes.append(tuple(round(v, 3) for v in voxel_size_dhw(img.affine)))
     summary: dict[str, Any] = {"volumes": len(shapes), "padded": 0, "cropped": 0, "voxel_sizes": sorted(set(sizes))}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dataset.contract import DataError
+from dataset.describe import log_split_summary
 from dataset.nifti import MAX_VOXELS_ENV, load_label, read_nifti
 from evaluation.nifti_io import read_header
 from tests.dataset.fakes import write_nifti
@@ -92,3 +93,9 @@ def test_voxel_limit_is_configurable(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(MAX_VOXELS_ENV, "lots")
     with pytest.raises(ValueError, match="MEDLSDM_MAX_VOXELS='lots' must be a positive integer"):
         read_nifti(path)
+
+
+def test_split_summary_checks_declared_sizes(tmp_path: Path) -> None:
+    bomb = _header_only(tmp_path / "bomb.nii.gz", (100000, 100000, 1))
+    with pytest.raises(DataError, match="header declares 100000x100000x1"):
+        log_split_summary("x", "train", [bomb], None, None)
