@@ -10,7 +10,9 @@ axis-aligned, the stored (I, J, K) axes are (H, W, D) with the training voxel si
 maps, stored in the checkpoint), and the grid centre at world (0, 0, 0) mm; with ``--like`` the source map's
 affine is kept. ``--condition NAME=VALUE,...`` fixes attributes (``<class>`` = its volume in mL,
 ``<class>.centroid_d|h|w`` = its centroid in [-1, 1] where the model was trained with centroids); the others are
-left free (none given: unconditional). ``--like MAP --strength s`` noises MAP's latent to the fraction ``s`` of the
+left free (none given: unconditional). ``--condition-from DIR [--condition-keys a,b]`` asks map i for the attributes
+measured on the i-th label map of DIR (cycled): new maps with the volumes of real subjects, and the requested vs
+achieved check of the control. ``--like MAP --strength s`` noises MAP's latent to the fraction ``s`` of the
 noise schedule and denoises it with the given attributes ("this patient, with larger ventricles"): small ``s`` stays
 close to MAP, ``s = 1`` ignores it. ``--repair`` keeps the largest connected component of every foreground class
 (removed voxels take the nearest remaining label) and fills background holes enclosed by a class; it is off by
@@ -60,6 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="same seed, same maps")
     p.add_argument("--condition", default="", help="attributes NAME=VALUE,... (class volume in mL; see above)")
+    p.add_argument(
+        "--condition-from",
+        type=Path,
+        default=None,
+        help="folder of label maps: map i requests the attributes measured on the i-th of them (cycled)",
+    )
+    p.add_argument(
+        "--condition-keys", default="", help="with --condition-from: only these attributes NAME,... (default all)"
+    )
     p.add_argument("--like", type=Path, default=None, help="a label map (NIfTI) to make variations of")
     p.add_argument("--strength", type=float, default=0.5, help="with --like: noise level in (0, 1] to start from")
     p.add_argument("--repair", action="store_true", help="largest component per class + hole filling (reported)")
@@ -111,6 +122,28 @@ def load_label_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
     del meta
     model = LabelLatentDiffusion.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
     return model.eval().to(device)
+
+
+def requests_from_maps(model: torch.nn.Module, folder: Path, keys: str, n: int) -> list[dict[str, float]]:
+    """Per generated map, the attributes measured on the real maps of ``folder`` (sorted by name, cycled).
+
+    Raises:
+        DataError / ValueError: no map in the folder, a bad map, or an unknown attribute in ``keys``.
+    """
+    from dataset.nifti import NIFTI_SUFFIXES
+
+    files = sorted(p for p in Path(folder).iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"--condition-from {folder}: no NIfTI label map there")
+    names = [k.strip() for k in keys.split(",") if k.strip()] or list(model.attribute_names)
+    model.condition(dict.fromkeys(names, 0.0))  # validates the names
+    measured = []
+    for path in files:
+        label, affine = load_label(path, model.label_nc)
+        lab = torch.from_numpy(label.astype(np.int64))[None, None]
+        attrs = model.attributes_of(lab, torch.from_numpy(affine)[None])[0]
+        measured.append({k: float(attrs[model.attribute_names.index(k)]) for k in names})
+    return [measured[i % len(measured)] for i in range(n)]
 
 
 def default_affine(voxel_dhw: tuple[float, float, float], shape_dhw: tuple[int, int, int]) -> np.ndarray:
@@ -195,8 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         )
+        if args.condition_from is not None and requested:
+            raise ValueError("give either --condition or --condition-from, not both")
+        if args.condition_keys and args.condition_from is None:
+            raise ValueError("--condition-keys needs --condition-from DIR")
         model = load_label_model(args.ckpt, device)
-        values, mask = model.condition(requested)  # validates the names
+        model.condition(requested)  # validates the names
+        requests = [requested] * args.num_samples
+        if args.condition_from is not None:
+            requests = requests_from_maps(model, args.condition_from, args.condition_keys, args.num_samples)
         if args.sampler is not None and args.sampler not in model.schedule.samplers:
             raise ValueError(f"--sampler {args.sampler} does not fit this model; use {model.schedule.samplers}")
         shape = model.block_size
@@ -226,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         maps = []
         for i, (vid, name) in enumerate(tqdm(list(zip(ids, names)), desc="label maps", unit="map")):
             gen = torch.Generator(device=device).manual_seed(map_seed(args.seed, i))
+            values, mask = model.condition(requests[i])
             label = model.sample_labels(
                 values, mask, sampler=args.sampler, steps=args.steps, guidance=args.guidance, generator=gen,
                 like=like, strength=args.strength if like is not None else 1.0,
@@ -238,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             save_nifti(staging / name, array, affine, dtype=np.int16)
             maps.append({
                 "id": vid, "file": name, "seed": map_seed(args.seed, i),
-                "requested": dict(requested),
+                "requested": dict(requests[i]),
                 "achieved": dict(zip(model.attribute_names, (float(v) for v in achieved))),
                 **({"repair_changed_voxels": changed} if args.repair else {}),
             })  # fmt: skip
@@ -259,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": args.steps or model.hparams.sample_steps,
                 "guidance": model.hparams.guidance if args.guidance is None else args.guidance,
                 "like": str(args.like) if args.like else None,
+                "condition_from": str(args.condition_from) if args.condition_from else None,
                 "like_sha256": file_sha256(args.like) if args.like else None,
                 "strength": args.strength if args.like else None,
                 "repair": bool(args.repair),

@@ -111,3 +111,21 @@ def test_repair_known_answer() -> None:
     assert fixed[10, 10, 10] == 0 and (fixed[4:6, 4:6, 4:6] == 1).all() and fixed[3, 3, 3] == 2
     assert changed == 1 + 8
     assert torch.is_tensor(torch.from_numpy(fixed))
+
+
+def test_condition_from_real_maps(tiny_label_model: TinyLabelModel, tmp_path: Path) -> None:
+    from dataset.synthetic import SyntheticPhantomDataset
+
+    ds = SyntheticPhantomDataset(num_samples=2, size=(16, 16, 16), label_nc=4, seed=0)
+    real = tmp_path / "real"
+    for i in range(2):
+        save_nifti(real / f"r{i}.nii.gz", ds[i]["label"], ds[i]["affine"])
+    out = tmp_path / "cf"
+    assert run(tiny_label_model, out, "--num-samples", "3", "--condition-from", str(real),
+               "--condition-keys", "outer,inner") == 0  # fmt: skip
+    maps = json.loads((out / "labels_run.json").read_text())["maps"]
+    counts = [np.bincount(ds[i]["label"].numpy().ravel(), minlength=4) * 0.0045 for i in (0, 1, 0)]  # cycled
+    for m, c in zip(maps, counts):
+        assert m["requested"] == pytest.approx({"outer": c[1], "inner": c[3]})
+    assert run(tiny_label_model, tmp_path / "x", "--condition-from", str(real), "--condition", "outer=1") == 2
+    assert run(tiny_label_model, tmp_path / "x", "--condition-from", str(real), "--condition-keys", "nope") == 2
