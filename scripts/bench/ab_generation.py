@@ -147,4 +147,13 @@ def bench_ab_generation(args: argparse.Namespace, device: torch.device) -> dict[
             else:
                 row.update(status="not measured")
             out["results"].append(row)
+    _vs_before(out["results"])
     return out
+
+
+def _vs_before(rows: list[dict[str, Any]]) -> None:
+    """``time_vs_before``: each "auto" row's median time over the "block" row's at the same size (in place)."""
+    before = {r["size"]: r["time_s"]["median"] for r in rows if r["layout"] == "block" and r.get("status") == "ok"}
+    for r in rows:
+        if r["layout"] == "auto" and r.get("status") == "ok":
+            r["time_vs_before"] = ratio(r["time_s"]["median"], before.get(r["size"]))

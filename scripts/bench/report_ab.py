@@ -82,14 +82,15 @@ def generation_ab_lines(ge: dict[str, Any]) -> list[str]:
     if ge.get("before"):
         lines += [f"Before: {ge['before']}.", ""]
     lines += [
-        "| layout | size | windows | time s | s / Mvoxel | per voxel vs block | seam ratio | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| layout | size | windows | time s | time vs block layout | s / Mvoxel | per voxel vs block | seam ratio "
+        "| note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in ge["results"]:
         lines.append(
             f"| {r['layout']} | {r['size']} | {fmt(r.get('windows'))} | {median(r, 'time_s')} | "
-            f"{fmt(r.get('time_per_megavoxel_s'))} | {fmt(r.get('per_voxel_vs_block'))} | "
-            f"{fmt(r.get('seam_ratio'))} | {note(r)} |"
+            f"{fmt(r.get('time_vs_before'))} | {fmt(r.get('time_per_megavoxel_s'))} | "
+            f"{fmt(r.get('per_voxel_vs_block'))} | {fmt(r.get('seam_ratio'))} | {note(r)} |"
         )
     if ge.get("status") == "error":
         lines += ["", f"Stopped early: {ge.get('reason')}."]

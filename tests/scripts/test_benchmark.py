@@ -397,6 +397,10 @@ def test_ratio_and_before_after_ratios() -> None:
     assert r["time after"] == 0.5 and r["time after + checkpointing"] == 0.75
     assert r["peak memory after"] == 0.9 and r["training memory after"] == 0.75
     assert r["peak memory after + checkpointing"] is None
+    rows = [{"layout": layout, "size": "64x64x64", "status": "ok", "time_s": {"median": t}}
+            for layout, t in (("block", 4.0), ("auto", 1.0))]  # fmt: skip
+    ab_generation._vs_before(rows)
+    assert rows[1]["time_vs_before"] == 0.25 and "time_vs_before" not in rows[0]
 
 
 def test_switches_found_and_applied_to_the_spade_vqgan() -> None:
