@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-_DISTANCE_CHUNK_ELEMENTS = 2**24  # rows * n_codes per chunk of the distance matrix (64 MB in fp32)
+_DISTANCE_CHUNK_ELEMENTS = 2**18  # rows * n_codes per chunk of the distance matrix (1 MB in fp32: stays in cache)
 
 
 def _dist_ready() -> bool:

@@ -187,3 +187,14 @@ def test_ddp_ranks_hold_identical_codebooks(tmp_path) -> None:
     for key in s0:
         assert torch.equal(s0[key], s1[key]), key
     assert bool(s0["initialized"])
+
+
+def test_cache_sized_chunks_give_the_one_shot_distances_at_paper_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default chunk (a few rows of the 16384-code distance matrix, cache-resident) must pick exactly the
+    # codes of one full (2048, 16384) distance matrix: the per-element arithmetic is the same.
+    torch.manual_seed(0)
+    cb = EMACodebook(16384, 8).eval()
+    flat = torch.randn(2048, 8)
+    chunked = cb._nearest(flat)
+    monkeypatch.setattr(codebook_mod, "_DISTANCE_CHUNK_ELEMENTS", 2048 * 16384)
+    assert torch.equal(cb._nearest(flat), chunked)
