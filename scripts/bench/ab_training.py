@@ -146,6 +146,7 @@ def ratios(entry: dict[str, Any]) -> dict[str, float | None]:
     ok = {v: m for v, m in entry["memory"].items() if m.get("status") == "ok"}
     peak = {v: m["peak_mb"] for v, m in ok.items()}
     grow = {v: m["peak_mb"] - m["rss_before_fit_mb"] for v, m in ok.items()}
+    process = {v: m["process_peak_rss_mb"] for v, m in ok.items()}
     out: dict[str, float | None] = {}
     for v in VARIANTS:
         if v == "before":
@@ -153,4 +154,5 @@ def ratios(entry: dict[str, Any]) -> dict[str, float | None]:
         out[f"time {v}"] = ratio(t.get(v), t.get("before"))
         out[f"peak memory {v}"] = ratio(peak.get(v), peak.get("before"))
         out[f"training memory {v}"] = ratio(grow.get(v), grow.get("before"))
+        out[f"process peak {v}"] = ratio(process.get(v), process.get("before"))
     return out

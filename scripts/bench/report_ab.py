@@ -39,6 +39,10 @@ def training_ab_lines(tr: dict[str, Any]) -> list[str]:
             )
     lines.append("")
     for e in tr["models"]:
+        if e.get("status") == "ok":
+            whole = ", ".join(f"{v} {fmt(x)}" for k, x in e["ratios"].items() if k.startswith("process peak ")
+                              for v in [k.removeprefix("process peak ")])  # fmt: skip
+            lines.append(f"- {e['model']}: whole-process ru_maxrss ratios (imports and model included): {whole}.")
         for k, r in (e.get("resolved") or {}).items():
             if r.get("reason"):
                 lines.append(f"- `{k}` not available for {e['model']}: {r['reason']}.")

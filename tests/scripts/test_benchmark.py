@@ -388,14 +388,14 @@ def test_ratio_and_before_after_ratios() -> None:
     entry = {
         "step_time_s": {v: {"median": t} for v, t in zip(switches.VARIANTS, (2.0, 1.0, 1.5))},
         "memory": {
-            "before": {"status": "ok", "peak_mb": 1000.0, "rss_before_fit_mb": 600.0},
-            "after": {"status": "ok", "peak_mb": 900.0, "rss_before_fit_mb": 600.0},
+            "before": {"status": "ok", "peak_mb": 1000.0, "rss_before_fit_mb": 600.0, "process_peak_rss_mb": 1000.0},
+            "after": {"status": "ok", "peak_mb": 900.0, "rss_before_fit_mb": 600.0, "process_peak_rss_mb": 1100.0},
             "after + checkpointing": {"status": "error", "reason": "child exited 1"},
         },
     }
     r = ab_training.ratios(entry)
     assert r["time after"] == 0.5 and r["time after + checkpointing"] == 0.75
-    assert r["peak memory after"] == 0.9 and r["training memory after"] == 0.75
+    assert r["peak memory after"] == 0.9 and r["training memory after"] == 0.75 and r["process peak after"] == 1.1
     assert r["peak memory after + checkpointing"] is None
     rows = [{"layout": layout, "size": "64x64x64", "status": "ok", "time_s": {"median": t}}
             for layout, t in (("block", 4.0), ("auto", 1.0))]  # fmt: skip
@@ -454,7 +454,8 @@ def test_before_after_markdown_shows_ratios_and_what_is_missing() -> None:
                          "step_time_s": {"before": {"median": 2.0}, "after": {"median": 1.2}},
                          "memory": {"before": {"status": "ok", "peak_mb": 3000.0, "rss_before_fit_mb": 1000.0},
                                     "after": {"status": "ok", "peak_mb": 2000.0, "rss_before_fit_mb": 1000.0}},
-                         "ratios": {"time after": 0.6, "peak memory after": 2 / 3, "training memory after": 0.5},
+                         "ratios": {"time after": 0.6, "peak memory after": 2 / 3, "training memory after": 0.5,
+                                    "process peak after": 0.8},
                          "max_rel_output_diff_vs_before": {"before": 0.0, "after": 1e-7},
                          "resolved": {"toggle": {"how": None, "reason": "no such argument"}}}]},
         "sampling": {"status": "not available", "reason": "diffusion.sampling has no cache switch"},
@@ -463,6 +464,7 @@ def test_before_after_markdown_shows_ratios_and_what_is_missing() -> None:
     lines = "\n".join(report_ab_lines(ba))
     assert "| vqgan_spade | after | spade_lookup | 1.2 | 0.6 | 2000 | 0.667 | 1000 | 0.5 | 1e-07 |  |" in lines
     assert "`toggle` not available for vqgan_spade: no such argument." in lines
+    assert "vqgan_spade: whole-process ru_maxrss ratios (imports and model included): after 0.8." in lines
     assert "not available: diffusion.sampling has no cache switch" in lines
 
 
