@@ -12,6 +12,13 @@ Stages (each is the command a user would type, run as a subprocess and logged in
   5. evaluate                     python -m evaluation.compute_metrics --real ... --fake ... --labels ...
   6. report: <out>/report/ with the metrics table (README.md, metrics.json), real | label | synthetic montages
      (PNG) and GIFs.
+Labels stage (new label maps and pairs; ``--no-labels`` skips it), between 5 and 6:
+  L1. train the label autoencoder   python -m train.train_label_ae experiment=mni152_labels_ae_cpu ...
+  L2. train the label diffusion     python -m train.train_label_diffusion experiment=mni152_labels_diffusion_cpu ...
+  L3. new pairs                     python -m scripts.generate_pairs ... --condition-from <test labels>
+      (new maps asked for the volumes of the held-out subjects, then an image for each)
+  L4. mask quality                  python -m evaluation.label_metrics --fake ... --real ... --train ...
+  L5. a small utility experiment    python -m evaluation.utility ... --regimes 2 4 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -73,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seg-steps", type=int, default=150, help="training steps of each Dice-protocol segmenter")
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
+    p.add_argument("--no-labels", action="store_true", help="skip the labels stage (new label maps and pairs)")
+    p.add_argument("--label-ae-minutes", type=float, default=1.0, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=float, default=1.25, help="budget of the label diffusion")
+    p.add_argument("--label-maps", type=int, default=8, help="new (label, image) pairs generated")
+    p.add_argument("--utility-regimes", nargs="+", type=int, default=[2, 4], help="real subjects per utility regime")
+    p.add_argument("--utility-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the utility experiment")
+    p.add_argument("--utility-steps", type=int, default=40, help="segmenter steps in the utility experiment")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --out folder first")
     return p.parse_args(argv)
 
@@ -162,6 +176,64 @@ def montages(out: Path, ids: list[str], label_nc: int) -> None:
         save_gif(report / f"{vid}_synthetic.gif", torch.from_numpy(fake)[None], label=torch.from_numpy(label)[None])
 
 
+def labels_stage(
+    args: argparse.Namespace,
+    out: Path,
+    common: list[str],
+    stage2: Path,
+    class_names: list[str],
+    commands: list[str],
+) -> tuple[list[str], list[str]]:
+    """The labels stage: label generator training, new pairs, mask-quality table, a small utility experiment.
+
+    Returns:
+        (Markdown tables, Markdown lines of the (label | image) montages) for the report.
+    """
+    import torch
+
+    from dataset.nifti import load_image, load_label
+    from dataset.visualization import save_montage
+
+    py = sys.executable
+    test, train, report = out / "data" / "test", out / "data" / "train", out / "report"
+    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
+         f"trainer.max_time={_max_time(args.label_ae_minutes)}", *common], commands)  # fmt: skip
+    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
+         f"model.label_ae_ckpt={out / 'label_ae' / 'checkpoints' / 'last.ckpt'}",
+         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={_max_time(args.label_diffusion_minutes)}",
+         *common], commands)  # fmt: skip
+    pairs = out / "pairs"
+    # new maps asked for the class volumes of the held-out subjects (varied requests: the control check), no repair
+    run([py, "-m", "scripts.generate_pairs", "--label-ckpt",
+         str(out / "label_diffusion" / "checkpoints" / "last.ckpt"), "--image-ckpt", str(stage2),
+         "--num-samples", str(args.label_maps), "--out", str(pairs), "--seed", "0", "--batch-size", "4",
+         "--condition-from", str(test / "labels")], commands)  # fmt: skip
+    run([py, "-m", "evaluation.label_metrics", "--fake", str(pairs / "labels"), "--real", str(test / "labels"),
+         "--train", str(train / "labels"), "--segmenter", str(out / "segmenter" / "real.pt"), "--fake-images",
+         str(pairs / "images"), "--real-images", str(test / "images"), "--data-range", "-1", "1",
+         "--out", str(report / "labels.json")], commands)  # fmt: skip
+    run([py, "-m", "evaluation.utility", "--train-images", str(train / "images"), "--train-labels",
+         str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
+         "--synth-images", str(out / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
+         str(pairs / "labels"), "--class-names", *class_names, "--data-range", "-1", "1",
+         "--regimes", *map(str, args.utility_regimes), "--seeds", *map(str, args.utility_seeds),
+         "--steps", str(args.utility_steps), "--out", str(report / "utility.json")], commands)  # fmt: skip
+    shown = []
+    for path in sorted((pairs / "labels").glob("*.nii.gz"))[:4]:
+        vid = path.name[: -len(".nii.gz")]
+        label, _ = load_label(path)
+        image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
+        rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
+        save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names))
+        shown.append(f"![{vid}](pair_{vid}_montage.png)")
+    tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
+    note = ("mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
+            "bound of what real, varied anatomy needs.")  # fmt: skip
+    montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
+                     note, "", *shown]  # fmt: skip
+    return [*tables, note + "\n"], montage_lines
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -228,9 +300,14 @@ def main(argv: list[str] | None = None) -> int:
          str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
          "--class-names", *class_names, *seg, "--out", str(report / "augment.json")], commands)
 
+    # 5b. the labels stage: new label maps and their images
+    label_tables, pair_lines = ([], []) if args.no_labels else labels_stage(
+        args, out, common, stage2, class_names, commands
+    )  # fmt: skip
+
     # 6. report
     montages(out, ids, label_nc=len(class_names))
-    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")]
+    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")] + label_tables
     elapsed = time.time() - t0
     lines = ["# Med-LSDM demo report (embedded MNI152 dataset, CPU)", "",
              f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, "
@@ -239,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
              "## Commands", "", "```", *commands, "```", "",
              "## Montages (rows: real | label | synthetic)", ""]
     lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]
+    lines += pair_lines
     (report / "README.md").write_text("\n".join(lines) + "\n")
     (report / "run.json").write_text(json.dumps({"seconds": elapsed, "commands": commands, "ids": ids}, indent=1))
     log.info("done in %.1f min: report in %s", elapsed / 60, report)

@@ -2,7 +2,7 @@
 
     python scripts/generate_pairs.py --label-ckpt runs/label_diffusion/.../last.ckpt \
         --image-ckpt runs/diffusion/.../last.ckpt --num-samples 8 --out OUT [--seed 0] \
-        [--condition grey_matter=650] [--repair] [--overwrite]
+        [--condition grey_matter=650 | --condition-from REAL_LABELS] [--repair] [--overwrite]
 
 Runs ``scripts/generate_labels.py`` into ``OUT/labels`` (``<id>.nii.gz`` plus its run record), then
 ``scripts/generate.py`` on that folder into ``OUT/images`` (``<id>_s0.nii.gz``, the same ids), in this process.
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output folder (labels/ and images/ inside)")
     p.add_argument("--seed", type=int, default=0, help="seed of both halves")
     p.add_argument("--condition", default="", help="label attributes NAME=VALUE,... (see generate_labels.py)")
+    p.add_argument("--condition-from", type=Path, default=None, help="label maps whose attributes map i asks for")
     p.add_argument("--repair", action="store_true", help="topology repair of the label maps (reported)")
     p.add_argument("--label-steps", type=int, default=None, help="label sampler steps (default: checkpoint's)")
     p.add_argument("--image-steps", type=int, default=None, help="image sampler steps (default: checkpoint's)")
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.out / "labels"
     label_argv = ["--ckpt", str(args.label_ckpt), "--num-samples", str(args.num_samples), "--out", str(labels),
                   *common, *(["--condition", args.condition] if args.condition else []), *["--repair"] * args.repair,
+                  *(["--condition-from", str(args.condition_from)] if args.condition_from else []),
                   *(["--steps", str(args.label_steps)] if args.label_steps else [])]  # fmt: skip
     rc = generate_labels.main(label_argv)
     if rc != 0:
