@@ -154,7 +154,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"rc": rc, "out": out, "root": root, "report": json.loads(out.read_text()) if out.exists() else None}
 
 
-@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
+@pytest.mark.slow  # the whole --quick run (minutes), kept out of the 5-minute default suite
 def test_quick_run_writes_the_report(quick: dict) -> None:
     assert quick["rc"] == 0
     report = quick["report"]
@@ -168,7 +168,7 @@ def test_quick_run_writes_the_report(quick: dict) -> None:
     assert report["settings"]["quick"] is True and report["settings"]["repeats"] == 1
 
 
-@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
+@pytest.mark.slow  # the whole --quick run (minutes), kept out of the 5-minute default suite
 def test_quick_run_training_rows(quick: dict) -> None:
     training = quick["report"]["training"]
     rows = {r["model"]: r for r in training["results"]}
@@ -186,7 +186,7 @@ def test_quick_run_training_rows(quick: dict) -> None:
     assert fast[("diffusion_tiny", "model.compile=true")]["status"] == "skipped"  # --quick: no cold compile
 
 
-@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
+@pytest.mark.slow  # the whole --quick run (minutes), kept out of the 5-minute default suite
 def test_quick_run_generation_and_fit(quick: dict) -> None:
     gen = quick["report"]["generation"]
     assert gen["status"] == "ok"
@@ -202,7 +202,7 @@ def test_quick_run_generation_and_fit(quick: dict) -> None:
     assert bf16["status"] == "ok" and bf16["equal_within_tolerance"] is True
 
 
-@pytest.mark.slow  # the whole --quick run: ~25 s, kept out of the 5-minute default suite
+@pytest.mark.slow  # the whole --quick run (minutes), kept out of the 5-minute default suite
 def test_quick_run_skips_sampling_without_checkpoint_and_writes_markdown(quick: dict) -> None:
     report = quick["report"]
     assert report["sampling"]["status"] == "skipped" and "--ckpt" in report["sampling"]["reason"]
@@ -217,7 +217,7 @@ def test_quick_run_skips_sampling_without_checkpoint_and_writes_markdown(quick: 
         assert Path(p["table"]).is_file() and p["top_ops"]
 
 
-@pytest.mark.slow  # the whole --quick run, kept out of the 5-minute default suite
+@pytest.mark.slow  # the whole --quick run (minutes), kept out of the 5-minute default suite
 def test_quick_run_before_after(quick: dict) -> None:
     ba = quick["report"]["before_after"]
     (entry,) = ba["training"]["models"]
@@ -485,6 +485,7 @@ def test_sampling_cache_comparison_is_bit_identical() -> None:
     assert out["bit_identical"] is True and out["max_abs_diff"] == 0.0
     assert set(out["step_time_s"]) == set(ab_sampling.VARIANTS) and out["ratio"] > 0
     assert all(s["n"] == 2 for s in out["step_time_s"].values())
+    assert set(out["amortised_step_time_s"]) == set(ab_sampling.VARIANTS) and out["amortised_ratio"] > 0
 
 
 def test_fmt_of_report_cells() -> None:
