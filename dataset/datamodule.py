@@ -8,6 +8,7 @@ epoch were trained, so a resumed run continues with the next batch of the same o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,56 +25,73 @@ log = logging.getLogger(__name__)
 
 
 class ResumableSampler(DistributedSampler):
-    """Seeded shuffle: epoch ``e`` is ``randperm(n, seed + e)`` (padded and split across ranks under DDP).
+    """Seeded shuffle as one stream of batches: batch ``p`` of the run is batch ``p % N`` of epoch ``p // N``.
 
-    It is a ``DistributedSampler``, so Lightning keeps it under DDP instead of replacing it. The epoch is counted by
-    the sampler itself: Lightning's ``set_epoch`` value is not reliable after a resume (a run stopped by
-    ``max_steps`` in the middle of an epoch is restored with that epoch already counted as processed), so it is
-    ignored. The first pass starts ``skip`` indices into ``start_epoch`` (a resumed run); a pass is used up only
-    when its loader delivers a batch (:meth:`commit`, called by :class:`ResumableLoader`): loader workers prefetch
-    indices as soon as an iterator is built, and Lightning sometimes builds one it drops unused after a resume,
-    which must not cost an epoch.
+    Epoch ``e`` is ``randperm(n, seed + e)`` (padded and split across ranks under DDP, as ``DistributedSampler``,
+    so Lightning keeps it instead of replacing it); ``N`` is the number of batches an epoch trains (the loader
+    length, or ``limit_train_batches``). The sampler counts the batches its loader has delivered
+    (:meth:`advance`, called by :class:`ResumableLoader`), and every new pass continues the stream at that count.
+    So the order does not depend on how Lightning cuts the stream into iterators: after a resume it builds
+    iterators it drops unused or uses for one batch only (a run stopped at an epoch end finishes that epoch with
+    one batch), and loader workers prefetch indices as soon as an iterator exists. Lightning's ``set_epoch`` is
+    ignored for the same reason.
 
     Args:
         dataset: the sized dataset to sample from.
         seed: base seed of the order.
+        batch_size: batch size per rank.
         num_replicas: DDP world size (1 without DDP).
         rank: this process's rank.
-        start_epoch: epoch of the first pass.
-        skip: indices of ``start_epoch`` already trained on (a multiple of the per-rank batch size).
+        start: batches of the stream already trained (a resumed run).
+        batches_per_epoch: returns ``N`` when known (the Trainer's ``num_training_batches``), else ``None`` for
+            the whole epoch.
     """
 
     def __init__(
-        self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, start_epoch: int = 0, skip: int = 0
+        self,
+        dataset: Dataset,
+        seed: int,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        start: int = 0,
+        batches_per_epoch: Callable[[], int | float | None] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if start_epoch < 0 or skip < 0:
-            raise ValueError(f"start_epoch and skip must be >= 0, got {start_epoch}, {skip}")
-        self.epoch = start_epoch
-        self._skip = skip
-        self._pass_epoch = start_epoch  # epoch of the pass handed out last
+        if start < 0 or batch_size < 1:
+            raise ValueError(f"start must be >= 0 and batch_size >= 1, got {start}, {batch_size}")
+        self.batch_size = batch_size
+        self.position = start
+        self._batches_per_epoch = batches_per_epoch
+
+    def per_epoch(self) -> int:
+        """``N``: batches of each epoch the stream uses."""
+        full = math.ceil(self.num_samples / self.batch_size)
+        limit = self._batches_per_epoch() if self._batches_per_epoch is not None else None
+        return min(full, int(limit)) if isinstance(limit, (int, float)) and 1 <= limit < math.inf else full
 
     def set_epoch(self, epoch: int) -> None:
-        """Ignored: the sampler counts its own epochs (see the class docstring)."""
+        """Ignored: the epoch follows from the number of batches delivered (see the class docstring)."""
 
     def __iter__(self) -> Iterator[int]:
-        self._pass_epoch = self.epoch
-        return iter(list(super().__iter__())[self._skip :])
+        n = self.per_epoch()
+        self.epoch, batch = divmod(self.position, n)
+        indices = list(super().__iter__())
+        return iter(indices[batch * self.batch_size : n * self.batch_size])
 
-    def commit(self) -> None:
-        """The last pass handed out is in use: the next pass is the next whole epoch."""
-        self.epoch = self._pass_epoch + 1
-        self._skip = 0
+    def advance(self) -> None:
+        """One more batch of the stream was delivered to training."""
+        self.position += 1
 
 
 class ResumableLoader(DataLoader):
-    """A ``DataLoader`` (same arguments) that tells its :class:`ResumableSampler` when a pass really started."""
+    """A ``DataLoader`` (same arguments) that tells its :class:`ResumableSampler` about every delivered batch."""
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self.sampler
-        for i, batch in enumerate(super().__iter__()):
-            if i == 0 and isinstance(sampler, ResumableSampler):
-                sampler.commit()
+        for batch in super().__iter__():
+            if isinstance(sampler, ResumableSampler):
+                sampler.advance()
             yield batch
 
 
@@ -122,7 +140,7 @@ class VolumeDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.datasets: dict[str, Dataset] = {}
-        self._resume_position: tuple[int, int] = (0, 0)  # (epoch, batches of it trained), from a checkpoint
+        self._resume_batches = 0  # training batches of the run before this process started (from a checkpoint)
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, built on first use and checked (non-empty, label_nc, first sample)."""
@@ -169,35 +187,37 @@ class VolumeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training batches: image (B, 1, D, H, W), label (B, 1, D, H, W), affine (B, 4, 4).
 
-        Each call returns a fresh loader that starts where the checkpoint the run resumed from stopped.
+        Each call returns a fresh loader that continues the run's batch stream where the checkpoint the run
+        resumed from stopped (:class:`ResumableSampler`).
         """
         world, rank = self._world()
-        epoch, batches = self._resume_position
-        ds = self.dataset("train")
-        sampler = ResumableSampler(ds, self.seed, world, rank, start_epoch=epoch, skip=batches * self.batch_size)
+        sampler = ResumableSampler(
+            self.dataset("train"), self.seed, self.batch_size, world, rank, start=self._resume_batches,
+            batches_per_epoch=self._trainer_batches_per_epoch,
+        )  # fmt: skip
         return self._loader("train", self.batch_size, sampler)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where the training order stands: ``{"epoch": e, "batch": b}`` = the next batch is batch b of epoch e.
+    def _trainer_batches_per_epoch(self) -> int | float | None:
+        trainer = self.trainer
+        return trainer.num_training_batches if trainer is not None else None
 
-        Counted from the batches the fit loop has trained (not from what loader workers prefetched), so it is exact
-        at any checkpoint, mid-epoch too.
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training stream stands: ``{"batches": p}``, the next batch is batch p of the stream.
+
+        Counted by the fit loop (batches trained, not what loader workers prefetched), so it is exact at any
+        checkpoint, mid-epoch too.
         """
         trainer = self.trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return {"epoch": self._resume_position[0], "batch": self._resume_position[1]}
-        trained = trainer.fit_loop.epoch_loop.batch_progress.total.processed
-        per_epoch = trainer.num_training_batches
-        if not isinstance(per_epoch, int) or per_epoch < 1:  # infinite or empty loader: nothing to resume
-            return {"epoch": 0, "batch": 0}
-        return {"epoch": trained // per_epoch, "batch": trained % per_epoch}
+            return {"batches": self._resume_batches}
+        return {"batches": int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the training order of a checkpoint (called by Lightning before the loaders are built)."""
-        epoch, batch = int(state_dict.get("epoch", 0)), int(state_dict.get("batch", 0))
-        if epoch < 0 or batch < 0:
-            raise ValueError(f"bad data position in the checkpoint: epoch {epoch}, batch {batch}")
-        self._resume_position = (epoch, batch)
+        """Continue the training stream of a checkpoint (called by Lightning before the loaders are built)."""
+        batches = state_dict.get("batches", 0)
+        if not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"bad data position in the checkpoint: {batches!r}")
+        self._resume_batches = batches
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in dataset order."""

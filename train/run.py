@@ -54,9 +54,6 @@ def _check_values(cfg: DictConfig) -> None:
         value = trainer.get(key)
         if value is not None and (not _is_int(value) or value < lowest):
             raise ConfigError(f"trainer.{key}={value!r}: expected an integer >= {lowest}")
-    accelerator = str(trainer.get("accelerator", "auto")).lower()
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is available here (use trainer=cpu)")
     if not _is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed={cfg.get('seed')!r}: expected an integer")
     ds = cfg.get("dataset")
@@ -103,6 +100,16 @@ def validate_config(cfg: DictConfig) -> None:
     _check_values(cfg)
 
 
+def check_machine(cfg: DictConfig) -> None:
+    """Refuse a run this machine cannot do (a GPU trainer without a GPU), before anything is built.
+
+    Separate from :func:`validate_config`: a GPU config is valid, it only cannot run here.
+    """
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is available here (use trainer=cpu)")
+
+
 def instantiate_nodes(node: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` child of a group node (callbacks, loggers); ``None`` gives an empty list."""
     if not node:
@@ -142,6 +149,7 @@ def build_trainer(node: DictConfig, callbacks: list[pl.Callback], loggers: list[
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the model described by ``cfg`` and return the final logged metrics (floats)."""
     validate_config(cfg)
+    check_machine(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,17 @@ def _compose(primary: str, overrides: list[str], tmp_path: Path):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_model_instantiates(name: str, tmp_path: Path) -> None:
-    primary = "diffusion" if "diffusion" in name else "vqgan"
+    # experiment name -> (primary config, the checkpoint of an earlier stage it cannot run without)
+    primary, needs = ("diffusion", "first_stage_ckpt") if "diffusion" in name else ("vqgan", None)
+    if "labels_ae" in name:
+        primary, needs = "label_ae", None
+    elif "labels_diffusion" in name:
+        primary, needs = "label_diffusion", "label_ae_ckpt"
     cfg = _compose(primary, [f"experiment={name}"], tmp_path)
     assert cfg.trainer.default_root_dir == f"{tmp_path}/out"
-    if primary == "diffusion":
-        # The stage-1 checkpoint is mandatory: the config must refuse to run without it.
-        with pytest.raises(ConfigError, match="first_stage_ckpt"):
+    if needs:
+        # The earlier stage's checkpoint is mandatory: the config must refuse to run without it.
+        with pytest.raises(ConfigError, match=needs):
             validate_config(cfg)
     else:
         validate_config(cfg)
@@ -63,17 +68,19 @@ def test_basic_overrides_reach_the_objects(tmp_path: Path) -> None:
 
 
 def test_resume_path_resolution(tmp_path: Path) -> None:
+    import os
+    import time
+
+    import torch
+
     assert resolve_resume_path("last", tmp_path) is None
     assert resolve_resume_path(None, tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"x")
+    torch.save({"state_dict": {}, "global_step": 1}, last)
     assert resolve_resume_path("last", tmp_path) == str(last)
-    import os
-    import time
-
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"x")
+    torch.save({"state_dict": {}, "global_step": 2}, hpc)
     os.utime(hpc, (time.time() + 10, time.time() + 10))  # the requeue checkpoint is newer: it wins
     assert resolve_resume_path("last", tmp_path) == str(hpc)
 
