@@ -435,9 +435,21 @@ class VQGANModule(pl.LightningModule):
         # The discriminators do not change between the two steps, so one forward on the real data gives the
         # generator's feature-matching targets and the discriminator's real logits (same values as two).
         real_out = {name: disc(real.detach()) for name, disc, real, _, _ in discs} if toggle else {}
+        # Single process: one forward on the reconstruction serves both steps too; each backward is restricted
+        # to its own network's parameters (``inputs=``), so the generator backward computes no discriminator
+        # weight gradients and the discriminator backward does not reach into the generator. Under DDP, whose
+        # reducer expects every parameter in every backward, the generator step's discriminator forward is
+        # built without edges to the discriminator weights instead, and the discriminator step runs its own.
+        ddp = _distributed()
+        shared = toggle and not ddp
+        fake_out: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         g = {"g_image_loss": zero, "g_volume_loss": zero, "image_gan_feat_loss": zero, "volume_gan_feat_loss": zero}
         for name, disc, real, fake, _ in discs:
-            if toggle:
+            if shared:
+                fake_out[name] = disc(fake)
+                logits_fake, feats_fake = fake_out[name]
+                feats_real = real_out[name][1]
+            elif toggle:
                 with _frozen(disc):  # no graph to the discriminator weights: their gradients would be discarded
                     logits_fake, feats_fake = disc(fake)
                 feats_real = real_out[name][1]
@@ -455,21 +467,24 @@ class VQGANModule(pl.LightningModule):
             + hp.video_gan_weight * g["g_volume_loss"]
             + hp.gan_feat_weight * (g["image_gan_feat_loss"] + g["volume_gan_feat_loss"])
         )
-        ddp = _distributed()
         opt_g.zero_grad(set_to_none=True)
         opt_d.zero_grad(set_to_none=True)  # the last batch's discriminator gradients: not needed, free them now
-        touch = _zero_touch(self._discriminator_params()) if ddp or not toggle else zero
-        self.manual_backward(g_loss + touch)
+        if shared:
+            self.manual_backward(g_loss, inputs=self._generator_params(), retain_graph=bool(discs))
+        else:
+            touch = _zero_touch(self._discriminator_params()) if ddp or not toggle else zero
+            self.manual_backward(g_loss + touch)
         opt_g.step()  # gradients are clipped in on_before_optimizer_step (after AMP unscaling)
 
-        # 3. Discriminator step on detached reconstructions. Before the warm-up ends the discriminators get no
-        #    gradient at all, so Adam skips them (no state, no step count) and its bias correction starts with
-        #    the first real update; opt_d.step() is still called, which keeps global_step at 2 per batch.
+        # 3. Discriminator step on the reconstructions (detached or, shared, not back-propagated into). Before the
+        #    warm-up ends the discriminators get no gradient at all, so Adam skips them (no state, no step count)
+        #    and its bias correction starts with the first real update; opt_d.step() is still called, which keeps
+        #    global_step at 2 per batch.
         d = {}
         d_loss = zero
         for name, disc, real, fake, weight in discs:
             logits_real = real_out[name][0] if toggle else disc(real.detach())[0]
-            logits_fake, _ = disc(fake.detach())
+            logits_fake = fake_out[name][0] if shared else disc(fake.detach())[0]
             d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
             d[f"logits_{name}_real"] = logits_real.detach().mean()
             d[f"logits_{name}_fake"] = logits_fake.detach().mean()
@@ -480,7 +495,8 @@ class VQGANModule(pl.LightningModule):
             if not discs:
                 opt_d.zero_grad(set_to_none=True)
         elif discs:
-            self.manual_backward(d_loss)
+            kwargs = {"inputs": [p for _, disc, *_ in discs for p in disc.parameters()]} if shared else {}
+            self.manual_backward(d_loss, **kwargs)
         opt_d.step()
 
         logs = {

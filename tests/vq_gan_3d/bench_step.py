@@ -5,7 +5,8 @@ widths, GAN on, LPIPS weight 0 unless ``--lpips``) at ``--size``, alternating th
 one child process per variant to read its peak resident set (``ru_maxrss``). Variants:
 
 * ``before``: SPADE conv over the one-hot map and two gamma/beta convs (``lookup=False``), discriminator weight
-  gradients in the generator step (``toggle_discriminator_grad=False``);
+  gradients in the generator step (``toggle_discriminator_grad=False``), the codebook's former 64 MB distance
+  chunks (``vq_gan_3d.codebook._DISTANCE_CHUNK_ELEMENTS = 2**24`` while its steps run);
 * ``after``: the defaults;
 * ``after+ckpt``: the defaults with ``checkpointing=True``.
 """
@@ -27,11 +28,13 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import vq_gan_3d.codebook as codebook_mod
 from tests.vq_gan_3d.legacy_step import adam_pair, run_module_step
 from vq_gan_3d.module import VQGANModule
 
 log = logging.getLogger(__name__)
 VARIANTS = ("before", "after", "after+ckpt")
+OLD_CHUNK = 2**24  # the codebook's distance chunk before issue 13
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
 
 
@@ -67,12 +70,15 @@ def time_steps(models: dict[str, VQGANModule], batch: dict[str, torch.Tensor], s
     """Seconds per training step of each model, variants alternated step by step (first step is warm-up)."""
     opts = {k: adam_pair(m) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
+    new_chunk = codebook_mod._DISTANCE_CHUNK_ELEMENTS
     for i in range(steps + 1):
         for k, m in models.items():
+            codebook_mod._DISTANCE_CHUNK_ELEMENTS = OLD_CHUNK if k == "before" else new_chunk
             t = time.perf_counter()
             run_module_step(m, batch, *opts[k])
             if i > 0:
                 times[k].append(time.perf_counter() - t)
+    codebook_mod._DISTANCE_CHUNK_ELEMENTS = new_chunk
     return times
 
 
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = batch_of(size, args.label_nc)
     if args.child:
         model = build(args.config, args.child, args.label_nc, args.lpips)
+        if args.child == "before":
+            codebook_mod._DISTANCE_CHUNK_ELEMENTS = OLD_CHUNK
         opt_g, opt_d = adam_pair(model)
         for _ in range(args.mem_steps):
             run_module_step(model, batch, opt_g, opt_d)

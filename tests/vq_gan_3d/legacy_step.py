@@ -98,8 +98,8 @@ def run_module_step(
     logged: dict[str, Any] = {}
     calls = [0]
 
-    def backward(loss: torch.Tensor) -> None:
-        loss.backward()
+    def backward(loss: torch.Tensor, **kwargs: Any) -> None:
+        loss.backward(**kwargs)
         calls[0] += 1
         if calls[0] == 1 and after_generator_backward is not None:
             after_generator_backward()
