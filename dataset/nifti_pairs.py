@@ -17,9 +17,9 @@ may also be ``"all"`` (every pair, e.g. for generation or evaluation over a fold
 
 Every label file of the split is checked once when the dataset is built, before any training step: values
 must be integers in ``[0, label_nc)``; a bad value in any file (the last of many included) raises
-:class:`DataError` naming the file. The per-file minimum and maximum are cached in ``.label-ranges.json``
-beside the manifest (or in ``root``), keyed by relative path, size and mtime, so later runs re-read only
-files that changed; a read-only folder simply gets no cache.
+:class:`DataError` naming the file. The per-file minimum and maximum are cached in the user's cache folder
+(:func:`label_cache_path`; never in the data folder, which stays read-only), keyed by relative path, size and
+mtime, so later runs re-read only files that changed.
 
 Images must either already be in [-1, 1] (``intensity=None``, the case for preprocessed blocks) or be raw
 data normalised on load by an ``intensity`` spec (:mod:`dataset.intensity`). ``block_size`` centre-crops or
@@ -29,8 +29,10 @@ batching needs when volumes differ in size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -39,6 +41,7 @@ from torch.utils.data import Dataset
 
 from dataset.blocks import center_crop_or_pad_start, extract_block
 from dataset.contract import DataError, Sample, check_class_names, validate_sample
+from dataset.describe import log_split_summary
 from dataset.files import PRODUCER, atomic_write_json, check_name
 from dataset.intensity import normalize, validate_intensity
 from dataset.nifti import (
@@ -55,8 +58,8 @@ from dataset.splits import SPLITS, check_split, split_ids
 
 log = logging.getLogger(__name__)
 
-#: Cache of per-file label minimum/maximum, beside the manifest (or in the folder layouts' root).
-LABEL_CACHE_NAME = ".label-ranges.json"
+#: Environment variable naming the cache folder (default ``$XDG_CACHE_HOME/med-lsdm`` or ``~/.cache/med-lsdm``).
+CACHE_ENV = "MEDLSDM_CACHE_DIR"
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -108,25 +111,39 @@ def _file_key(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def check_label_files(paths: Sequence[Path], label_nc: int, cache_dir: Path) -> None:
+def label_cache_path(dataset_dir: Path) -> Path:
+    """Where the label ranges of the dataset in ``dataset_dir`` are cached.
+
+    In the user's cache folder (:data:`CACHE_ENV`, else ``$XDG_CACHE_HOME/med-lsdm``, else
+    ``~/.cache/med-lsdm``), never in the dataset folder: data folders are inputs (often shared and read-only),
+    and no command writes outside its outputs. One file per dataset folder, named by a hash of its path.
+    """
+    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "med-lsdm"
+    digest = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(base) / "label-ranges" / f"{digest}.json"
+
+
+def check_label_files(paths: Sequence[Path], label_nc: int, dataset_dir: Path) -> None:
     """Check every label file's values lie in ``[0, label_nc)``, reading only files the cache does not know.
 
     Args:
         paths: label files.
         label_nc: number of classes.
-        cache_dir: folder of the cache file :data:`LABEL_CACHE_NAME`; entries are keyed by the path relative
-            to it, the file size and its mtime (ns), and hold the file's minimum and maximum value.
+        dataset_dir: the dataset's folder (manifest folder or root); cache entries (:func:`label_cache_path`)
+            are keyed by the path relative to it, the file size and its mtime (ns), and hold the file's minimum
+            and maximum value.
 
     Raises:
         DataError: naming the first bad file (and how many others are bad); unreadable or non-integer labels.
     """
-    cache_path = cache_dir / LABEL_CACHE_NAME
+    cache_path = label_cache_path(dataset_dir)
+    root = dataset_dir.resolve()
     try:
         cached = json.loads(cache_path.read_text(encoding="utf-8"))
-        files = cached["files"] if cached.get("producer") == PRODUCER and isinstance(cached["files"], dict) else {}
+        ours = cached.get("producer") == PRODUCER and cached.get("folder") == str(root)
+        files = cached["files"] if ours and isinstance(cached["files"], dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         files = {}
-    root = cache_dir.resolve()
     changed = 0
     bad: list[tuple[Path, int, int]] = []
     for path in paths:
@@ -145,8 +162,9 @@ def check_label_files(paths: Sequence[Path], label_nc: int, cache_dir: Path) -> 
     if changed:
         log.info("checked the label values of %d of %d files (the rest cached in %s)", changed, len(paths), cache_path)
         try:
-            atomic_write_json(cache_path, {"producer": PRODUCER, "kind": "label-ranges", "files": files})
-        except OSError as err:  # a read-only dataset folder: no cache, the check simply runs again next time
+            record = {"producer": PRODUCER, "kind": "label-ranges", "folder": str(root), "files": files}
+            atomic_write_json(cache_path, record)
+        except OSError as err:  # no writable cache folder: the check simply runs again next time
             log.debug("cannot write %s (%s); label ranges are not cached", cache_path, err)
     if bad:
         path, lo, hi = bad[0]
@@ -210,7 +228,7 @@ class NiftiPairsDataset(Dataset):
         self.items: list[tuple[str, Path, Path]] = []
 
         manifest_path = Path(manifest) if manifest is not None else self.root / MANIFEST_NAME
-        cache_dir = manifest_path.parent if manifest is not None or manifest_path.is_file() else self.root
+        data_dir = manifest_path.parent if manifest is not None or manifest_path.is_file() else self.root
         if manifest is not None or manifest_path.is_file():
             self._from_manifest(manifest_path, dataset_name)
         elif dataset_name is not None:
@@ -230,7 +248,11 @@ class NiftiPairsDataset(Dataset):
         if not self.items:
             log.warning("%s: split %r is empty", self.root, self.split)
         elif check_labels:
-            check_label_files([label for _, _, label in self.items], self.label_nc, cache_dir)
+            check_label_files([label for _, _, label in self.items], self.label_nc, data_dir)
+        if self.items:  # say what loading will do (size, intensity, pad/crop, voxel sizes) instead of hiding it
+            log_split_summary(
+                self.root.name, self.split, [image for _, image, _ in self.items], self.block_size, self.intensity
+            )
 
     # ----------------------------------------------------------------------------------------------- layouts
     def _from_manifest(self, path: Path, dataset_name: str | None) -> None:

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 import dataset.nifti_pairs as nifti_pairs
 from dataset.contract import DataError
 from dataset.datamodule import VolumeDataModule
-from dataset.nifti_pairs import LABEL_CACHE_NAME, NiftiPairsDataset
+from dataset.nifti_pairs import CACHE_ENV, NiftiPairsDataset, label_cache_path
 from tests.dataset.fakes import write_nifti
 
 CT = {"kind": "ct_window", "hu_min": -1000, "hu_max": 1000}
@@ -63,26 +63,35 @@ def test_bad_label_in_a_later_training_file_fails_at_datamodule_setup(tmp_path: 
 
 
 def test_label_ranges_are_cached_by_size_and_mtime(tmp_path: Path, monkeypatch) -> None:
-    _pairs(tmp_path)
-    NiftiPairsDataset("all", tmp_path, label_nc=3, intensity=CT)
-    cache = json.loads((tmp_path / LABEL_CACHE_NAME).read_text())
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _pairs(data)
+    data.chmod(0o555)  # the data folder is only read (root could still write; the listing below checks it)
+    try:
+        NiftiPairsDataset("all", data, label_nc=3, intensity=CT)
+    finally:
+        data.chmod(0o755)
+    assert sorted(p.name for p in data.iterdir()) == ["images", "labels"]  # nothing written beside the data
+    cache_file = label_cache_path(data)
+    assert cache_file.parent.parent == tmp_path / "cache"
+    cache = json.loads(cache_file.read_text())
     assert cache["producer"] == "med-lsdm" and sorted(cache["files"]) == [f"labels/vol{i}.nii.gz" for i in range(5)]
     assert cache["files"]["labels/vol0.nii.gz"]["max"] == 2
 
     reads: list[Path] = []
     real = nifti_pairs.label_value_range
     monkeypatch.setattr(nifti_pairs, "label_value_range", lambda p: (reads.append(Path(p)), real(p))[1])
-    NiftiPairsDataset("all", tmp_path, label_nc=3, intensity=CT)
+    NiftiPairsDataset("all", data, label_nc=3, intensity=CT)
     assert reads == []  # nothing changed: no label file is read again
 
-    changed = tmp_path / "labels" / "vol2.nii.gz"
+    changed = data / "labels" / "vol2.nii.gz"
     label = np.zeros(SHAPE, np.uint8)
     label[0, 0, 0] = 7
     write_nifti(changed, label)
     st = changed.stat()
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with pytest.raises(DataError, match="vol2.nii.gz: label values in \\[0, 7\\] outside \\[0, 3\\)"):
-        NiftiPairsDataset("all", tmp_path, label_nc=3, intensity=CT)
+        NiftiPairsDataset("all", data, label_nc=3, intensity=CT)
     assert reads == [changed]
 
 
