@@ -199,18 +199,18 @@ def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     info = {k: v for k, v in config.items() if k not in _CONFIG_ONLY}
     node = config.get("datamodule")
     if node is not None:
-        if "dataset_kwargs" not in info:
-            name = config.get("name")
-            entry = DATASETS.get(name) if isinstance(name, str) else None
+        name = config.get("name")
+        entry = DATASETS.get(name) if isinstance(name, str) else None
+        if "dataset_kwargs" not in info and entry is not None:
             dataset_node = node.get("dataset") if isinstance(node, Mapping) else None
             kept = {}
-            if entry is not None and isinstance(dataset_node, Mapping):
+            if isinstance(dataset_node, Mapping):
                 kept = {k: v for k, v in dataset_node.items() if k in entry.kwargs and find_targets(v) == []}
             info["dataset_kwargs"] = kept
         log.info(
             "data_info.datamodule ignored (never instantiated); dataset %r is built from the registry with %s",
-            config.get("name"),
-            info["dataset_kwargs"] or "its defaults",
+            name,
+            info.get("dataset_kwargs") or "its defaults",
         )
     return validate_data_info(info)
 

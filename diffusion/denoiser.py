@@ -73,6 +73,11 @@ class Denoiser(nn.Module):
         return self.label_encoder.out_channels if self.label_encoder is not None else 0
 
     @property
+    def shares_latent(self) -> bool:
+        """Whether :meth:`predict` takes label features of batch k·B for latents of batch B (see ``Unet3D``)."""
+        return False
+
+    @property
     def size_multiple(self) -> tuple[int, int, int]:
         """(d, h, w): every latent size this network takes is a multiple of these (its down-sampling)."""
         return (1, 1, 1)
@@ -104,7 +109,9 @@ class Denoiser(nn.Module):
             x: (B, C, d, h, w) noisy latent.
             t: (B,) timesteps (long for DDPM/DDIM; long or float for rectified flow).
             cond: (B, K, D, H, W) one-hot label map at image resolution, or None for the null map.
-            label_features: precomputed :meth:`encode_labels` output; takes precedence over ``cond``.
+            label_features: precomputed :meth:`encode_labels` output; takes precedence over ``cond``. Its batch may
+                be k·B: k label maps for each latent (all items of map 1, then of map 2, ...); the output is then
+                (k·B, C, d, h, w), as for the latents repeated k times.
 
         Returns:
             (B, C, d, h, w) prediction (noise, x0, v or velocity, depending on the objective).
@@ -115,6 +122,12 @@ class Denoiser(nn.Module):
             raise ValueError(f"t must be (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
         if label_features is None and self.conditional:
             label_features = self.encode_labels(cond if cond is not None else self.null_labels(x))
+        if label_features is not None and label_features.shape[0] != x.shape[0] and not self.shares_latent:
+            # k label maps per latent (guidance): networks that cannot share the label-free part get k copies
+            k = label_features.shape[0] // x.shape[0]
+            if k * x.shape[0] != label_features.shape[0]:
+                raise ValueError(f"label features of batch {label_features.shape[0]} for latents of {x.shape[0]}")
+            x, t = x.repeat(k, 1, 1, 1, 1), t.repeat(k)
         if label_features is not None and label_features.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"label features {tuple(label_features.shape[2:])} do not match the latent grid {tuple(x.shape[2:])}"

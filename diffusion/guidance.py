@@ -73,6 +73,7 @@ class GuidedDenoiser:
             return self.denoiser(x, t, label_features=self.cond)
         if self.cond is None:
             return self.denoiser(x, t, label_features=self.uncond)
-        out = self.denoiser(torch.cat((x, x)), torch.cat((t, t)), label_features=self.both)
+        # label features of batch 2B for latents of batch B: the label-free part of the network runs once
+        out = self.denoiser(x, t, label_features=self.both)
         c, u = out.chunk(2)
         return combine(c, u, self.guidance)

@@ -174,6 +174,28 @@ class Unet3D(Denoiser):
         """In-plane sizes are halved ``len(dim_mults) - 1`` times; depth never."""
         return (1, 2**self.num_downsamples, 2**self.num_downsamples)
 
+    @property
+    def shares_latent(self) -> bool:
+        """SPADE conditioning keeps labels out of the encoder: k label maps can share one encoder pass."""
+        return self.conditioning == "spade"
+
+    def shared_copies(
+        self, x: torch.Tensor, label_features: torch.Tensor | None, time_offset: torch.Tensor | None = None
+    ) -> int:
+        """How many label maps share each latent: label features (k·B, ...) for x (B, ...) → k (1 normally).
+
+        Only SPADE conditioning keeps labels out of the encoder, so only there can k > 1 be shared.
+        """
+        if label_features is None or label_features.shape[0] == x.shape[0]:
+            return 1
+        k, rem = divmod(label_features.shape[0], x.shape[0])
+        if rem or self.conditioning != "spade" or (time_offset is not None and time_offset.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"label features of batch {label_features.shape[0]} for latents of batch {x.shape[0]}: "
+                "sharing the latent between label maps needs SPADE conditioning and a multiple of the batch"
+            )
+        return k
+
     def predict(
         self,
         x: torch.Tensor,
@@ -194,6 +216,9 @@ class Unet3D(Denoiser):
             )
         if self.conditioning != "none" and label_features is None:
             raise ValueError("this denoiser is conditional: label features are required")
+        # k label maps per latent (guidance: conditional and null map): the label-free encoder runs once per
+        # latent and its outputs are repeated k times (``torch.cat`` order: all items of map 1, then map 2, ...)
+        k = self.shared_copies(x, label_features, time_offset)
         pos_bias = self.rel_pos_bias(x.shape[2], x.device)
         spade_feats = label_features if self.conditioning == "spade" else None
         if self.conditioning == "concat":
@@ -211,6 +236,9 @@ class Unet3D(Denoiser):
             x = d_attn(lin_attn(res(x, temb)), pos_bias)
             skips.append(x)
             x = down(x)
+        if k > 1:
+            x, r, temb = x.repeat(k, 1, 1, 1, 1), r.repeat(k, 1, 1, 1, 1), temb.repeat(k, 1)
+            skips = [s.repeat(k, 1, 1, 1, 1) for s in skips]
 
         x = self.mid_block1(x, temb, spade_feats)
         x = self.mid_depth_attn(self.mid_spatial_attn(x), pos_bias)

@@ -49,7 +49,8 @@ def test_w0_is_unconditional_and_w1_conditional(net: Unet3DSPADE) -> None:
 def test_w0_and_w1_run_a_single_pass(net: Unet3DSPADE) -> None:
     x, t, seg = _batch()
     calls: list[int] = []
-    handle = net.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    # batch of the network's output: the label-free encoder runs on the latents once, the rest on both branches
+    handle = net.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
     try:
         with torch.no_grad():
             for w in (0.0, 1.0, 3.0):

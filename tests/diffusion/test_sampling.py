@@ -85,6 +85,32 @@ def test_spade_cache_is_bit_identical_and_computes_each_window_once(
     assert run["calls_True"] == n_windows * n_spade  # once per window (both guidance branches in one tensor)
 
 
+@pytest.mark.parametrize("name", ["unet3d_spade", "unet3d", "monai_spade"])
+def test_both_guidance_branches_share_one_latent_pass(name: str) -> None:
+    """Label features of batch 2B for latents of batch B equal the latents repeated (fp32 round-off)."""
+    from diffusion.denoisers import build_denoiser
+
+    torch.manual_seed(0)
+    kwargs = (
+        {"dim": 8, "dim_mults": [1, 2], "attn_heads": 2, "attn_dim_head": 8, "label_channels": 4,
+         "label_hidden": [4], "spade_hidden": 8}
+        if name != "monai_spade"
+        else {"dim": 8, "dim_mults": [1, 2], "attention_levels": [False, False], "attn_dim_head": 8,
+              "label_channels": 4, "label_hidden": [4], "resnet_groups": 8, "spade_hidden": 8}
+    )  # fmt: skip
+    if name == "unet3d":
+        kwargs["conditioning"] = "concat"
+    net = build_denoiser(name, 4, LABEL_NC, (2, 2, 2), kwargs).eval()
+    x, t = torch.randn(2, 4, 4, 8, 8), torch.tensor([3, 7])
+    feats = torch.cat([net.encode_labels(one_hot(_labels(IMAGE, 2, seed)[:, None], LABEL_NC)) for seed in (1, 2)])
+    with torch.no_grad():
+        shared = net(x, t, label_features=feats)
+        repeated = net(torch.cat((x, x)), torch.cat((t, t)), label_features=feats)
+    assert net.shares_latent == (name == "unet3d_spade")
+    assert shared.shape == repeated.shape == (4, 4, 4, 8, 8)
+    torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-5)
+
+
 def test_label_features_are_encoded_once_per_window_not_per_step(
     model: LatentDiffusionModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
