@@ -36,6 +36,7 @@ reverse) is refused before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -256,6 +257,21 @@ def check_src_dst(src_root: str | Path | None, cases: Sequence[Case], dst: str |
                 raise DataError(f"{raw}: raw file lies inside --dst {dst}; choose a --dst outside the raw data")
 
 
+def _space_estimate(cases: Sequence[Case]) -> int:
+    """A first, deliberately low estimate of the output size: half the raw files' size.
+
+    Blocks are compressed like the raw files; resampling or skipped background can shrink the output, grid
+    overlap can grow it, so only a clearly too small disk is refused up front.
+    """
+    total = 0
+    for case in cases:
+        for raw in (case.image, case.label, *case.segments.values()):
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    total += Path(raw).stat().st_size
+    return total // 2
+
+
 def manifest_is_ours(manifest: object) -> bool:
     """Whether a parsed manifest was written by this project's preprocessing.
 
@@ -462,7 +478,7 @@ def preprocess(
     check_src_dst(src_root, cases, dst)
     old = _live_manifest(dst, options.overwrite)
     patient_split = split_ids([c.patient for c in cases], options.val_frac, options.test_frac, options.seed)
-    check_output_dir(dst, what="--dst")
+    check_output_dir(dst, min_free_bytes=_space_estimate(cases), what="--dst")
     clean_stale(dst)
 
     token = uuid.uuid4().hex[:12]

@@ -328,3 +328,14 @@ def test_case_ids_must_be_safe_file_names(raw, tmp_path: Path, caplog) -> None:
     assert _run(src, tmp_path / "dst") == 2
     assert "case id 'bad name' cannot be used as a file name" in caplog.text
     assert not (tmp_path / "dst" / "manifest.json").exists()
+
+
+def test_unwritable_or_full_dst_is_refused_before_any_work(raw, tmp_path: Path, caplog, monkeypatch) -> None:
+    (tmp_path / "file").write_text("x")
+    assert _run(raw, tmp_path / "file") == 2
+    assert "--dst" in caplog.text and "is an existing file, not a folder" in caplog.text
+    processed = []
+    monkeypatch.setattr(pp, "_process_case", lambda *a, **k: processed.append(1))
+    monkeypatch.setattr(pp, "_space_estimate", lambda cases: 2**62)
+    assert _run(raw, tmp_path / "dst") == 2
+    assert "MiB free, about" in caplog.text and processed == []
