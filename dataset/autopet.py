@@ -92,8 +92,9 @@ def discover_autopet(src: str | Path, patient_regex: str | None = None) -> list[
     folder = src / "imagesTr" if (src / "imagesTr").is_dir() else src
     if not folder.is_dir():
         raise DataError(f"{folder}: raw AutoPET folder not found")
-    cts = sorted(folder.glob(f"*{IMAGE_SUFFIX}"))
-    labels = sorted(folder.glob(f"*{LABEL_SUFFIX}"))
+    # Hidden files (macOS "._" copies, editors' temporaries) are not cases.
+    cts = sorted(p for p in folder.glob(f"*{IMAGE_SUFFIX}") if not p.name.startswith("."))
+    labels = sorted(p for p in folder.glob(f"*{LABEL_SUFFIX}") if not p.name.startswith("."))
     if not cts:
         raise DataError(f"{folder}: no *{IMAGE_SUFFIX} CT files; expected <case>{IMAGE_SUFFIX} + <case>{LABEL_SUFFIX}")
     ct_ids = {p.name[: -len(IMAGE_SUFFIX)] for p in cts}

@@ -328,6 +328,11 @@ def test_case_ids_must_be_safe_file_names(raw, tmp_path: Path, caplog) -> None:
     assert _run(src, tmp_path / "dst") == 2
     assert "case id 'bad name' cannot be used as a file name" in caplog.text
     assert not (tmp_path / "dst" / "manifest.json").exists()
+    for suffix in ("_0001.nii.gz", "_0002.nii.gz"):  # a hidden copy (macOS "._x") is not a case at all
+        (src / f"bad name{suffix}").rename(src / f"._{first}{suffix}")
+    assert [c.case_id for c in discover_autopet(src)] == sorted(
+        p.name.removesuffix("_0001.nii.gz") for p in src.glob("PETCT_*_0001.nii.gz")
+    )
 
 
 def test_unwritable_or_full_dst_is_refused_before_any_work(raw, tmp_path: Path, caplog, monkeypatch) -> None:
