@@ -64,6 +64,8 @@ def discover_synthrad2023(src: str | Path, labels: str | Path | None = None) -> 
         raise DataError(f"{src}: no patient folders with mr.nii.gz")
     known = {c.case_id for c in cases}
     for label in sorted(labels_dir.glob(f"*{LABEL_SUFFIX}")):
+        if label.name.startswith("."):  # hidden copies (macOS "._") are not label maps
+            continue
         if label.name[: -len(LABEL_SUFFIX)] not in known:
             mr = src / label.name[: -len(LABEL_SUFFIX)] / "mr.nii.gz"
             raise DataError(f"{mr}: image partner of label {label} not found")
