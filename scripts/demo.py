@@ -158,22 +158,37 @@ def available_metrics() -> str:
     return ",".join(metrics)
 
 
-def montages(out: Path, ids: list[str], label_nc: int) -> None:
+def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | None = None) -> list[str]:
+    """Per-subject montages and GIFs, one summary figure and the training curves; returns the report's lines."""
     import torch
 
     from dataset.nifti import load_image, load_label
-    from dataset.visualization import save_gif, save_montage
+    from dataset.visualization import Subject, save_gif, save_montage, save_summary_figure
+    from train.curves import write_curves
 
     report = out / "report"
+    subjects = []
     for vid in ids:
-        real, _ = load_image(out / "data" / "test" / "images" / f"{vid}.nii.gz")
+        real, affine = load_image(out / "data" / "test" / "images" / f"{vid}.nii.gz")
         label, _ = load_label(out / "data" / "test" / "labels" / f"{vid}.nii.gz")
         fake, _ = load_image(out / "synthetic" / f"{vid}_s0.nii.gz")
         rows = [("real", torch.from_numpy(real)), ("label", torch.from_numpy(label)),
                 ("synthetic", torch.from_numpy(fake))]
-        save_montage(report / f"{vid}_montage.png", rows, num_slices=8, label_nc=label_nc)
-        save_gif(report / f"{vid}_real.gif", torch.from_numpy(real)[None], label=torch.from_numpy(label)[None])
-        save_gif(report / f"{vid}_synthetic.gif", torch.from_numpy(fake)[None], label=torch.from_numpy(label)[None])
+        save_montage(report / f"{vid}_montage.png", rows, num_slices=8, label_nc=label_nc, affine=affine,
+                     class_names=class_names)  # fmt: skip
+        for name, vol in (("real", real), ("synthetic", fake)):
+            save_gif(report / f"{vid}_{name}.gif", torch.from_numpy(vol)[None], label=torch.from_numpy(label)[None],
+                     affine=affine)  # fmt: skip
+        subjects.append(Subject(vid, real, label, fake, affine))
+    save_summary_figure(report / "summary.png", subjects, num_slices=6, label_nc=label_nc, class_names=class_names)
+    lines = ["## Summary (every test subject: real | label | synthetic)", "", "![summary](summary.png)", "",
+             "## Training curves", ""]  # fmt: skip
+    for stage in ("vqgan", "diffusion"):
+        csv_log = out / stage / "csv" / "metrics.csv"
+        if csv_log.is_file():
+            pngs = write_curves(csv_log, report / stage, title=stage)
+            lines += [f"![{stage} {png.stem}]({stage}/{png.name})" for png in pngs]
+    return lines + [""]
 
 
 def labels_stage(
@@ -306,13 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
 
     # 6. report
-    montages(out, ids, label_nc=len(class_names))
+    figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names))
     tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")] + label_tables
     elapsed = time.time() - t0
     lines = ["# Med-LSDM demo report (embedded MNI152 dataset, CPU)", "",
              f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, "
              f"training subjects: {len(train_ids)}.",
-             "", *tables, "",
+             "", *tables, "", *figure_lines,
              "## Commands", "", "```", *commands, "```", "",
              "## Montages (rows: real | label | synthetic)", ""]
     lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]
