@@ -27,7 +27,7 @@ from evaluation.intensity import recorded_range
 from scripts import preprocess_autopet
 from tests.dataset.fakes import write_autopet_raw
 
-SMALL = ["--block-size", "8", "12", "12", "--val-frac", "0.25", "--test-frac", "0.25", "--no-progress"]
+SMALL = ["--block-size", "16", "16", "16", "--val-frac", "0.25", "--test-frac", "0.25", "--no-progress"]
 
 
 def _run(raw: Path, dst: Path, *extra: str) -> int:
@@ -300,7 +300,7 @@ def test_autopet_studies_of_one_patient_share_a_split_by_default(tmp_path: Path)
     assert len({c.patient for c in cases}) == 4 and len(cases) == len(ids) == 12
     for seed in range(2):
         dst = tmp_path / f"out{seed}"
-        assert _run(tmp_path / "raw", dst, "--seed", str(seed), "--block-size", "16", "16", "16") == 0  # 1 block
+        assert _run(tmp_path / "raw", dst, "--seed", str(seed)) == 0
         manifest = _manifest(dst)
         split_of: dict[str, set[str]] = {}
         for case_id, record in manifest["cases"].items():
