@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def quiet_lightning() -> None:
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", message=_FEW_BATCHES)
     warnings.filterwarnings("ignore", message=_LEAFSPEC)
+
+
+def _epoch_only_description(bar: pl.callbacks.RichProgressBar, current_epoch: int) -> str:
+    """The rich progress bar's training description without the epoch total (there is none: max_epochs -1)."""
+    text = f"Epoch {current_epoch}"
+    width = len(bar.validation_description)  # same padding as Lightning's, against flicker
+    return f"{text:{width}}" if width > len(text) else text
 
 
 def format_metrics(metrics: dict[str, float], first: str | None = None) -> str:
@@ -102,11 +110,14 @@ class RunConsole(pl.Callback):
 
     # ------------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        bar = trainer.progress_bar_callback
         if self.quiet and not sys.stderr.isatty():
-            bar = trainer.progress_bar_callback
             if bar is not None and bar.is_enabled:
                 bar.disable()
                 log.info("stderr is not a terminal: progress bar off; one line per validation instead")
+        elif isinstance(bar, pl.callbacks.RichProgressBar) and trainer.max_epochs == -1:
+            # Our runs end by max_steps / max_time (max_epochs -1): the rich bar's "Epoch 82/-2" would be nonsense.
+            bar._get_train_description = types.MethodType(_epoch_only_description, bar)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.monotonic()

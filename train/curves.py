@@ -4,7 +4,8 @@ A run folder gets ``curves_train.png`` (every ``train/*loss*`` series, one panel
 ``curves_val.png`` (every ``val/*`` metric, one panel each), written by :class:`train.console.RunConsole` at each
 validation and at the end of fit, or afterwards by :func:`write_run_curves` (the demo report calls it).
 
-Drawn with Pillow only (no plotting library is a dependency): one line per series, x = global step, the y
+Drawn with Pillow only (no plotting library is a dependency): one line per series, x = the CSV log's ``step``
+(Lightning's logging step: batches for the VQ-GAN, whose ``global_step`` advances by 2 per batch), the y
 range is that of the values after the first tenth of the steps (early losses are often orders of magnitude
 larger and would flatten the rest; points above the range are drawn on the top edge).
 """
@@ -106,7 +107,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, points:
         px, _ = to_px(step, y_lo)
         draw.line((px, bottom, px, bottom + 4), fill=(120, 120, 120))
         draw.text((px - 10, bottom + 6), str(int(round(step))), fill=(0, 0, 0), font=font)
-    draw.text((right - 30, bottom + 16), "step", fill=(90, 90, 90), font=_font(10))
+    draw.text((right - 60, bottom + 16), "logged step", fill=(90, 90, 90), font=_font(10))
     pixels = [to_px(s, v) for s, v in points]
     if len(pixels) == 1:
         px, py = pixels[0]

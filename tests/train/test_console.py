@@ -18,11 +18,15 @@ from train.curves import read_metrics_csv, write_curves, write_run_curves
 
 
 class _Line(pl.LightningModule):
-    """y = w x fitted by SGD: the validation loss falls, so the best step is known to be the last one."""
+    """y = w x fitted by SGD: the validation loss falls, so the best step is known to be the last one.
+
+    ``first_stage`` is a frozen part in eval mode, as in the diffusion stage (its notice must be silenced).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
+        self.first_stage = torch.nn.Linear(1, 1).eval().requires_grad_(False)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -70,7 +74,8 @@ def test_validation_lines_summary_and_curves(tmp_path: Path, caplog: pytest.LogC
     assert any("max_steps=12 reached" in m for m in lines)
     assert any(m.startswith(f"best val/loss {console.best[1]:.4g} at step 12") for m in lines)
     assert any(f"checkpoints in {tmp_path / 'checkpoints'}: best " in m and "last last.ckpt" in m for m in lines)
-    assert not [w for w in caught if "logging interval" in str(w.message)]
+    assert not [w for w in caught if "logging interval" in str(w.message) or "eval mode" in str(w.message)]
+    assert not trainer.progress_bar_callback.is_enabled  # stderr is captured here, not a terminal
     for name in ("curves_train.png", "curves_val.png"):
         img = Image.open(tmp_path / name)
         assert img.size[0] >= 360 and np.asarray(img.convert("L")).std() > 5  # something is drawn
@@ -108,3 +113,13 @@ def test_tips_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
         logger.info("💡 Tip: For seamless cloud logging, try installing [litlogger]")
         logger.info("GPU available: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False"]
+
+
+def test_rich_bar_shows_no_negative_epoch_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With max_epochs -1 (runs end by steps or time) the bar reads "Epoch 3", not "Epoch 3/-2"."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    bar = pl.callbacks.RichProgressBar()
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, max_epochs=-1, logger=False, callbacks=[bar],
+                         enable_checkpointing=False, accelerator="cpu")  # fmt: skip
+    RunConsole(out_dir=str(tmp_path), curves=False).setup(trainer, _Line(), "fit")
+    assert bar._get_train_description(3).strip() == "Epoch 3"
