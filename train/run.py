@@ -23,6 +23,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dataset.contract import DataError
@@ -218,12 +219,19 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], object] = train) 
             raise SystemExit(2) from None
 
     def main() -> None:
+        nonlocal started
+        started = False
         try:
             _task()
         except SystemExit as exit_:
-            if exit_.code == 1 and not started:  # Hydra refused the command line before the task ran
+            if exit_.code == 1 and not started:  # Hydra refused the command line (and said why) before the task
                 raise SystemExit(2) from None
             raise
+        except HydraException as err:  # the same refusal with HYDRA_FULL_ERROR=1, which re-raises it
+            if started:
+                raise
+            report_user_error(err)
+            raise SystemExit(2) from None
 
     main.__doc__ = f"Compose ``config/{config_name}.yaml`` with the command-line overrides and run {task.__name__}."
     return main

@@ -1,0 +1,107 @@
+"""User errors at the training entry points: one line on stderr, exit status 2, no traceback, nothing trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.train.helpers import TINY_DIFFUSION, TINY_VQGAN, run_entry
+from train.run import CONFIG_DIR, ConfigError, check_machine, user_error, validate_config
+
+
+def test_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The real command line, in a subprocess: exit status, stderr and no traceback."""
+    out = tmp_path / "run"
+    proc = run_entry("train_vqgan", [*TINY_VQGAN, f"paths.output_dir={out}", "trainer.max_steps=abc"], check=False)
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == ["error: trainer.max_steps='abc': expected an integer >= -1"], proc.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def _main(entry: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple:
+    """Run an entry point's ``main()`` in this process (the same code as the command line, without the start-up)."""
+    import importlib
+    import sys
+
+    # Hydra must not reconfigure this process's logging (pytest's capture lives there)
+    monkeypatch.setattr(sys, "argv", [entry, *argv, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"train.{entry}").main()
+    err = capsys.readouterr().err
+    return exit_.value.code, [line for line in err.splitlines() if line.startswith("error: ")], err
+
+
+@pytest.mark.parametrize(
+    ("entry", "override", "needles"),
+    [
+        ("train_vqgan", "dataset.block_size=32", ("dataset.block_size=32", "3 positive integers")),
+        ("train_vqgan", "dataset.label_nc=3", ("dataset.label_nc=3", "class_names has 4 names")),
+        ("train_vqgan", "dataset.label_nc=1", ("dataset.label_nc=1", "integer >= 2")),
+        ("train_diffusion", "model.first_stage_ckpt=no.ckpt", ("no.ckpt",)),
+        ("train_diffusion", "model.first_stage_ckpt=x.ckpt trainer.max_steps=abc", ("trainer.max_steps",)),
+        ("train_vqgan", "dataset=no_such_dataset", ("no_such_dataset",)),  # Hydra's own refusal
+    ],
+    ids=["block_size", "label_nc-vs-class_names", "label_nc", "missing-weights", "diffusion-max_steps", "hydra"],
+)
+def test_user_errors_exit_2_with_one_line(
+    entry: str, override: str, needles: tuple[str, ...], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    tiny = TINY_VQGAN if entry == "train_vqgan" else TINY_DIFFUSION
+    out = tmp_path / "run"
+    code, lines, err = _main(entry, [*tiny, f"paths.output_dir={out}", *override.split()], monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err and all(n in lines[0] for n in needles), lines
+    assert not (out / "checkpoints").exists()
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="vqgan", overrides=["dataset=synthetic", "model=vq_gan_3d_tiny",
+                                                       f"paths.output_dir={tmp_path}", *overrides])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("trainer.max_steps=2.5", "trainer.max_steps"),
+        ("trainer.max_epochs=-3", "trainer.max_epochs"),
+        ("trainer.accumulate_grad_batches=0", "accumulate_grad_batches"),
+        ("dataset.block_size=[16,16]", "3 positive integers"),
+        ("dataset.block_size=[16,16,0]", "3 positive integers"),
+        ("dataset.block_size=[16,16,18]", "not divisible by model.downsample"),
+        ("dataset.label_nc=1", "integer >= 2"),
+        ("dataset.label_nc=abc", "integer >= 2"),
+        ("seed=x", "seed"),
+    ],
+)
+def test_config_values_are_checked_before_anything_is_built(tmp_path: Path, override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate_config(_cfg(tmp_path, override))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_gpu_is_a_user_error(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "trainer.accelerator=gpu")
+    validate_config(cfg)  # a valid config...
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        check_machine(cfg)  # ...that this machine cannot run
+
+
+def test_user_errors_are_found_inside_wrapping_exceptions() -> None:
+    from hydra.errors import InstantiationException
+
+    from dataset.contract import DataError
+
+    try:
+        try:
+            raise DataError("label value 4 >= label_nc 3")
+        except DataError as inner:
+            raise InstantiationException("Error in call to target 'x'") from inner
+    except InstantiationException as outer:
+        assert isinstance(user_error(outer), DataError)
+    assert user_error(RuntimeError("a bug")) is None
