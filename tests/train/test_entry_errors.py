@@ -45,13 +45,26 @@ def _main(entry: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: 
         ("train_diffusion", "model.first_stage_ckpt=no.ckpt", ("no.ckpt",)),
         ("train_diffusion", "model.first_stage_ckpt=x.ckpt trainer.max_steps=abc", ("trainer.max_steps",)),
         ("train_vqgan", "dataset=no_such_dataset", ("no_such_dataset",)),  # Hydra's own refusal
+        ("train_label_ae", "trainer.max_steps=abc", ("trainer.max_steps",)),
+        ("train_label_diffusion", "trainer.max_steps=3", ("label_ae_ckpt",)),
     ],
-    ids=["block_size", "label_nc-vs-class_names", "label_nc", "missing-weights", "diffusion-max_steps", "hydra"],
+    ids=[
+        "block_size",
+        "label_nc-vs-class_names",
+        "label_nc",
+        "missing-weights",
+        "diffusion-max_steps",
+        "hydra",
+        "label-ae",
+        "label-diffusion",
+    ],  # fmt: skip
 )
 def test_user_errors_exit_2_with_one_line(
     entry: str, override: str, needles: tuple[str, ...], tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    tiny = TINY_VQGAN if entry == "train_vqgan" else TINY_DIFFUSION
+    tiny = {"train_vqgan": TINY_VQGAN, "train_diffusion": TINY_DIFFUSION}.get(
+        entry, ["dataset=synthetic", "trainer=cpu"]
+    )
     out = tmp_path / "run"
     code, lines, err = _main(entry, [*tiny, f"paths.output_dir={out}", *override.split()], monkeypatch, capsys)
     assert code == 2 and len(lines) == 1, err

@@ -144,3 +144,20 @@ def test_data_order_and_rng_continue_after_resume(tmp_path: Path, workers: int, 
     epochs = straight[:8, :2].reshape(2, 8).sort().values
     assert torch.equal(epochs[0], torch.arange(8.0)) and torch.equal(epochs[1], torch.arange(8.0))  # 2 permutations
     assert not torch.equal(straight[:4, :2], straight[4:8, :2])  # a new order each epoch
+
+
+def test_sampler_stream_shards_ranks_and_honours_the_epoch_limit() -> None:
+    from dataset.datamodule import ResumableSampler
+
+    data = list(range(10))
+    ranks = [list(ResumableSampler(data, seed=1, batch_size=2, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == data  # disjoint shards covering the epoch
+    full = ResumableSampler(data, seed=1, batch_size=2)
+    epoch0 = list(full)
+    limited = ResumableSampler(data, seed=1, batch_size=2, batches_per_epoch=lambda: 2)
+    assert list(limited) == epoch0[:4]  # limit_train_batches=2: the first 2 batches of each epoch
+    for _ in range(2):
+        limited.advance()
+    assert limited.epoch == 0 and list(limited)[:4] != epoch0[:4]  # 2 batches delivered: epoch 1 comes next
+    resumed = ResumableSampler(data, seed=1, batch_size=2, start=3)  # 3 batches of epoch 0 already trained
+    assert list(resumed) == epoch0[6:]
