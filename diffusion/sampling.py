@@ -388,7 +388,8 @@ def sample_images(
     z = model.latent_norm.denormalize(z)
     if return_latents:
         return z
-    return decode_latents(model, z, labels, train_latent, overlap)
+    # the VQ-GAN decoder is convolutional: it decodes the same windows (whole planes by default)
+    return decode_latents(model, z, labels, window, overlap)
 
 
 def _cache_budget(device: torch.device) -> int:
