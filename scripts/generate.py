@@ -213,17 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         suffixes = (".png",) * args.png + (".gif",) * args.gif
         hook = None
         if args.png or args.gif:
-            from dataset.visualization import save_gif, save_montage
+            from dataset.visualization import display_window, save_gif, save_montage
+
+            # one fixed window per modality (HU window for CT outputs), orientation from each label map's affine
+            window = display_window((model.hparams.get("data_info") or {}).get("intensity"), "data")
 
             def hook(vol: LabelVolume, k: int, image: np.ndarray, path: Path) -> None:
-                img = torch.from_numpy(image)
-                shown = (img - img.min()) / (img.max() - img.min() + 1e-8) * 2 - 1  # display scale only
+                shown = torch.from_numpy(image)
                 lab = torch.from_numpy(vol.label)
                 if args.png:
                     save_montage(sidecar_path(path, ".png"), [("label", lab), ("synthetic", shown)],
-                                 label_nc=model.label_nc, overwrite=args.overwrite)  # fmt: skip
+                                 label_nc=model.label_nc, overwrite=args.overwrite, affine=vol.affine,
+                                 window=window)  # fmt: skip
                 if args.gif:
-                    save_gif(sidecar_path(path, ".gif"), shown[None], label=lab[None], overwrite=args.overwrite)
+                    save_gif(sidecar_path(path, ".gif"), shown[None], label=lab[None], overwrite=args.overwrite,
+                             affine=vol.affine, window=window)  # fmt: skip
 
         if args.export_real is not None:
             intensity = (model.hparams.get("data_info") or {}).get("intensity")
