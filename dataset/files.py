@@ -171,9 +171,10 @@ def check_output_dir(folder: str | Path, min_free_bytes: int = 0, what: str = "-
         raise DataError(f"{what} {folder} is an existing file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        # An unnamed file (O_TMPFILE where the OS has it, else created and unlinked at once): a kill during the
+        # probe leaves nothing behind.
+        with tempfile.TemporaryFile(prefix=".write-probe.", dir=folder):
+            pass
     except OSError as err:
         raise DataError(f"{what} {folder} is not writable ({err.strerror or err})") from None
     free = shutil.disk_usage(folder).free

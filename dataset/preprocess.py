@@ -77,9 +77,11 @@ _DATA_DIR_RE = re.compile(r"^blocks-[0-9a-f]{12}$")
 _STAGING_RE = re.compile(r"^\.staging-[0-9a-f]{12}$")
 #: Files preprocessing writes inside a staging or blocks folder (relative POSIX paths); nothing else is deleted.
 _OUR_FILE_RE = re.compile(
-    r"^(\.med-lsdm-blocks\.json|manifest\.json|\.manifest\.json\.[^/]*\.tmp|\.med-lsdm-blocks\.json\.[^/]*\.tmp"
+    r"^(\.med-lsdm-blocks\.json|manifest\.json|\.manifest\.json\.[^/]*\.tmp|\.\.med-lsdm-blocks\.json\.[^/]*\.tmp"
     r"|(train|val|test)/(images|labels)/[^/]+\.nii\.gz)$"
 )
+#: Temporary files of an interrupted marker write (``dataset.files.temp_path_beside`` naming).
+_MARKER_TEMP_RE = re.compile(r"^\.\.med-lsdm-blocks\.json\.[^/]*\.tmp$")
 #: Keys every format-1 manifest (written before ``producer`` existed) has; how such a manifest is recognised.
 _V1_KEYS = frozenset({"format_version", "dataset", "label_nc", "class_names", "options", "splits", "cases", "entries"})
 
@@ -320,7 +322,8 @@ def _our_relpath(value: object) -> str | None:
 def _remove_our_tree(folder: Path) -> bool:
     """Delete the files preprocessing writes in a staging/blocks folder (:data:`_OUR_FILE_RE`), then empty folders.
 
-    Anything else is kept (and the folder with it), with a warning. Returns True when the folder is gone.
+    Anything else is kept (and the folder with it), with a warning. The marker goes last, so a kill midway
+    leaves a folder the next run still recognises. Returns True when the folder is gone.
     """
     if not folder.is_dir() or folder.is_symlink():
         return not folder.exists()
@@ -329,6 +332,8 @@ def _remove_our_tree(folder: Path) -> bool:
         base = Path(here)
         for name in files:
             rel = (base / name).relative_to(folder).as_posix()
+            if rel == MARKER_NAME:
+                continue
             if _OUR_FILE_RE.match(rel) and not (base / name).is_symlink():
                 (base / name).unlink(missing_ok=True)
             else:
@@ -342,6 +347,10 @@ def _remove_our_tree(folder: Path) -> bool:
                 sub.rmdir()
             except OSError:  # not empty: it holds something we did not write
                 pass
+    if foreign or any(p.name != MARKER_NAME for p in folder.iterdir()):
+        log.warning("%s: kept, it holds files preprocessing did not write: %s", folder, foreign[:5])
+        return False
+    (folder / MARKER_NAME).unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:
@@ -415,8 +424,9 @@ def clean_stale(dst: str | Path) -> list[Path]:
     """Remove what killed runs left in ``dst``: staging folders and ``blocks-*`` folders no manifest uses.
 
     A folder is removed only when its marker says we wrote it and the process that wrote it is gone (a run
-    still working on the same ``dst`` keeps its folders); a marker-less empty ``.staging-*`` folder (a kill
-    right after ``mkdir``) is removed too. Returns the removed folders.
+    still working on the same ``dst`` keeps its folders); a marker-less ``.staging-*`` folder that is empty or
+    holds only the marker's temporary file (a kill right after ``mkdir``) is removed too. Returns the removed
+    folders.
     """
     dst = Path(dst)
     if not dst.is_dir():
@@ -429,7 +439,11 @@ def clean_stale(dst: str | Path) -> list[Path]:
             continue
         marker = _read_marker(folder)
         if marker is None:
-            if staging and not any(folder.iterdir()):
+            # A kill between mkdir and the marker's rename leaves an empty folder or one holding only the
+            # marker's temporary file: ours by name and content. Anything else without a marker is kept.
+            if staging and all(p.is_file() and _MARKER_TEMP_RE.match(p.name) for p in folder.iterdir()):
+                for tmp in folder.iterdir():
+                    tmp.unlink()
                 folder.rmdir()
                 removed.append(folder)
             continue

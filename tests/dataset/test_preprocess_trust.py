@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -344,3 +345,27 @@ def test_unwritable_or_full_dst_is_refused_before_any_work(raw, tmp_path: Path, 
     monkeypatch.setattr(pp, "_space_estimate", lambda cases: 2**62)
     assert _run(raw, tmp_path / "dst") == 2
     assert "MiB free, about" in caplog.text and processed == []
+
+
+def test_leftovers_of_a_kill_at_the_first_or_last_instant_are_recognised(old_dataset, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    shutil.copytree(old_dataset, dst)
+    # Killed while writing the marker: the staging folder holds only the marker's temporary file.
+    early = dst / ".staging-00000000000a"
+    early.mkdir()
+    (early / f".{pp.MARKER_NAME}.k2j4x.tmp").write_text("{")
+    # Killed while removing a folder: the marker goes last, so what is left is still recognisably ours.
+    late = dst / "blocks-00000000000b"
+    (late / "train" / "images").mkdir(parents=True)
+    (late / "train" / "images" / "x_b000.nii.gz").write_bytes(b"")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this host that has ended
+    marker = {"producer": "med-lsdm", "pid": gone.pid, "host": socket.gethostname()}
+    (late / pp.MARKER_NAME).write_text(json.dumps(marker))
+    (late / "notes.txt").write_text("not ours")
+    assert not pp._remove_our_tree(late)  # a foreign file keeps the folder, and the marker with it
+    assert (late / pp.MARKER_NAME).is_file() and (late / "notes.txt").is_file()
+    assert not (late / "train").exists()
+    (late / "notes.txt").unlink()
+    assert sorted(p.name for p in pp.clean_stale(dst)) == [early.name, late.name]
+    _clean(dst)
