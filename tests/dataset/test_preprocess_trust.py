@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -368,4 +369,26 @@ def test_leftovers_of_a_kill_at_the_first_or_last_instant_are_recognised(old_dat
     assert not (late / "train").exists()
     (late / "notes.txt").unlink()
     assert sorted(p.name for p in pp.clean_stale(dst)) == [early.name, late.name]
+    _clean(dst)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_times_never_breaks_the_live_dataset(raw, old_dataset, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    shutil.copytree(old_dataset, dst)
+    start = time.perf_counter()
+    assert _run(raw, dst, "--overwrite", "--seed", "2") == 0
+    duration = time.perf_counter() - start
+    rng = random.Random(0)
+    for i in range(30):
+        delay = rng.uniform(0.0, 1.1 * duration)
+
+        def kill_later(pid: int, delay: float = delay) -> None:
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+
+        argv = ["--src", str(raw), "--dst", str(dst), *SMALL, "--overwrite", "--seed", str(10 + i)]
+        assert _fork(lambda: None, argv, on_start=kill_later) in (0, -signal.SIGKILL)
+        _consistent(dst)
+    assert _run(raw, dst, "--overwrite", "--seed", "99") == 0
     _clean(dst)
