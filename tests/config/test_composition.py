@@ -129,16 +129,21 @@ def test_cli_override_of_a_new_intensity_kind() -> None:
     assert OmegaConf.to_container(cfg.dataset.datamodule.dataset.intensity, resolve=True) == expected
 
 
-PAPER_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("duke", "autopet", "synthrad")) and "labels" not in e]
+PAPER_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("duke", "autopet", "synthrad"))]
+# primary config and the trainer values of the one shared block, by the experiment's stage
+KEYS = ("max_steps", "val_check_interval", "limit_val_batches")
+SHARED_BLOCKS = {  # checked in this order: "diffusion" is also in "labels_diffusion"
+    "labels_ae": ("label_ae", dict(zip(KEYS, (100000, 2000, 20), strict=True))),
+    "labels_diffusion": ("label_diffusion", dict(zip(KEYS, (300000, 5000, 20), strict=True))),
+    "diffusion": ("diffusion", dict(zip(KEYS, (700000, 5000, 20), strict=True))),
+    "vqgan": ("vqgan", dict(zip(KEYS, (400000, 2000, 50), strict=True))),
+}
 
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_paper_experiments_share_one_trainer_block(name: str) -> None:
-    primary = "diffusion" if "diffusion" in name else "vqgan"
+    primary, shared = next(v for k, v in SHARED_BLOCKS.items() if k in name)
     cfg = _compose(primary, [f"experiment={name}"])
-    shared = {"max_steps": 400000, "val_check_interval": 2000, "limit_val_batches": 50}
-    if primary == "diffusion":
-        shared = {"max_steps": 700000, "val_check_interval": 5000, "limit_val_batches": 20}
     assert {k: cfg.trainer[k] for k in shared} == shared
     assert cfg.trainer.accelerator == "gpu" and cfg.dataset.datamodule.num_workers == 4
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
