@@ -94,6 +94,15 @@ class ResumableLoader(DataLoader):
                 sampler.advance()
             yield batch
 
+    # Lightning's "stateful loader" interface: it marks the loader as resumable mid-epoch (no "not resumable"
+    # warning). The position itself is restored through VolumeDataModule.load_state_dict, before the loader exists.
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing of its own: the stream position is in the datamodule's state."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore here (see :meth:`state_dict`)."""
+
 
 class VolumeDataModule(pl.LightningDataModule):
     """Train/val/test loaders over a split-aware dataset.
