@@ -109,7 +109,7 @@ def measure_scaling(
     factor = model.latent_factor
     g = torch.Generator().manual_seed(0)
     results: dict = {
-        "block": list(block),
+        "block_size": list(block),
         "volume": list(volume),
         "steps": steps,
         "overlap": overlap,
