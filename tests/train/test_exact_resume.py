@@ -161,3 +161,31 @@ def test_sampler_stream_shards_ranks_and_honours_the_epoch_limit() -> None:
     assert limited.epoch == 0 and list(limited)[:4] != epoch0[:4]  # 2 batches delivered: epoch 1 comes next
     resumed = ResumableSampler(data, seed=1, batch_size=2, start=3)  # 3 batches of epoch 0 already trained
     assert list(resumed) == epoch0[6:]
+
+
+def test_csv_history_survives_a_resume_and_a_new_column(tmp_path: Path) -> None:
+    """Lightning's CSVLogger deletes metrics.csv of a non-empty log folder; ours continues it."""
+    from train.loggers import CSVLogger
+
+    first = CSVLogger(str(tmp_path), name="csv", version="")
+    first.log_metrics({"train/loss": 1.5}, step=0)
+    first.save()
+    second = CSVLogger(str(tmp_path), name="csv", version="")  # the resumed run: same folder, same version
+    second.log_metrics({"train/loss": 1.25}, step=1)
+    second.log_metrics({"train/loss": 1.0, "val/psnr": 20.0}, step=2)  # a column the file does not have yet
+    second.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["step"], r["train/loss"], r["val/psnr"]) for r in rows] == [
+        ("0", "1.5", ""), ("1", "1.25", ""), ("2", "1.0", "20.0")
+    ]  # fmt: skip
+
+
+def test_tensorboard_keeps_the_earlier_event_files(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    for step in (0, 1):  # a run and its resume, same folder and version as config/logger/tensorboard.yaml
+        tb = TensorBoardLogger(str(tmp_path), name="tensorboard", version="", default_hp_metric=False)
+        tb.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        tb.finalize("success")
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
