@@ -350,16 +350,25 @@ class LabelLatentDiffusion(pl.LightningModule):
             voxels.append(norms[:, [2, 0, 1]])  # (D, H, W) = (K, I, J)
         reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
         self.latent_norm.fit_std(latents, all_reduce=(lambda t: reduce(t, reduce_op="sum")) if reduce else None)
-        a = torch.cat(attrs)
+        a, vox = torch.cat(attrs), torch.cat(voxels)
+        if self.trainer.world_size > 1:  # every rank measures the same statistics over all ranks' maps
+            a, vox = self.all_gather(a).flatten(0, 1), self.all_gather(vox).flatten(0, 1)
         if a.shape[0] < 2:
             raise ValueError("attribute statistics need at least two training maps (raise stats_batches)")
         std = a.std(0)
         # a constant attribute (e.g. one class of equal size everywhere) gets unit scale instead of infinity
         self.attr_mean.copy_(a.mean(0).float())
         self.attr_std.copy_(torch.where(std > 1e-6 * a.abs().mean(0).clamp(min=1e-12), std, torch.ones_like(std)))
-        self.voxel_size_dhw.copy_(torch.cat(voxels).median(0).values)
+        self.voxel_size_dhw.copy_(vox.median(0).values)
         self.attr_fitted.fill_(True)
-        log.info("attribute statistics over %d maps: mean %s, std %s", a.shape[0], self.attr_mean, self.attr_std)
+        log.info(
+            "attribute statistics over %d maps: %s",
+            a.shape[0],
+            ", ".join(
+                f"{n} {float(m):.4g} +- {float(sd):.3g}"
+                for n, m, sd in zip(self.attribute_names, self.attr_mean, self.attr_std)
+            ),
+        )
 
     def _stat_batches(self, n: int) -> Iterator[Mapping[str, torch.Tensor]]:
         loader = self.trainer.fit_loop._data_source.dataloader()

@@ -225,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         requested = parse_condition(args.condition)
         if any(v < 0 for k, v in requested.items() if ".centroid_" not in k):
             raise ValueError("--condition: a volume cannot be negative")
-        device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        )
+        try:
+            device = torch.device(
+                ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+            )
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
         if args.condition_from is not None and requested:
             raise ValueError("give either --condition or --condition-from, not both")
         if args.condition_keys and args.condition_from is None:

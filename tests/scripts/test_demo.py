@@ -19,6 +19,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "scripts/demo.py", "--out", str(out), "--vqgan-minutes", "0.4", "--diffusion-minutes", "0.4",
         "--steps", "3", "--seg-steps", "10",
+        "--label-ae-minutes", "0.2", "--label-diffusion-minutes", "0.2", "--label-maps", "4", "--utility-steps", "2",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
@@ -35,6 +36,11 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     dice = json.loads((report / "dice.json").read_text())
     assert "real" in json.dumps(dice) and "synthetic" in json.dumps(dice)
     assert (report / "augment.json").is_file()
+    # the labels stage: new pairs with shared ids, the mask-quality and utility tables, pair montages
+    assert len(list((out / "pairs" / "labels").glob("map*.nii.gz"))) == 4
+    assert len(list((out / "pairs" / "images").glob("map*_s0.nii.gz"))) == 4
+    assert (report / "labels.json").is_file() and (report / "utility.json").is_file()
+    assert "Label-map quality" in (report / "README.md").read_text()
     for vid in test_ids:
         assert (report / f"{vid}_montage.png").stat().st_size > 1000
         assert (report / f"{vid}_synthetic.gif").is_file()
