@@ -25,6 +25,10 @@ from dataset.files import atomic_torch_save
 log = logging.getLogger(__name__)
 
 
+class UnreadableCheckpoints(FileNotFoundError):
+    """A run folder has checkpoints but none of them loads (a user error: exit status 2 at the entry points)."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with an atomic, same-folder save and a ``weights_only=True`` load."""
 
@@ -78,6 +82,9 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> str | None:
     ``checkpoints/*.ckpt``, newest (modification time) first. A candidate that does not load is skipped with a
     warning and the next one is tried, so one damaged file costs the steps since the previous checkpoint instead of
     the whole run.
+
+    Raises:
+        UnreadableCheckpoints: there are checkpoints and none loads (a fresh start would overwrite them).
     """
     out = Path(output_dir)
     ckpt_dir = out / "checkpoints"
@@ -86,11 +93,17 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> str | None:
     candidates = {p for p in [*ckpt_dir.glob("*.ckpt"), *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()}
     # last.ckpt wins a tie: it is written right after a top-k checkpoint of the same step
     ordered = sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    problems = []
     for path in ordered:
         problem = checkpoint_problem(path)
         if problem is None:
             return str(path)
+        problems.append(f"{path.name}: {problem}")
         log.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path, problem)
     if ordered:
-        log.warning("no readable checkpoint in %s: starting a fresh run", out)
+        # starting over here would overwrite them: the user decides (they may be readable by another version)
+        raise UnreadableCheckpoints(
+            f"no checkpoint in {out} loads ({'; '.join(problems)}); move them away or pass ckpt_path=null with "
+            "another paths.output_dir to start a new run"
+        )
     return None

@@ -154,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    resume = resolve_resume_path(cfg.get("ckpt_path"), output_dir)  # before anything is built: it can refuse
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.dataset.datamodule, _convert_="all")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
@@ -165,7 +166,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the full composed config, per run
 
-    resume = resolve_resume_path(cfg.get("ckpt_path"), output_dir)
     if resume:
         log.info("resuming from %s", resume)
     trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume)

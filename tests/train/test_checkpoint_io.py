@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from train.checkpointing import AtomicCheckpointIO, checkpoint_problem
-from train.run import CONFIG_DIR, build_trainer, resolve_resume_path
+from train.checkpointing import AtomicCheckpointIO, UnreadableCheckpoints, checkpoint_problem
+from train.run import CONFIG_DIR, USER_ERRORS, build_trainer, resolve_resume_path
 
 TRAINER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
 
@@ -147,7 +147,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path, caplog: pyte
     assert "skipping unreadable checkpoint" in caplog.text and "last.ckpt" in caplog.text
 
 
-def test_resume_prefers_the_newest_readable_and_starts_fresh_when_none_is(tmp_path: Path) -> None:
+def test_resume_prefers_the_newest_readable_and_refuses_when_none_is(tmp_path: Path) -> None:
     io = AtomicCheckpointIO()
     io.save_checkpoint(_ckpt(8), tmp_path / "checkpoints" / "last.ckpt")
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
@@ -156,9 +156,11 @@ def test_resume_prefers_the_newest_readable_and_starts_fresh_when_none_is(tmp_pa
     assert resolve_resume_path("last", tmp_path) == str(hpc)
     for p in [hpc, tmp_path / "checkpoints" / "last.ckpt"]:
         p.write_bytes(b"garbage")
-    assert resolve_resume_path("last", tmp_path) is None
     torch.save({"not": "a training checkpoint"}, tmp_path / "checkpoints" / "other.ckpt")
-    assert resolve_resume_path("last", tmp_path) is None
+    with pytest.raises(UnreadableCheckpoints, match="no checkpoint in .* loads") as err:
+        resolve_resume_path("last", tmp_path)  # starting over would overwrite them: refused
+    assert "last.ckpt" in str(err.value) and "other.ckpt" in str(err.value)
+    assert isinstance(err.value, USER_ERRORS)  # one line, exit 2 at the entry points
 
 
 class _Linear(pl.LightningModule):

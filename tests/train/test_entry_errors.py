@@ -118,3 +118,12 @@ def test_user_errors_are_found_inside_wrapping_exceptions() -> None:
     except InstantiationException as outer:
         assert isinstance(user_error(outer), DataError)
     assert user_error(RuntimeError("a bug")) is None
+
+
+def test_a_run_folder_whose_checkpoints_all_fail_to_load_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04" + b"\0" * 4092)  # truncated
+    code, lines, err = _main("train_vqgan", [*TINY_VQGAN, f"paths.output_dir={out}"], monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1 and "no checkpoint in" in lines[0], err
+    assert (out / "checkpoints" / "last.ckpt").stat().st_size == 4096  # not overwritten by a fresh start
