@@ -155,7 +155,8 @@ def validate_data_info(info: Any, where: str = "data_info") -> dict[str, Any]:
     """Check plain data info (types, known keys, known dataset); return a normalised copy.
 
     Raises:
-        DataError: not a dict, a ``_target_`` anywhere, an unknown key, a wrong type, an unknown dataset name.
+        DataError: not a dict, a ``_target_`` anywhere, an unknown key, a wrong type, ``dataset_kwargs`` of an
+            unknown dataset. (An unknown name alone is kept: only :func:`build_split` needs the table.)
     """
     if not isinstance(info, Mapping):
         raise DataError(f"{where}: expected a dict, got {type(info).__name__}")
@@ -171,11 +172,11 @@ def validate_data_info(info: Any, where: str = "data_info") -> dict[str, Any]:
             continue
         out[key] = _check(INFO_FIELDS[key], value, f"{where}.{key}")
     name = out.get("name")
-    if name is not None and name not in DATASETS:
-        raise DataError(f"{where}.name: unknown dataset {name!r}; known: {sorted(DATASETS)}")
     if "dataset_kwargs" in info:
         if name is None:
             raise DataError(f"{where}: dataset_kwargs without a dataset name")
+        if name not in DATASETS:
+            raise DataError(f"{where}.name: unknown dataset {name!r}; known: {sorted(DATASETS)}")
         out["dataset_kwargs"] = _check_kwargs(DATASETS[name], info["dataset_kwargs"], f"{where}.dataset_kwargs")
     if "class_names" in out and "label_nc" in out and len(out["class_names"]) != out["label_nc"]:
         raise DataError(f"{where}: {len(out['class_names'])} class_names for label_nc={out['label_nc']}")
@@ -186,8 +187,8 @@ def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Strip a dataset config (``${dataset}``, or an older checkpoint's ``data_info``) to plain, checked data.
 
     The ``datamodule`` node is never instantiated: its dataset's plain arguments that :data:`DATASETS` knows for
-    this dataset are kept as ``dataset_kwargs``; the node itself is dropped (logged). Keys of the dataset config
-    that are not plain data info (e.g. ``datamodule``) are dropped; a ``_target_`` anywhere else is refused.
+    this dataset are kept as ``dataset_kwargs``; the node itself is dropped (logged). Other keys that are not
+    plain data info are dropped with a warning; a ``_target_`` anywhere else is refused.
 
     Raises:
         DataError: see :func:`validate_data_info`.
@@ -197,6 +198,13 @@ def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(config, Mapping):
         raise DataError(f"data_info: expected a dict, got {type(config).__name__}")
     info = {k: v for k, v in config.items() if k not in _CONFIG_ONLY}
+    targets = find_targets(info)
+    if targets:
+        raise DataError(f"data_info: {targets[0]} names code to call; stored dataset information must be plain data")
+    unknown = sorted(set(info) - set(INFO_FIELDS))
+    if unknown:  # e.g. a key a user added to a dataset config: not stored (build_split would refuse it)
+        log.warning("data_info: not stored in the checkpoint: %s (not plain dataset information)", unknown)
+        info = {k: v for k, v in info.items() if k in INFO_FIELDS}
     node = config.get("datamodule")
     if node is not None:
         name = config.get("name")
@@ -233,6 +241,10 @@ def build_split(info: Mapping[str, Any], split: str, root: str | None = None) ->
     name = info.get("name")
     if name is None:
         raise DataError("the checkpoint records no dataset name; pass label files instead of split=...")
+    if name not in DATASETS:  # a dataset config of its own name: label files work, a split cannot be rebuilt
+        raise DataError(
+            f"the checkpoint's dataset {name!r} is not one of {sorted(DATASETS)}; pass label files, not split=..."
+        )
     entry = DATASETS[name]
     kwargs = dict(info.get("dataset_kwargs") or {})
     if root is not None:

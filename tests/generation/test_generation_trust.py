@@ -108,7 +108,7 @@ def test_registry_refuses_unknown_keys_and_wrong_types() -> None:
         ({**good, "label_nc": "4"}, "data_info.label_nc: expected int"),
         ({**good, "label_nc": True}, "data_info.label_nc: expected int"),
         ({**good, "block_size": [16, 16]}, "expected 3 values"),
-        ({**good, "name": "os"}, "unknown dataset 'os'"),
+        ({**good, "name": "os", "dataset_kwargs": {}}, "unknown dataset 'os'"),
         ({**good, "dataset_kwargs": {"root": "/"}}, "unknown dataset argument(s) ['root']"),
         ({**good, "dataset_kwargs": {"seed": 0.5}}, "dataset_kwargs.seed: expected int"),
         ({**good, "intensity": {"kind": "none", "x": {"_target_": "os.system"}}}, "names code to call"),
@@ -116,6 +116,10 @@ def test_registry_refuses_unknown_keys_and_wrong_types() -> None:
     ]:
         with pytest.raises(DataError, match=__import__("re").escape(message)):
             validate_data_info(bad)
+    # a dataset config of its own name trains and generates from files; only split=... needs the table
+    assert validate_data_info({**good, "name": "mydata"})["name"] == "mydata"
+    with pytest.raises(DataError, match="not one of"):
+        build_split({**good, "name": "mydata"}, "test")
     # a Hydra dataset config: the datamodule node is dropped, its plain dataset arguments kept
     cfg = {**good, "datamodule": {"_target_": "x.Y", "dataset": {"_target_": "x.Z", "num_samples": 3, "bogus": 1}}}
     assert plain_data_info(cfg)["dataset_kwargs"] == {"num_samples": 3}
