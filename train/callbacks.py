@@ -92,6 +92,13 @@ class VolumeLogger(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_runs += 1
 
+    # the count of validation runs is in the checkpoint: a resumed run keeps the every_n_val_epochs rhythm
+    def state_dict(self) -> dict[str, int]:
+        return {"val_runs": self._val_runs}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._val_runs = int(state_dict.get("val_runs", 0))
+
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,

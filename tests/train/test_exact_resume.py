@@ -189,3 +189,15 @@ def test_tensorboard_keeps_the_earlier_event_files(tmp_path: Path) -> None:
         tb.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
         tb.finalize("success")
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_volume_logger_keeps_its_rhythm_across_a_resume(vqgan_runs: tuple[Path, Path]) -> None:
+    """VolumeLogger counts validation runs; the count is in the checkpoint, so a resume does not restart it."""
+    from train.callbacks import VolumeLogger
+
+    states = _last(vqgan_runs[1])["callbacks"]
+    key = next(k for k in states if k.startswith("VolumeLogger"))
+    assert states[key] == {"val_runs": 1}  # one validation (end of epoch 0) in 12 steps
+    logger = VolumeLogger(out_dir="unused", every_n_val_epochs=2)
+    logger.load_state_dict(states[key])
+    assert logger.state_dict() == {"val_runs": 1}
