@@ -81,8 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
     p.add_argument("--no-labels", action="store_true", help="skip the labels stage (new label maps and pairs)")
-    p.add_argument("--label-ae-minutes", type=float, default=1.0, help="training budget of the label autoencoder")
-    p.add_argument("--label-diffusion-minutes", type=float, default=1.25, help="budget of the label diffusion")
+    # the label autoencoder is the labels stage's bottleneck at this budget (it must learn every class before the
+    # diffusion can place it), so it gets the larger share
+    p.add_argument("--label-ae-minutes", type=float, default=1.5, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=float, default=1.0, help="budget of the label diffusion")
     p.add_argument("--label-maps", type=int, default=8, help="new (label, image) pairs generated")
     p.add_argument("--utility-regimes", nargs="+", type=int, default=[2, 4], help="real subjects per utility regime")
     p.add_argument("--utility-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the utility experiment")
