@@ -380,7 +380,10 @@ def sample_images(
     labels = labels.to(model.device)
     denoise = WindowedGuidedDenoiser(net, labels, model.label_nc, settings.guidance, window, factor, overlap)
     batch = labels.shape[0] * (2 if 0.0 < settings.guidance != 1.0 else 1)
-    fits = spade_cache_bytes(net, math.prod(latent_shape), batch) <= _cache_budget(model.device)
+    cached_numel = len(denoise.windows) * math.prod(s.stop - s.start for s in denoise.windows[0])
+    fits = spade_cache_bytes(net, cached_numel, batch) <= _cache_budget(model.device)
+    if cache and not fits:
+        log.info("SPADE cache off: it would exceed the memory budget for %d window(s)", len(denoise.windows))
     shape = (model.first_stage.embedding_dim, *latent_shape)
     with spade_cache(net, enabled=cache and fits):
         z = sample_latent(denoise, model.schedule, shape, generators, settings.sampler, settings.steps, settings.eta,
