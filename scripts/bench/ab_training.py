@@ -21,7 +21,7 @@ import torch
 
 from scripts.bench.common import MODELS, RandomVolumes, error_reason, not_available, ratio, size_str, summary
 from scripts.bench.machine import free_memory
-from scripts.bench.switches import SWITCHES, VARIANTS, build_variant, differing, resolve_all
+from scripts.bench.switches import SWITCHES, VARIANTS, build_variant, constants_of, differing, resolve_all
 from scripts.bench.training import fit_steps
 
 log = logging.getLogger("benchmark")
@@ -52,7 +52,8 @@ def time_variants(
     names = list(VARIANTS)
     for r in range(args.ab_rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            timer = fit_steps(models[name], "vqgan", size, args.warmup + args.repeats, 1, args.seed + r, device)
+            with constants_of(name, resolved):
+                timer = fit_steps(models[name], "vqgan", size, args.warmup + args.repeats, 1, args.seed + r, device)
             times[name] += timer.times[args.warmup :]
             log.info(
                 "before/after %s %s round %d: %.3f s/step",
@@ -111,33 +112,45 @@ def bench_ab_training(args: argparse.Namespace, device: torch.device) -> dict[st
         f"LPIPS network are built; ru_maxrss where it cannot be reset), {args.ab_memory_steps} training batches",
         "variants": VARIANTS,
         "switches": {s.key: s.what for s in SWITCHES},
-        "models": [],
     }
-    for name in args.ab_models:
-        spec = MODELS[name]
-        entry: dict[str, Any] = {"model": name, "config": spec.config}
-        out["models"].append(entry)
-        try:
-            probe, _ = build_variant(spec.config, "after", resolve_all(None), args.seed)
-            resolved = resolve_all(probe)
-            del probe
-            entry["resolved"] = resolved
-            entry["differs"] = {v: differing("before", v, resolved) for v in VARIANTS if v != "before"}
-            if not any(entry["differs"].values()):
-                entry.update(not_available("no switch of this comparison exists in this checkout"))
-                continue
-            timed = time_variants(spec.config, size, resolved, args, device)
-        except Exception as err:  # noqa: BLE001 - recorded, the next model still runs
-            log.exception("before/after training %s failed", name)
-            entry.update(status="error", reason=error_reason(err))
+    entries = [_resolve_entry(name, args.seed) for name in args.ab_models]
+    out["models"] = entries
+    # memory children first, while this process is small: a forked child starts with the parent's ru_maxrss
+    for e in entries:
+        if e.get("status") == "pending":
+            e["memory"] = {v: child_memory(e["model"], v, size, e["resolved"], args, device) for v in VARIANTS}
+    for e in entries:
+        if e.get("status") != "pending":
             continue
-        entry["status"] = "ok"
-        entry["step_time_s"] = {v: summary(t) for v, t in timed["times"].items()}
-        entry["max_rel_output_diff_vs_before"] = timed["max_rel_output_diff_vs_before"]
-        entry["memory"] = {v: child_memory(name, v, size, resolved, args, device) for v in VARIANTS}
-        entry["ratios"] = ratios(entry)
-        log.info("before/after %s: %s", name, entry["ratios"])
+        try:
+            timed = time_variants(MODELS[e["model"]].config, size, e["resolved"], args, device)
+        except Exception as err:  # noqa: BLE001 - recorded, the next model still runs
+            log.exception("before/after training %s failed", e["model"])
+            e.update(status="error", reason=error_reason(err))
+            continue
+        e["status"] = "ok"
+        e["step_time_s"] = {v: summary(t) for v, t in timed["times"].items()}
+        e["max_rel_output_diff_vs_before"] = timed["max_rel_output_diff_vs_before"]
+        e["ratios"] = ratios(e)
+        log.info("before/after %s: %s", e["model"], e["ratios"])
     return out
+
+
+def _resolve_entry(name: str, seed: int) -> dict[str, Any]:
+    """The report entry of one model: which switches exist for it ("pending" when there is something to compare)."""
+    spec = MODELS[name]
+    entry: dict[str, Any] = {"model": name, "config": spec.config}
+    try:
+        probe, _ = build_variant(spec.config, "after", resolve_all(None), seed)
+        entry["resolved"] = resolve_all(probe)
+        del probe
+    except Exception as err:  # noqa: BLE001 - recorded, the next model still runs
+        log.exception("before/after training %s failed", name)
+        return {**entry, "status": "error", "reason": error_reason(err)}
+    entry["differs"] = {v: differing("before", v, entry["resolved"]) for v in VARIANTS if v != "before"}
+    if not any(entry["differs"].values()):
+        return {**entry, **not_available("no switch of this comparison exists in this checkout")}
+    return {**entry, "status": "pending"}
 
 
 def ratios(entry: dict[str, Any]) -> dict[str, float | None]:

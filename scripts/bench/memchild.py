@@ -25,7 +25,8 @@ def checked_resolution(resolved: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for s in SWITCHES:
         r = resolved.get(s.key) or {}
         how, name = r.get("how"), r.get("name")
-        allowed = {"hparam": s.hparams, "attribute": (s.attr,) if s.attr else ()}.get(how, ())
+        constant = (f"{s.constant[0]}.{s.constant[1]}",) if s.constant else ()
+        allowed = {"hparam": s.hparams, "attribute": (s.attr,) if s.attr else (), "constant": constant}.get(how, ())
         if how is not None and name not in allowed:
             raise ValueError(f"switch {s.key}: {how} {name!r} is not in the table")
         out[s.key] = {"key": s.key, "how": how, "name": name}
@@ -36,7 +37,7 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     """Build the variant, train ``steps`` batches, return peak RSS (and CUDA peak) in MB."""
     from scripts.bench.common import MODELS
     from scripts.bench.machine import PeakMemory, max_rss_mb
-    from scripts.bench.switches import VARIANTS, build_variant
+    from scripts.bench.switches import VARIANTS, build_variant, constants_of
     from scripts.bench.training import fit_steps
 
     torch.set_num_threads(int(request["threads"]))
@@ -54,7 +55,8 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     memory.reset()  # VmHWM from here on: the fit's working set (ru_maxrss also counts the imports and builds)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timer = fit_steps(model, spec.stage, size, int(request["steps"]), 1, int(request["seed"]), device)
+    with constants_of(variant, resolved):
+        timer = fit_steps(model, spec.stage, size, int(request["steps"]), 1, int(request["seed"]), device)
     fit = memory.result()
     out = {
         "peak_mb": fit["peak_mb"] if memory.resettable else round(max_rss_mb(), 1),

@@ -1,14 +1,18 @@
 """The switches that keep today's VQ-GAN computation next to the faster one, found in this checkout by inspection.
 
 A before/after ratio is only measured for a switch that exists: each one is looked up as a ``VQGANModule``
-argument (an hparam, the way a config sets it) or, failing that, as an attribute its submodules read at every
-forward (``lookup`` of the SPADE decoder and its norms, ``checkpointing`` of the residual blocks). A switch found
-neither way is reported as not available, and the variants then differ only in the switches that exist.
+argument (an hparam, the way a config sets it), as an attribute its submodules read at every forward (``lookup``
+of the SPADE decoder and its norms, ``cpu_onednn`` of the convolutions), or as a module constant read at every call
+(the codebook's distance chunk), set for the duration of a variant's steps. A switch found none of these ways is
+reported as not available, and the variants then differ only in the switches that exist.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,8 @@ class Switch:
         attr: attribute of submodules that holds it when no hparam does (None: hparam only).
         before: its value for today's computation.
         after: its value for the new one (checkpointing stays off: it trades time for memory).
+        constant: (module, name, value of today's computation) of a module constant that holds it; False in a
+            variant sets the constant to that value while the variant runs, True leaves the module's own value.
     """
 
     key: str
@@ -34,6 +40,7 @@ class Switch:
     attr: str | None
     before: bool
     after: bool
+    constant: tuple[str, str, int] | None = None
 
 
 SWITCHES = (
@@ -52,6 +59,23 @@ SWITCHES = (
         None,
         False,
         True,
+    ),
+    Switch(
+        "cpu_onednn",
+        "small fp32 CPU convolutions called on oneDNN directly instead of PyTorch's slow_conv3d",
+        ("cpu_onednn",),
+        "cpu_onednn",
+        False,
+        True,
+    ),
+    Switch(
+        "codebook_chunk",
+        "cache-sized chunks of the codebook's distance matrix",
+        (),
+        None,
+        False,
+        True,
+        ("vq_gan_3d.codebook", "_DISTANCE_CHUNK_ELEMENTS", 2**24),  # the chunk before the cache-sized one
     ),
     Switch(
         "checkpointing",
@@ -82,7 +106,8 @@ def _attr_holders(model: torch.nn.Module, attr: str) -> list[torch.nn.Module]:
 
 
 def resolve(switch: Switch, probe: torch.nn.Module | None = None) -> dict[str, Any]:
-    """How ``switch`` can be set here: ``{"key", "how", "name"}``, ``how`` one of "hparam", "attribute", None.
+    """How ``switch`` can be set here: ``{"key", "how", "name"}``, ``how`` one of "hparam", "attribute",
+    "constant", None.
 
     Args:
         probe: a built VQ-GAN whose submodules are searched for the attribute (SPADE decoder for ``lookup``).
@@ -93,6 +118,11 @@ def resolve(switch: Switch, probe: torch.nn.Module | None = None) -> dict[str, A
         return {"key": switch.key, "how": "hparam", "name": name}
     if switch.attr and probe is not None and _attr_holders(probe, switch.attr):
         return {"key": switch.key, "how": "attribute", "name": switch.attr}
+    if switch.constant is not None:
+        module, const, _ = switch.constant
+        if isinstance(getattr(importlib.import_module(module), const, None), int):
+            return {"key": switch.key, "how": "constant", "name": f"{module}.{const}"}
+        return {"key": switch.key, "how": None, "name": None, "reason": f"{module} has no {const}"}
     reason = f"VQGANModule has none of the arguments {list(switch.hparams)}"
     if switch.attr:
         reason += f" and no submodule has a {switch.attr!r} attribute"
@@ -115,6 +145,22 @@ def apply_attributes(model: torch.nn.Module, values: dict[str, bool], resolved: 
         if resolved[key]["how"] == "attribute":
             for m in _attr_holders(model, resolved[key]["name"]):
                 setattr(m, resolved[key]["name"], value)
+
+
+@contextlib.contextmanager
+def constants_of(variant: str, resolved: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Inside: the module constants of the switches ``variant`` turns off hold today's values; restored after."""
+    saved = []
+    for s in SWITCHES:
+        if s.constant is not None and resolved[s.key]["how"] == "constant" and not VARIANTS[variant][s.key]:
+            module = importlib.import_module(s.constant[0])
+            saved.append((module, s.constant[1], getattr(module, s.constant[1])))
+            setattr(module, s.constant[1], s.constant[2])
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def differing(a: str, b: str, resolved: dict[str, dict[str, Any]]) -> list[str]:
