@@ -46,7 +46,9 @@ def time_variants(
     config: str, size: tuple[int, ...], resolved: dict, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
     """Median step time of every variant, trained in alternating turns; plus the output check before training."""
-    models = {name: build_variant(config, name, resolved, args.seed)[0].to(device) for name in VARIANTS}
+    models = {
+        name: build_variant(config, name, resolved, args.seed, args.ab_label_nc)[0].to(device) for name in VARIANTS
+    }
     diff = output_difference(models, size, args.seed) if device.type == "cpu" else {}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     names = list(VARIANTS)
@@ -77,6 +79,7 @@ def child_memory(
         "size": list(size),
         "steps": args.ab_memory_steps,
         "seed": args.seed,
+        "label_nc": args.ab_label_nc,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "resolved": {k: {"how": v["how"], "name": v["name"]} for k, v in resolved.items()},
@@ -106,6 +109,7 @@ def bench_ab_training(args: argparse.Namespace, device: torch.device) -> dict[st
     out: dict[str, Any] = {
         "status": "ok",
         "size": size_str(size),
+        "label_nc": args.ab_label_nc,
         "rounds": args.ab_rounds,
         "steps_per_turn": f"{args.warmup} warm-up + {args.repeats} timed",
         "memory_kind": "peak RSS of the fit in a child process per variant (VmHWM reset once the model and its "

@@ -61,6 +61,7 @@ def _add_ab_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="VQ-GANs (vqgan_normal vqgan_spade: paper widths; quick: the tiny ones)",
     )
+    g.add_argument("--ab-label-nc", type=int, default=37, help="label classes of the VQ-GANs (37: AutoPET)")
     g.add_argument("--ab-rounds", type=int, default=None, help="alternation rounds (3; quick 2)")
     g.add_argument("--ab-memory-steps", type=int, default=None, help="batches per memory child (2)")
     g.add_argument("--ab-diffusion", choices=DIFFUSION_MODELS, default=None, help="sampling model (diffusion)")
@@ -167,6 +168,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         "gen_steps",
         "gen_repeats",
         "ab_rounds",
+        "ab_label_nc",
         "ab_memory_steps",
         "ab_sample_steps",
         "ab_gen_steps",
@@ -213,6 +215,7 @@ def settings_record(args: argparse.Namespace, device: torch.device) -> dict[str,
             "size": size_str(args.ab_size),
             "models": args.ab_models,
             "rounds": args.ab_rounds,
+            "label_nc": args.ab_label_nc,
             "memory_steps": args.ab_memory_steps,
             "diffusion": args.ab_diffusion,
             "sample_steps": args.ab_sample_steps,

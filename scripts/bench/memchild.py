@@ -47,7 +47,7 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown variant {variant!r}")
     device = torch.device(request.get("device", "cpu"))
     resolved = checked_resolution(request["resolved"])
-    model, info = build_variant(spec.config, variant, resolved, int(request["seed"]))
+    model, info = build_variant(spec.config, variant, resolved, int(request["seed"]), int(request["label_nc"]))
     size = tuple(int(s) for s in request["size"])
     if model.hparams.perceptual_weight > 0:
         model.perceptual_net()  # built on first use: build it now, so its construction is not part of the fit

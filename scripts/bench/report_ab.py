@@ -13,8 +13,9 @@ def training_ab_lines(tr: dict[str, Any]) -> list[str]:
     if tr.get("status") != "ok":
         return lines + [note(tr), ""]
     lines += [
-        f"Image {tr['size']}, batch 1, GAN terms on, {tr['rounds']} rounds of {tr['steps_per_turn']} steps "
-        f"per variant, alternated. Memory: {tr['memory_kind']}; fit +MB: its growth over the RSS before the fit.",
+        f"Image {tr['size']}, {tr.get('label_nc')} label classes, batch 1, GAN terms on, {tr['rounds']} rounds of "
+        f"{tr['steps_per_turn']} steps per variant, alternated. Memory: {tr['memory_kind']}; fit +MB: its growth "
+        "over the RSS before the fit.",
         "",
         "| model | variant | switches changed | step s (median) | time ratio | peak MB | peak ratio "
         "| fit +MB | fit +MB ratio | max rel. output diff | note |",

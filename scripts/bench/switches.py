@@ -169,14 +169,19 @@ def differing(a: str, b: str, resolved: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def build_variant(
-    config: str, variant: str, resolved: dict[str, dict[str, Any]], seed: int
+    config: str, variant: str, resolved: dict[str, dict[str, Any]], seed: int, label_nc: int | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A VQ-GAN of ``config/model/<config>.yaml`` (GAN on) with the switches of ``variant``, seeded weights."""
+    """A VQ-GAN of ``config/model/<config>.yaml`` (GAN on) with the switches of ``variant``, seeded weights.
+
+    Args:
+        label_nc: classes of the label map (the SPADE cost grows with them); None: the config's (mni152, 5).
+    """
     from scripts.bench.build import build_vqgan
 
     values = VARIANTS[variant]
     torch.manual_seed(seed)
-    model, changes = build_vqgan(config, **hparam_changes(values, resolved))
+    extra = {} if label_nc is None else {"label_nc": int(label_nc)}
+    model, changes = build_vqgan(config, **extra, **hparam_changes(values, resolved))
     apply_attributes(model, values, resolved)
     applied = {k: v for k, v in values.items() if resolved[k]["how"] is not None}
     return model, {"config_changes": changes, "switches": applied}

@@ -359,7 +359,7 @@ def test_quick_defaults_and_bad_values() -> None:
     full, quick = parse_args(["--out", "x.json"]), parse_args(["--out", "x.json", "--quick"])
     assert full.ab_size == (32, 64, 64) and full.ab_models == ["vqgan_normal", "vqgan_spade"]
     assert quick.ab_models == ["vqgan_normal_tiny", "vqgan_spade_tiny"] and quick.repeats == 2
-    assert full.ab_gen_sizes == [(32, 32, 32), (64, 64, 64), (64, 128, 128)]
+    assert full.ab_gen_sizes == [(32, 32, 32), (64, 64, 64), (64, 128, 128)] and full.ab_label_nc == 37
     with pytest.raises(SystemExit) as err:
         parse_args(["--out", "x.json", "--ab-rounds", "0"])
     assert err.value.code == 2
@@ -410,6 +410,8 @@ def test_switches_found_and_applied_to_the_spade_vqgan() -> None:
     assert resolved["spade_lookup"]["how"] is not None and resolved["checkpointing"]["how"] is not None
     before, info = switches.build_variant("vq_gan_spade_tiny", "before", resolved, seed=0)
     after, _ = switches.build_variant("vq_gan_spade_tiny", "after + checkpointing", resolved, seed=0)
+    assert after.hparams.checkpointing is True
+    assert switches.build_variant("vq_gan_spade_tiny", "after", resolved, 0, label_nc=7)[0].hparams.label_nc == 7
     assert info["switches"]["spade_lookup"] is False
     assert all(not m.lookup for m in before.modules() if isinstance(m, SPADE))
     assert all(m.lookup for m in after.modules() if isinstance(m, SPADE))
