@@ -196,6 +196,8 @@ def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if config is None:
         return None
     if not isinstance(config, Mapping):
+        if find_targets(config):
+            raise DataError("data_info: names code to call; stored dataset information must be plain data")
         raise DataError(f"data_info: expected a dict, got {type(config).__name__}")
     info = {k: v for k, v in config.items() if k not in _CONFIG_ONLY}
     targets = find_targets(info)

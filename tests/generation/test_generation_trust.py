@@ -69,6 +69,27 @@ def test_a_target_in_any_checkpoint_field_runs_nothing(
     assert not out.exists()
 
 
+def test_every_hyperparameter_field_is_checked(tiny_model: TinyModel, tmp_path: Path) -> None:
+    """The payload in each top-level field and in each field of data_info and first_stage_hparams: refused."""
+    from diffusion.module import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(tiny_model.diffusion, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    paths = [(k,) for k in hp] + [(n, k) for n in ("data_info", "first_stage_hparams") for k in hp[n]]
+    assert len(paths) > 40
+    for path in paths:
+        data = {**ckpt, "hyper_parameters": {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}}
+        node = data["hyper_parameters"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = [1, {"nested": _payload(marker)}]  # deep inside a list too
+        torch.save(data, tmp_path / "c.ckpt")
+        with pytest.raises(DataError, match="names code to call"):
+            load_checkpoint(tmp_path / "c.ckpt")
+        assert not marker.exists(), path
+
+
 def test_an_old_checkpoints_datamodule_node_is_ignored_never_instantiated(
     tiny_model: TinyModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
