@@ -467,36 +467,47 @@ class VQGANModule(pl.LightningModule):
             + hp.video_gan_weight * g["g_volume_loss"]
             + hp.gan_feat_weight * (g["image_gan_feat_loss"] + g["volume_gan_feat_loss"])
         )
+
+        def discriminator_losses() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            d, d_loss = {}, zero
+            for name, disc, real, fake, weight in discs:
+                logits_real = real_out[name][0] if toggle else disc(real.detach())[0]
+                logits_fake = fake_out[name][0] if shared else disc(fake.detach())[0]
+                d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
+                d[f"logits_{name}_real"] = logits_real.detach().mean()
+                d[f"logits_{name}_fake"] = logits_fake.detach().mean()
+                d_loss = d_loss + weight * d[f"d_{name}_loss"]
+            return d, d_loss
+
         opt_g.zero_grad(set_to_none=True)
         opt_d.zero_grad(set_to_none=True)  # the last batch's discriminator gradients: not needed, free them now
         if shared:
-            self.manual_backward(g_loss, inputs=self._generator_params(), retain_graph=bool(discs))
+            # The discriminator backward goes first and keeps only its own (small) part of the graph, which the
+            # generator backward then traverses; the generator backward frees the graph as it goes, so the peak
+            # memory stays that of one backward. Same gradients as in the order of the steps below.
+            d, d_loss = discriminator_losses()
+            if discs:
+                used = [p for _, disc, *_ in discs for p in disc.parameters()]
+                self.manual_backward(d_loss, inputs=used, retain_graph=True)
+            self.manual_backward(g_loss, inputs=self._generator_params())
         else:
             touch = _zero_touch(self._discriminator_params()) if ddp or not toggle else zero
             self.manual_backward(g_loss + touch)
         opt_g.step()  # gradients are clipped in on_before_optimizer_step (after AMP unscaling)
 
-        # 3. Discriminator step on the reconstructions (detached or, shared, not back-propagated into). Before the
-        #    warm-up ends the discriminators get no gradient at all, so Adam skips them (no state, no step count)
-        #    and its bias correction starts with the first real update; opt_d.step() is still called, which keeps
-        #    global_step at 2 per batch.
-        d = {}
-        d_loss = zero
-        for name, disc, real, fake, weight in discs:
-            logits_real = real_out[name][0] if toggle else disc(real.detach())[0]
-            logits_fake = fake_out[name][0] if shared else disc(fake.detach())[0]
-            d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
-            d[f"logits_{name}_real"] = logits_real.detach().mean()
-            d[f"logits_{name}_fake"] = logits_fake.detach().mean()
-            d_loss = d_loss + weight * d[f"d_{name}_loss"]
-        opt_d.zero_grad(set_to_none=True)
-        if ddp:  # DDP expects a gradient for every parameter in every backward
-            self.manual_backward(d_loss + _zero_touch(self._discriminator_params() + self._generator_params()))
-            if not discs:
-                opt_d.zero_grad(set_to_none=True)
-        elif discs:
-            kwargs = {"inputs": [p for _, disc, *_ in discs for p in disc.parameters()]} if shared else {}
-            self.manual_backward(d_loss, **kwargs)
+        # 3. Discriminator step on the detached reconstructions (single process: its gradients are already
+        #    there). Before the warm-up ends the discriminators get no gradient at all, so Adam skips them (no
+        #    state, no step count) and its bias correction starts with the first real update; opt_d.step() is
+        #    still called, which keeps global_step at 2 per batch.
+        if not shared:
+            d, d_loss = discriminator_losses()
+            opt_d.zero_grad(set_to_none=True)
+            if ddp:  # DDP expects a gradient for every parameter in every backward
+                self.manual_backward(d_loss + _zero_touch(self._discriminator_params() + self._generator_params()))
+                if not discs:
+                    opt_d.zero_grad(set_to_none=True)
+            elif discs:
+                self.manual_backward(d_loss)
         opt_d.step()
 
         logs = {

@@ -88,21 +88,30 @@ def run_module_step(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     after_generator_backward: Callable[[], None] | None = None,
+    before_generator_backward: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run the current ``model.training_step`` without a Trainer (GAN state from ``global_step`` = 0).
 
-    ``manual_backward`` becomes ``loss.backward()`` (``after_generator_backward`` runs after the first one),
-    ``optimizers()`` returns ``(opt_g, opt_d)``, logging is captured, gradient clipping is not applied (it runs
-    in ``on_before_optimizer_step`` under a Trainer). Returns the logged values.
+    ``manual_backward`` becomes ``loss.backward(**kwargs)``; ``after_generator_backward`` runs after the
+    generator's backward (the first one without ``inputs`` or with the generator's parameters as ``inputs``) and
+    ``before_generator_backward`` just before it. ``optimizers()`` returns ``(opt_g, opt_d)``, logging is
+    captured, gradient clipping is not applied (it runs in ``on_before_optimizer_step`` under a Trainer).
+    Returns the logged values.
     """
     logged: dict[str, Any] = {}
-    calls = [0]
+    done = [False]
+    first_gen = model._generator_params()[0]
 
     def backward(loss: torch.Tensor, **kwargs: Any) -> None:
+        inputs = kwargs.get("inputs")
+        is_gen = not done[0] and (inputs is None or any(p is first_gen for p in inputs))
+        if is_gen and before_generator_backward is not None:
+            before_generator_backward()
         loss.backward(**kwargs)
-        calls[0] += 1
-        if calls[0] == 1 and after_generator_backward is not None:
-            after_generator_backward()
+        if is_gen:
+            done[0] = True
+            if after_generator_backward is not None:
+                after_generator_backward()
 
     patches = {
         "optimizers": lambda: (opt_g, opt_d),

@@ -10,18 +10,26 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+import vq_gan_3d.module as module_mod
 from tests.vq_gan_3d.helpers import loader, phantom_batch, tiny_model, trainer
 from tests.vq_gan_3d.legacy_step import adam_pair, legacy_training_step, run_module_step
-from vq_gan_3d.module import VQGANModule
+from vq_gan_3d.module import VQGANModule, _frozen
 
 
 def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
     return [None if p.grad is None else p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("toggle", [True, False], ids=["toggled", "original"])
+@pytest.mark.parametrize("mode", ["shared", "ddp-path", "original"])
 @pytest.mark.parametrize("decoder", ["normal", "spade"])
-def test_generator_step_is_bit_identical_and_leaves_discriminator_grads_none(decoder: str, toggle: bool) -> None:
+def test_generator_step_is_bit_identical_and_computes_no_discriminator_grads(
+    decoder: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # shared: single process (one discriminator forward on the fake serves both steps); ddp-path: the code path
+    # taken under DDP (frozen discriminator forward, zero touches), run here without a process group.
+    toggle = mode != "original"
+    if mode == "ddp-path":
+        monkeypatch.setattr(module_mod, "_distributed", lambda: True)
     torch.manual_seed(0)
     base = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
     old = copy.deepcopy(base)
@@ -41,17 +49,47 @@ def test_generator_step_is_bit_identical_and_leaves_discriminator_grads_none(dec
         torch.manual_seed(100 + step)
         run_module_step(
             new, batch, *new_opts,
+            before_generator_backward=lambda: seen.update(pre_d=_grads(new._discriminator_params())),  # noqa: B023
             after_generator_backward=lambda: seen.update(  # noqa: B023
                 new_g=_grads(new._generator_params()), new_d=_grads(new._discriminator_params())
             ),
         )  # fmt: skip
         assert all(a is not None and torch.equal(a, b) for a, b in zip(seen["old_g"], seen["new_g"]))
-        if toggle:
-            assert all(g is None for g in seen["new_d"])  # no discriminator weight gradient was computed
+        if mode == "shared":
+            # The discriminator backward (restricted to the discriminators) ran just before the generator's, which
+            # leaves those gradients exactly as they were: it computes no discriminator weight gradient.
+            assert all(g is not None for g in seen["pre_d"])
+            assert all(torch.equal(a, b) for a, b in zip(seen["pre_d"], seen["new_d"]))
+        elif mode == "ddp-path":
+            # Gradients were cleared before; the zero touch that DDP needs gives exact zeros, nothing else.
+            assert all(g is None for g in seen["pre_d"])
+            assert all(g is not None and not g.any() for g in seen["new_d"])
         else:
             assert any(g is not None and g.abs().sum() > 0 for g in seen["new_d"])  # the original, wasteful path
         for (k, a), b in zip(old.state_dict().items(), new.state_dict().values()):
             assert torch.equal(a, b), (step, k)
+
+
+def test_frozen_discriminator_forward_gives_input_grads_and_no_weight_grads() -> None:
+    from vq_gan_3d.discriminator import PatchGAN
+
+    torch.manual_seed(1)
+    disc = PatchGAN(3, 1, channels=4, num_layers=2)
+    x = torch.randn(2, 1, 16, 16, 16)
+    grads = []
+    for frozen in (True, False):
+        disc.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_()
+        if frozen:
+            with _frozen(disc):
+                logits, feats = disc(xx)
+            assert all(p.requires_grad for p in disc.parameters())  # restored on exit
+        else:
+            logits, feats = disc(xx)
+        (logits.mean() + sum(f.abs().mean() for f in feats)).backward()
+        grads.append(xx.grad)
+        assert all(p.grad is None for p in disc.parameters()) == frozen
+    assert torch.equal(grads[0], grads[1])  # the generator-side gradient is bit-identical
 
 
 class _DiscAdamProbe(pl.Callback):
