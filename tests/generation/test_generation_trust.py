@@ -79,7 +79,9 @@ def test_every_hyperparameter_field_is_checked(tiny_model: TinyModel, tmp_path: 
     paths = [(k,) for k in hp] + [(n, k) for n in ("data_info", "first_stage_hparams") for k in hp[n]]
     assert len(paths) > 40
     for path in paths:
-        data = {**ckpt, "hyper_parameters": {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}}
+        # no weights: the file is refused on its hyperparameters, before any tensor is looked at
+        copied = {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}
+        data = {"state_dict": {}, "hyper_parameters": copied}
         node = data["hyper_parameters"]
         for key in path[:-1]:
             node = node[key]
