@@ -84,26 +84,28 @@ def time_steps(models: dict[str, VQGANModule], batch: dict[str, torch.Tensor], s
     return times
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set in MiB: ``VmHWM`` (per address space, so not inherited from the parent
-    that forked it, unlike ``ru_maxrss`` after exec on Linux), else ``ru_maxrss``."""
+def _rss_mib(field: str = "VmHWM") -> float:
+    """This process's resident set in MiB from /proc/self/status: ``VmHWM`` the peak (per address space, so
+    not inherited from the parent that forked it, unlike ``ru_maxrss`` after exec on Linux), ``VmRSS`` now.
+    Without /proc: ``ru_maxrss``."""
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss_mib(args: argparse.Namespace, variant: str) -> float:
-    """Peak resident set (MiB) of a fresh process that runs ``args.mem_steps`` steps of ``variant``."""
+def peak_rss_mib(args: argparse.Namespace, variant: str) -> dict[str, float]:
+    """``{"peak", "base"}`` resident set (MiB) of a fresh process that runs ``args.mem_steps`` steps of
+    ``variant``: its peak, and its size once model, optimisers and batch exist (before the first step)."""
     cmd = [sys.executable, "-m", "tests.vq_gan_3d.bench_step", "--child", variant, "--config", args.config,
            "--size", *map(str, args.size), "--label-nc", str(args.label_nc),
            "--mem-steps", str(args.mem_steps)]  # fmt: skip
     if args.lpips:
         cmd.append("--lpips")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mib"])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -126,9 +128,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.child == "before":
             codebook_mod._DISTANCE_CHUNK_ELEMENTS = OLD_CHUNK
         opt_g, opt_d = adam_pair(model)
+        base = _rss_mib("VmRSS")
         for _ in range(args.mem_steps):
             run_module_step(model, batch, opt_g, opt_d)
-        result = {"peak_rss_mib": _peak_rss_mib()}
+        result = {"peak": _rss_mib("VmHWM"), "base": base}
         print(json.dumps(result))  # noqa: T201 - the parent reads this line
         return result
     result: dict[str, Any] = {
@@ -136,11 +139,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lpips": args.lpips,
     }  # fmt: skip
     if not args.no_memory:  # first, while this process is still small
-        rss = {v: round(peak_rss_mib(args, v), 1) for v in VARIANTS}
-        result["peak_rss_mib"] = rss
-        result["rss_ratio_ckpt_before"] = round(rss["after+ckpt"] / rss["before"], 3)
-        result["rss_ratio_ckpt_after"] = round(rss["after+ckpt"] / rss["after"], 3)
-        result["rss_ratio_after_before"] = round(rss["after"] / rss["before"], 3)
+        mem = {v: peak_rss_mib(args, v) for v in VARIANTS}
+        rss = {v: round(m["peak"], 1) for v, m in mem.items()}
+        work = {v: round(m["peak"] - m["base"], 1) for v, m in mem.items()}  # what the step itself adds
+        result.update(
+            peak_rss_mib=rss, base_rss_mib={v: round(m["base"], 1) for v, m in mem.items()}, step_working_mib=work,
+            rss_ratio_after_before=round(rss["after"] / rss["before"], 3),
+            rss_ratio_ckpt_before=round(rss["after+ckpt"] / rss["before"], 3),
+            working_ratio_after_before=round(work["after"] / work["before"], 3),
+            working_ratio_ckpt_before=round(work["after+ckpt"] / work["before"], 3),
+        )  # fmt: skip
     if not args.no_timing:
         models = {v: build(args.config, v, args.label_nc, args.lpips) for v in VARIANTS}
         times = time_steps(models, batch, args.steps)
