@@ -439,9 +439,10 @@ class VQGANModule(pl.LightningModule):
         # to its own network's parameters (``inputs=``), so the generator backward computes no discriminator
         # weight gradients and the discriminator backward does not reach into the generator. Under DDP, whose
         # reducer expects every parameter in every backward, the generator step's discriminator forward is
-        # built without edges to the discriminator weights instead, and the discriminator step runs its own.
+        # built without edges to the discriminator weights instead, and the discriminator step runs its own; so
+        # with fp16 loss scaling, whose scale may change at the generator's optimiser step.
         ddp = _distributed()
-        shared = toggle and not ddp
+        shared = toggle and not ddp and not self._loss_scaled()
         fake_out: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         g = {"g_image_loss": zero, "g_volume_loss": zero, "image_gan_feat_loss": zero, "volume_gan_feat_loss": zero}
         for name, disc, real, fake, _ in discs:
@@ -525,6 +526,11 @@ class VQGANModule(pl.LightningModule):
             logs["perceptual_loss"] = perceptual
         self.log("train/rec_loss", logs.pop("rec_loss"), on_step=True, prog_bar=True, batch_size=x.shape[0])
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, batch_size=x.shape[0])
+
+    def _loss_scaled(self) -> bool:
+        """True when a GradScaler scales the losses (fp16 AMP); it updates its scale at every optimiser step."""
+        trainer = self._trainer
+        return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip the global gradient norm of the optimiser about to step (after AMP has unscaled the gradients)."""
