@@ -11,7 +11,10 @@ Two speed-ups keep the result of the plain formulation:
   decoder turns into one), the first conv over the one-hot map is a lookup: at every voxel the conv adds one
   weight column per kernel offset, the one of the neighbour's class (zero-padding = a class whose column is 0).
   Label maps are piecewise constant, so the distinct neighbourhood patterns are few; the hidden map is computed
-  once per pattern and gathered. ``SPADE(..., lookup=False)`` keeps the plain conv over the one-hot map.
+  once per pattern. The gamma/beta conv over the hidden map is then a function of the neighbourhood of hidden
+  patterns, so it is computed once per distinct such neighbourhood and gathered: no full-resolution hidden map
+  exists. Equal to the convs up to summation order (bit-identical when every sum is exact, tested).
+  ``SPADE(..., lookup=False)`` keeps the plain conv over the one-hot map and two gamma/beta convs.
 * **Fused gamma/beta.** One conv with ``2C`` outputs (``mlp_gamma_beta``) replaces the two ``C``-output convs;
   old state dicts with ``mlp_gamma.*`` / ``mlp_beta.*`` load through a pre-hook that concatenates them.
 
