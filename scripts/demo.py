@@ -39,7 +39,6 @@ from omegaconf import DictConfig
 log = logging.getLogger("demo")
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes under this folder")
@@ -174,8 +173,11 @@ def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | 
         real, affine = load_image(out / "data" / "test" / "images" / f"{vid}.nii.gz")
         label, _ = load_label(out / "data" / "test" / "labels" / f"{vid}.nii.gz")
         fake, _ = load_image(out / "synthetic" / f"{vid}_s0.nii.gz")
-        rows = [("real", torch.from_numpy(real)), ("label", torch.from_numpy(label)),
-                ("synthetic", torch.from_numpy(fake))]
+        rows = [
+            ("real", torch.from_numpy(real)),
+            ("label", torch.from_numpy(label)),
+            ("synthetic", torch.from_numpy(fake)),
+        ]
         save_montage(report / f"{vid}_montage.png", rows, num_slices=8, label_nc=label_nc, affine=affine,
                      class_names=class_names)  # fmt: skip
         for name, vol in (("real", real), ("synthetic", fake)):
@@ -270,14 +272,35 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1-2. the two training stages, through the real entry points
     common = [f"paths.data_dir={data_dir}", *args.extra]
-    run([py, "-m", "train.train_vqgan", vqgan_experiment, f"paths.output_dir={out / 'vqgan'}",
-         f"trainer.max_time={_max_time(args.vqgan_minutes)}", *common], commands)
+    run(
+        [
+            py,
+            "-m",
+            "train.train_vqgan",
+            vqgan_experiment,
+            f"paths.output_dir={out / 'vqgan'}",
+            f"trainer.max_time={_max_time(args.vqgan_minutes)}",
+            *common,
+        ],
+        commands,
+    )
     stage1 = best_checkpoint(out / "vqgan" / "checkpoints")
     stage2_model = ["model=diffusion_rflow_tiny"] if args.objective == "rflow" else []
-    run([py, "-m", "train.train_diffusion", "experiment=mni152_diffusion_cpu", *stage2_model,
-         f"model.first_stage_ckpt={stage1}",
-         f"paths.output_dir={out / 'diffusion'}", f"trainer.max_time={_max_time(args.diffusion_minutes)}",
-         f"trainer.max_steps={args.diffusion_steps}", *common], commands)
+    run(
+        [
+            py,
+            "-m",
+            "train.train_diffusion",
+            "experiment=mni152_diffusion_cpu",
+            *stage2_model,
+            f"model.first_stage_ckpt={stage1}",
+            f"paths.output_dir={out / 'diffusion'}",
+            f"trainer.max_time={_max_time(args.diffusion_minutes)}",
+            f"trainer.max_steps={args.diffusion_steps}",
+            *common,
+        ],
+        commands,
+    )
     stage2 = out / "diffusion" / "checkpoints" / "last.ckpt"
 
     # 3. the training and held-out subjects as files (what a user would have on disk)
@@ -292,10 +315,36 @@ def main(argv: list[str] | None = None) -> int:
     # sampler and steps: the checkpoint's own (sampler, sample_steps of diffusion_rflow_tiny or diffusion_tiny)
     steps = ["--steps", str(args.steps)] if args.steps else []
     gen_opts = [*steps, "--seed", "0", "--batch-size", "4"]
-    run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(test / "labels"),
-         "--out", str(out / "synthetic"), *gen_opts], commands)
-    run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", str(train / "labels"),
-         "--out", str(out / "synthetic_train"), *gen_opts], commands)
+    run(
+        [
+            py,
+            "-m",
+            "scripts.generate",
+            "--ckpt",
+            str(stage2),
+            "--labels",
+            str(test / "labels"),
+            "--out",
+            str(out / "synthetic"),
+            *gen_opts,
+        ],
+        commands,
+    )
+    run(
+        [
+            py,
+            "-m",
+            "scripts.generate",
+            "--ckpt",
+            str(stage2),
+            "--labels",
+            str(train / "labels"),
+            "--out",
+            str(out / "synthetic_train"),
+            *gen_opts,
+        ],
+        commands,
+    )
 
     # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
     metrics = (args.metrics or available_metrics()) + ",privacy"
@@ -303,19 +352,91 @@ def main(argv: list[str] | None = None) -> int:
     # the exported real volumes are dataset samples, in the model's [-1, 1]; the synthetic folders' range is read
     # from generation's run record (evaluation needs a stated or recorded range, never a default)
     real_range = ["--real-range", "-1", "1"]
-    run([py, "-m", "evaluation.compute_metrics", "--real", str(test / "images"), "--fake", str(out / "synthetic"),
-         "--labels", str(test / "labels"), "--train", str(train / "images"), "--metrics", metrics, *real_range,
-         "--out", str(report / "metrics.json")], commands)
+    run(
+        [
+            py,
+            "-m",
+            "evaluation.compute_metrics",
+            "--real",
+            str(test / "images"),
+            "--fake",
+            str(out / "synthetic"),
+            "--labels",
+            str(test / "labels"),
+            "--train",
+            str(train / "images"),
+            "--metrics",
+            metrics,
+            *real_range,
+            "--out",
+            str(report / "metrics.json"),
+        ],
+        commands,
+    )
     seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0", *real_range]
-    run([py, "-m", "evaluation.segmentation", "train", "--images", str(train / "images"), "--labels",
-         str(train / "labels"), *seg, "--out", str(out / "segmenter" / "real.pt")], commands)
-    run([py, "-m", "evaluation.segmentation", "evaluate", "--model", str(out / "segmenter" / "real.pt"),
-         "--labels", str(test / "labels"), "--real", str(test / "images"), "--fake", str(out / "synthetic"),
-         "--class-names", *class_names, "--out", str(report / "dice.json")], commands)
-    run([py, "-m", "evaluation.segmentation", "augment", "--train-images", str(train / "images"), "--train-labels",
-         str(train / "labels"), "--synth-images", str(out / "synthetic_train"), "--synth-labels",
-         str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
-         "--class-names", *class_names, *seg, "--out", str(report / "augment.json")], commands)
+    run(
+        [
+            py,
+            "-m",
+            "evaluation.segmentation",
+            "train",
+            "--images",
+            str(train / "images"),
+            "--labels",
+            str(train / "labels"),
+            *seg,
+            "--out",
+            str(out / "segmenter" / "real.pt"),
+        ],
+        commands,
+    )
+    run(
+        [
+            py,
+            "-m",
+            "evaluation.segmentation",
+            "evaluate",
+            "--model",
+            str(out / "segmenter" / "real.pt"),
+            "--labels",
+            str(test / "labels"),
+            "--real",
+            str(test / "images"),
+            "--fake",
+            str(out / "synthetic"),
+            "--class-names",
+            *class_names,
+            "--out",
+            str(report / "dice.json"),
+        ],
+        commands,
+    )
+    run(
+        [
+            py,
+            "-m",
+            "evaluation.segmentation",
+            "augment",
+            "--train-images",
+            str(train / "images"),
+            "--train-labels",
+            str(train / "labels"),
+            "--synth-images",
+            str(out / "synthetic_train"),
+            "--synth-labels",
+            str(train / "labels"),
+            "--test-images",
+            str(test / "images"),
+            "--test-labels",
+            str(test / "labels"),
+            "--class-names",
+            *class_names,
+            *seg,
+            "--out",
+            str(report / "augment.json"),
+        ],
+        commands,
+    )
 
     # 5b. the labels stage: new label maps and their images
     label_tables, pair_lines = ([], []) if args.no_labels else labels_stage(
@@ -326,12 +447,23 @@ def main(argv: list[str] | None = None) -> int:
     figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names))
     tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")] + label_tables
     elapsed = time.time() - t0
-    lines = ["# Med-LSDM demo report (embedded MNI152 dataset, CPU)", "",
-             f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, "
-             f"training subjects: {len(train_ids)}.",
-             "", *tables, "", *figure_lines,
-             "## Commands", "", "```", *commands, "```", "",
-             "## Montages (rows: real | label | synthetic)", ""]
+    lines = [
+        "# Med-LSDM demo report (embedded MNI152 dataset, CPU)",
+        "",
+        f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, training subjects: {len(train_ids)}.",
+        "",
+        *tables,
+        "",
+        *figure_lines,
+        "## Commands",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "## Montages (rows: real | label | synthetic)",
+        "",
+    ]
     lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]
     lines += pair_lines
     (report / "README.md").write_text("\n".join(lines) + "\n")

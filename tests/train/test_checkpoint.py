@@ -75,7 +75,11 @@ def test_lightning_alone_leaves_last_at_the_best_step(tmp_path: Path) -> None:
     """Why the subclass exists: if Lightning fixes this, the subclass can go (this test then fails)."""
     ckpt_dir = tmp_path / "checkpoints"
     stock = pl.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{step}", monitor="val/loss", save_top_k=1, save_last=True,
+        dirpath=ckpt_dir,
+        filename="best-{step}",
+        monitor="val/loss",
+        save_top_k=1,
+        save_last=True,
         auto_insert_metric_name=False,
     )
     _fit(tmp_path, 12, stock)
