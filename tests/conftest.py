@@ -25,3 +25,7 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+# The tiny trained checkpoint pair, registered here once so that generation, labels and benchmark tests share it.
+from tests.tiny_checkpoints import tiny_model  # noqa: E402, F401

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.generation.conftest import tiny_model  # noqa: F401  (the tiny stage-1/stage-2 pair, for the chain test)
 from tests.train.helpers import run_entry
 
 TINY_LABELS = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false"]
