@@ -36,7 +36,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from dataset import DataError
+from dataset.files import check_output_dir, read_run_record, write_run_record
+
 log = logging.getLogger("demo")
+#: The demo's run record: marks its output folder as ours, so ``--overwrite`` never deletes anything else.
+DEMO_RECORD = "demo.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,17 +135,21 @@ def dataset_config(data_dir: Path) -> DictConfig:
 
 def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
     """Write the split's real images and label maps as NIfTI (what a user would have on disk)."""
-    import hydra
+    from omegaconf import OmegaConf
 
+    from dataset.files import check_name
     from dataset.nifti import save_nifti
+    from dataset.registry import build_split, plain_data_info
 
-    ds = hydra.utils.instantiate(dataset_cfg.datamodule, _convert_="all").dataset(split)
+    # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
+    ds = build_split(plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True)), split)
     ids = []
     for i in range(len(ds)):
         s = ds[i]
-        save_nifti(out / "images" / f"{s['id']}.nii.gz", s["image"], s["affine"])
-        save_nifti(out / "labels" / f"{s['id']}.nii.gz", s["label"], s["affine"])
-        ids.append(str(s["id"]))
+        vid = check_name(str(s["id"]), f"{split}[{i}] id")
+        save_nifti(out / "images" / f"{vid}.nii.gz", s["image"], s["affine"])
+        save_nifti(out / "labels" / f"{vid}.nii.gz", s["label"], s["affine"])
+        ids.append(vid)
     return ids
 
 
@@ -257,11 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     out: Path = args.out
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             log.error("%s exists; pass --overwrite to delete it and start over", out)
             return 2
+        if read_run_record(out / DEMO_RECORD) is None:  # --overwrite deletes only a folder a demo run wrote
+            log.error("%s holds no %s of a demo run: not ours to delete; choose another --out", out, DEMO_RECORD)
+            return 2
         shutil.rmtree(out)
+    try:
+        check_output_dir(out)
+    except DataError as err:
+        log.error("%s", err)
+        return 2
+    write_run_record(out / DEMO_RECORD, {"command": "scripts/demo.py", "argv": list(argv or sys.argv[1:])})
     data_dir = args.data_dir or out / "data_cache"
     py = sys.executable
     # Every stage is a subprocess and inherits the thread count (torch reads OMP_NUM_THREADS at start-up).

@@ -50,3 +50,18 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     # A second run refuses to replace the report.
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_overwrite_deletes_only_a_folder_a_demo_run_wrote(tmp_path: Path) -> None:
+    """``--overwrite`` on a folder without the demo's run record is refused and the folder is left untouched."""
+    from scripts import demo
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.nii.gz").write_bytes(b"precious")
+    assert demo.main(["--out", str(foreign), "--overwrite"]) == 2
+    assert (foreign / "thesis.nii.gz").read_bytes() == b"precious"
+
+    (foreign / demo.DEMO_RECORD).write_text(json.dumps({"producer": "someone-else"}))
+    assert demo.main(["--out", str(foreign), "--overwrite"]) == 2  # a record, but not ours
+    assert (foreign / "thesis.nii.gz").is_file()
