@@ -144,42 +144,7 @@ class AttributeDenoiser(nn.Module):
         return self.unet.predict(x, t, None, time_offset=self.attributes(values, mask))
 
 
-# ---------------------------------------------------------------------- sampling loop
-def run_sampler(
-    schedule: NoiseSchedule,
-    denoise: Any,
-    x: torch.Tensor,
-    sampler: str,
-    steps: int | None,
-    eta: float,
-    generator: torch.Generator | None,
-    start_t: int | None = None,
-) -> torch.Tensor:
-    """Integrate from ``x`` at noise level ``start_t`` (None: pure noise at T) down to a clean latent.
-
-    The loop of :meth:`NoiseSchedule.sample`, restricted to the inference timesteps at or below ``start_t``, for
-    what :func:`diffusion.sampling.sample_latent` (pure noise only) does not cover: denoising a partly noised
-    latent (``--like``).
-
-    Returns:
-        (B, C, d, h, w) float32.
-    """
-    pairs = schedule.inference_timesteps(sampler, steps, int(x[0, 0].numel()))
-    if start_t is not None:
-        pairs = [(t, tn) for t, tn in pairs if t <= start_t]
-    x = x.float()
-    for t, t_next in pairs:
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = denoise(x, t_batch).float()
-        if sampler == "ddpm":
-            x = schedule.ddpm.step(out, t, x, generator=generator)[0]
-        elif sampler == "ddim":
-            x = schedule.ddim.step(out, t, x, eta=eta, generator=generator)[0]
-        else:
-            x = schedule.rflow.step(out, t, x, t_next)[0]
-    return x
-
-
+# ---------------------------------------------------------------------- partial denoising (--like)
 def first_timestep(
     schedule: NoiseSchedule, sampler: str, steps: int | None, latent_numel: int, strength: float
 ) -> int:
@@ -521,7 +486,7 @@ class LabelLatentDiffusion(pl.LightningModule):
             z0 = self.encode_labels(like.to(self.device))
             t0 = torch.full((b,), start_t, device=self.device, dtype=torch.long)
             x = self.schedule.add_noise(z0, noise, t0)
-            z = run_sampler(self.schedule, denoise, x, sampler, steps, eta, gens[0], start_t)
+            z = self.schedule.sample(denoise, x, sampler, steps, eta, gens[0], start_t=start_t)
         return self.latent_norm.denormalize(z)
 
     @torch.no_grad()

@@ -281,8 +281,9 @@ class NoiseSchedule:
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        start_t: int | None = None,
     ) -> torch.Tensor:
-        """Run a sampler from pure noise to a clean latent.
+        """Run a sampler from pure noise (or from a partly noised latent) to a clean latent.
 
         Args:
             denoise: ``denoise(x (B, C, d, h, w), t (B,)) -> model output`` (guidance already folded in).
@@ -292,6 +293,8 @@ class NoiseSchedule:
             eta: DDIM noise scale (0 deterministic, 1 ancestral); ignored by the other samplers.
             generator: RNG for the stochastic samplers, on ``noise``'s device; same generator state, same result.
             progress: show a tqdm bar.
+            start_t: ``noise`` is a latent noised to this timestep (SDEdit-style variations): only the inference
+                timesteps at or below it are run. None: ``noise`` is pure noise at T.
 
         Returns:
             (B, C, d, h, w) float32 latent.
@@ -301,6 +304,8 @@ class NoiseSchedule:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         pairs = self.inference_timesteps(sampler, steps, int(noise[0, 0].numel()))
+        if start_t is not None:
+            pairs = [(t, tn) for t, tn in pairs if t <= start_t]
         x = noise.float()
         for t, t_next in tqdm(pairs, desc=f"{sampler} sampling", disable=not progress, leave=False):
             t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

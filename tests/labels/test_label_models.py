@@ -15,7 +15,6 @@ from diffusion.label_diffusion import (
     attribute_names,
     first_timestep,
     label_attributes,
-    run_sampler,
     voxel_volume_ml,
 )
 from diffusion.schedulers import NoiseSchedule
@@ -159,15 +158,22 @@ def test_sampling_is_seeded_guided_and_like_stays_close(objective: str, sampler:
     assert (near - source).abs().mean() < 0.5 * (far - source).abs().mean()
 
 
-def test_run_sampler_from_pure_noise_equals_schedule_sample() -> None:
+def test_partial_sampling_runs_only_the_steps_below_start_t() -> None:
     sched = NoiseSchedule("rflow", 1000, prediction_type="v_prediction")
     x = torch.randn(1, 2, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(int(t[0]))
         return -z * 0.5
 
-    assert torch.equal(run_sampler(sched, denoise, x, "rflow", 5, 0.0, None), sched.sample(denoise, x, "rflow", 5))
+    full = sched.sample(denoise, x, "rflow", 5)
+    all_steps, seen[:] = list(seen), []
     start = first_timestep(sched, "rflow", 5, 8, 0.5)
+    assert torch.equal(sched.sample(denoise, x, "rflow", 5, start_t=all_steps[0]), full)  # start at T: the full loop
+    seen.clear()
+    sched.sample(denoise, x, "rflow", 5, start_t=start)
+    assert seen == [t for t in all_steps if t <= start] and 0 < len(seen) < len(all_steps)
     assert start <= 500
     with pytest.raises(ValueError, match="strength"):
         first_timestep(sched, "rflow", 5, 8, 0.0)
