@@ -75,3 +75,24 @@ def run_cli(
         logger.error("%s", err)
         return 2
     return 0
+
+
+def add_range_arguments(p: argparse.ArgumentParser, real_what: str, fake_what: str) -> None:
+    """``--data-range`` / ``--real-range`` / ``--fake-range`` / ``--clip``, the same in every evaluation tool.
+
+    There is no default range: without these options the range recorded with the files is used
+    (``evaluation.intensity``), and without a record the tool stops and shows the volumes' observed min/max.
+    """
+    p.add_argument(
+        "--data-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="intensity range the volumes are stored in, mapped to [0, 1] (e.g. -1 1, or -1000 1000 for CT in "
+        "HU). Default: the range recorded with the files (generation.json of scripts/generate.py, manifest.json "
+        "of preprocessing); without a record this option is required",
+    )
+    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help=f"--data-range for {real_what}")
+    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help=f"--data-range for {fake_what}")
+    p.add_argument("--clip", action="store_true", help="clip voxels outside the range (counted) instead of failing")

@@ -35,7 +35,7 @@ from dataset.files import read_run_record
 from dataset.nifti import load_image
 from evaluation import image_metrics as im
 from evaluation import weights as W
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter, add_range_arguments, check_output_files, run_cli
 from evaluation.frechet import FeatureStats, fid_from_stats, rank_warning
 from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.medicalnet import FID3D_CONVENTIONS
@@ -470,19 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is an error. Default: every image metric whose weights are on this machine (the others are skipped "
         "with a warning), plus privacy when --train is given",
     )
-    p.add_argument(
-        "--data-range",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("LO", "HI"),
-        help="intensity range the volumes are stored in, mapped to [0, 1] (e.g. -1 1, or -1000 1000 for CT in "
-        "HU). Default: the range recorded with the files (generation.json of scripts/generate.py, manifest.json "
-        "of preprocessing); without a record this option is required",
-    )
-    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for --real/--train")
-    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for --fake only")
-    p.add_argument("--clip", action="store_true", help="clip voxels outside the range (counted) instead of failing")
+    add_range_arguments(p, "--real/--train", "--fake only")
     p.add_argument(
         "--fid3d-convention",
         default="project",

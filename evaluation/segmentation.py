@@ -41,7 +41,7 @@ from dataset.files import (
     write_run_record,
 )
 from dataset.nifti import load_pair, save_nifti, strip_nifti_suffix
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter, add_range_arguments, check_output_files, run_cli
 from evaluation.dice import per_class_dice, summarise_dice
 from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.pairing import pair_folders
@@ -450,19 +450,7 @@ def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=out_help)
-    p.add_argument(
-        "--data-range",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("LO", "HI"),
-        help="intensity range the images are stored in, mapped to [0, 1] (e.g. -1 1, or -1000 1000 for CT in HU). "
-        "Default: the range recorded with the files (generation.json, preprocessing's manifest.json); without a "
-        "record this option is required",
-    )
-    p.add_argument("--real-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for real images")
-    p.add_argument("--fake-range", type=float, nargs=2, metavar=("LO", "HI"), help="--data-range for synthetic ones")
-    p.add_argument("--clip", action="store_true", help="clip out-of-range voxels (counted) instead of failing")
+    add_range_arguments(p, "real images", "synthetic ones")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs written by this tool")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
