@@ -333,36 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     # sampler and steps: the checkpoint's own (sampler, sample_steps of diffusion_rflow_tiny or diffusion_tiny)
     steps = ["--steps", str(args.steps)] if args.steps else []
     gen_opts = [*steps, "--seed", "0", "--batch-size", "4"]
-    run(
-        [
-            py,
-            "-m",
-            "scripts.generate",
-            "--ckpt",
-            str(stage2),
-            "--labels",
-            str(test / "labels"),
-            "--out",
-            str(out / "synthetic"),
-            *gen_opts,
-        ],
-        commands,
-    )
-    run(
-        [
-            py,
-            "-m",
-            "scripts.generate",
-            "--ckpt",
-            str(stage2),
-            "--labels",
-            str(train / "labels"),
-            "--out",
-            str(out / "synthetic_train"),
-            *gen_opts,
-        ],
-        commands,
-    )
+    for split_dir, dest in ((test, "synthetic"), (train, "synthetic_train")):
+        labels = str(split_dir / "labels")
+        run([py, "-m", "scripts.generate", "--ckpt", str(stage2), "--labels", labels, "--out", str(out / dest),
+             *gen_opts], commands)  # fmt: skip
 
     # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
     metrics = (args.metrics or available_metrics()) + ",privacy"
