@@ -280,6 +280,13 @@ class LatentDiffusionModule(pl.LightningModule):
         if not self.trainer.sanity_checking:  # count real validation runs only
             self._val_runs += 1
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the validation count, so a resumed run samples at the same validations as an uninterrupted one."""
+        checkpoint["val_runs"] = self._val_runs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._val_runs = int(checkpoint.get("val_runs", 0))
+
     def _sampling_this_run(self) -> bool:
         n = self.hparams.val_sample_every_n
         # the sanity check (before the first run is counted) samples too: it catches sampling errors early

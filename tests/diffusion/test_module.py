@@ -240,3 +240,17 @@ def test_accumulation_clipping_and_bf16_come_from_the_trainer(vq_ckpt: Path) -> 
     assert trainer.global_step == 2
     assert int(model.ema.averaged.n_averaged) == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_validation_count_survives_a_checkpoint(vq_ckpt: Path) -> None:
+    """A resumed run samples at the same validations as an uninterrupted one (every 2nd here)."""
+    model = _module(vq_ckpt, val_sample_every_n=2)
+    model._val_runs = 3
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = _module(vq_ckpt, val_sample_every_n=2)
+    resumed.on_load_checkpoint(checkpoint)
+    for m in (model, resumed):
+        m._val_runs += 1  # the next validation
+    assert resumed._val_runs == model._val_runs == 4
+    assert resumed._sampling_this_run() == model._sampling_this_run() is False
