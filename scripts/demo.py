@@ -137,12 +137,14 @@ def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
     """Write the split's real images and label maps as NIfTI (what a user would have on disk)."""
     from omegaconf import OmegaConf
 
-    from dataset.files import check_name
+    from dataset.files import check_name, write_run_record
     from dataset.nifti import save_nifti
     from dataset.registry import build_split, plain_data_info
+    from diffusion.generation.pipeline import RECORD_NAME, output_units
 
     # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
-    ds = build_split(plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True)), split)
+    info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
+    ds = build_split(info, split)
     ids = []
     for i in range(len(ds)):
         s = ds[i]
@@ -150,6 +152,12 @@ def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
         save_nifti(out / "images" / f"{vid}.nii.gz", s["image"], s["affine"])
         save_nifti(out / "labels" / f"{vid}.nii.gz", s["label"], s["affine"])
         ids.append(vid)
+    # The images are dataset samples in the model's [-1, 1]: recorded, so evaluation reads the range, never assumes it
+    write_run_record(
+        out / "images" / RECORD_NAME,
+        {"command": "demo export", "split": split, **output_units(info.get("intensity")),
+         "outputs": [f"{v}.nii.gz" for v in ids]},
+    )  # fmt: skip
     return ids
 
 
@@ -341,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     # 5. evaluation: image metrics + privacy audit, then the Dice protocol and the augmentation experiment
     metrics = (args.metrics or available_metrics()) + ",privacy"
     report = out / "report"
-    # the exported real volumes are dataset samples, in the model's [-1, 1]; the synthetic folders' range is read
-    # from generation's run record (evaluation needs a stated or recorded range, never a default)
-    real_range = ["--real-range", "-1", "1"]
+    # every folder's range is read from its run record (evaluation needs a stated or recorded range, never a default)
     run(
         [
             py,
@@ -359,13 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             str(train / "images"),
             "--metrics",
             metrics,
-            *real_range,
             "--out",
             str(report / "metrics.json"),
         ],
         commands,
     )
-    seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0", *real_range]
+    seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0"]
     run(
         [
             py,
