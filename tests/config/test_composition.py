@@ -102,7 +102,7 @@ def test_every_denoiser_group_option_composes(name: str) -> None:
 
 
 def test_variants_inherit_their_parent() -> None:
-    """The SPADE VQ-GAN is vq_gan_3d with 2 values changed, the tiny SPADE one the tiny one with 1."""
+    """The SPADE VQ-GAN is vq_gan_3d with 2 values changed, the tiny SPADE one the tiny one with 2 (lookup off)."""
 
     def model(name: str) -> dict:
         return OmegaConf.to_container(_compose(_primary(name), [f"model={name}"]).model, resolve=False)
@@ -111,7 +111,7 @@ def test_variants_inherit_their_parent() -> None:
         return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
 
     assert changed(model("vq_gan_3d"), model("vq_gan_spade")) == {"decoder", "discriminator_iter_start"}
-    assert changed(model("vq_gan_3d_tiny"), model("vq_gan_spade_tiny")) == {"decoder"}
+    assert changed(model("vq_gan_3d_tiny"), model("vq_gan_spade_tiny")) == {"decoder", "spade_lookup"}
     paper, monai = model("diffusion"), model("diffusion_monai_spade")
     assert changed(paper, monai) == {"denoiser", "denoiser_kwargs"}
     # the group replaces denoiser_kwargs as a whole: no Unet3D-only key survives in the MONAI denoiser's
