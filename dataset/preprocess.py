@@ -524,7 +524,7 @@ def preprocess(
                 sorted(cases, key=lambda c: c.case_id),
                 desc=f"preprocess {name}",
                 unit="case",
-                disable=not options.progress,
+                disable=None if options.progress else True,  # None: no bar when stderr is not a terminal
             ):
                 split = patient_split[case.patient]
                 record, entries = _process_case(case, split, staging, data_dir, table, options, load_case, src_root)

@@ -307,7 +307,7 @@ class NoiseSchedule:
         if start_t is not None:
             pairs = [(t, tn) for t, tn in pairs if t <= start_t]
         x = noise.float()
-        for t, t_next in tqdm(pairs, desc=f"{sampler} sampling", disable=not progress, leave=False):
+        for t, t_next in tqdm(pairs, desc=f"{sampler} sampling", disable=None if progress else True, leave=False):
             t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             out = denoise(x, t_batch).float()
             if sampler == "ddpm":

@@ -402,7 +402,7 @@ def evaluate(opts: Options) -> dict:
     nets = _build_networks(opts)
     acc = _Accumulator(opts, nets)
     groups = group_by_id(pairs)
-    with tqdm(total=len(pairs), desc="volume pairs", disable=not opts.progress) as bar:
+    with tqdm(total=len(pairs), desc="volume pairs", disable=None if opts.progress else True) as bar:
         for group in groups.values():
             real = _load_unit(group[0].reference, real_rng)
             acc.add_real(real, group[0].reference)

@@ -97,7 +97,7 @@ def privacy_audit(
         raise ValueError(f"max_reference_pairs must be >= 1, got {max_reference_pairs}")
     fake_features = fake_features or {}
     train: list[torch.Tensor] = []
-    for path in tqdm(train_paths, desc="privacy: training set", disable=not progress):
+    for path in tqdm(train_paths, desc="privacy: training set", disable=None if progress else True):
         data, _ = load_image(path)
         vol = torch.from_numpy(train_range.to_unit(data, str(path)))
         if train and vol.shape != train[0].shape:
@@ -117,7 +117,7 @@ def privacy_audit(
         dist_thr = None
 
     per_volume, flagged = [], []
-    for path in tqdm(fake_paths, desc="privacy: synthetic set", disable=not progress):
+    for path in tqdm(fake_paths, desc="privacy: synthetic set", disable=None if progress else True):
         data, _ = load_image(path)
         vol = torch.from_numpy(fake_range.to_unit(data, str(path)))
         if vol.shape != train[0].shape:

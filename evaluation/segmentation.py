@@ -198,7 +198,7 @@ def train_segmenter(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     losses = []
     net.train()
-    for _ in tqdm(range(cfg.steps), desc="segmenter training", disable=not progress):
+    for _ in tqdm(range(cfg.steps), desc="segmenter training", disable=None if progress else True):
         idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=gen).tolist()
         crops = [_crop(cases[i], cfg.patch_size, gen) for i in idx]
         x = torch.stack([c[0] for c in crops]).to(device)  # (B, 1, D, H, W)

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         staging = Path(tempfile.mkdtemp(prefix=".staging-labels-", dir=out))
         affine_t = torch.from_numpy(affine)[None]
         maps = []
-        for i, (vid, name) in enumerate(tqdm(list(zip(ids, names)), desc="label maps", unit="map")):
+        for i, (vid, name) in enumerate(tqdm(list(zip(ids, names)), desc="label maps", unit="map", disable=None)):
             gen = torch.Generator(device=device).manual_seed(map_seed(args.seed, i))
             values, mask = model.condition(requests[i])
             label = model.sample_labels(

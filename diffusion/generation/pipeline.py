@@ -285,7 +285,8 @@ def generate(
     prepared = {vol.id: _prepare(vol, block, multiple, voxel, settings.resample) for vol in volumes}
     jobs = [_Job(vol, k, path, *prepared[vol.id][:2]) for vol, k, path in paths]
     written = []
-    bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=not progress)
+    # disable=None: no bar when stderr is not a terminal (a log file gets no escape fragments)
+    bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=None if progress else True)
     for batch in _batches(jobs, batch_size):
         seeds = [volume_seed(settings.seed, j.vol.id, j.sample) for j in batch]
         x = sample_batch(model, [j.label for j in batch], seeds, sampler, block, settings, progress)
