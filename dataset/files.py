@@ -126,6 +126,23 @@ def atomic_torch_save(path: str | Path, obj: object, overwrite: bool = True) -> 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=overwrite)
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint of unknown origin as plain data (``weights_only=True``; ``mmap``: tensors read lazily).
+
+    Raises:
+        DataError: the file is missing or is not a readable PyTorch checkpoint (one line, naming the file).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+
+
 def _cleanup_and_exit(signum: int, _frame: object) -> None:
     for tmp in list(_live_temps):
         tmp.unlink(missing_ok=True)

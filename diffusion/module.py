@@ -443,15 +443,11 @@ def load_checkpoint(ckpt: str | Path, device: torch.device | str = "cpu", **over
     import inspect
 
     from dataset.contract import DataError
+    from dataset.files import read_checkpoint
     from dataset.registry import find_targets
 
     path = Path(ckpt)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:  # mmap: the tensors are read lazily, when the state dict is copied into the model
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    data = read_checkpoint(path)  # mmap: the tensors are read lazily, when the state dict is copied into the model
     hparams = data.get("hyper_parameters") if isinstance(data, dict) else None
     if not isinstance(hparams, dict) or "first_stage_hparams" not in hparams:
         stage = "a stage-1 (VQ-GAN) checkpoint" if isinstance(hparams, dict) and "n_codes" in hparams else (

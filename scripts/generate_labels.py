@@ -44,6 +44,7 @@ from dataset.files import (
     check_output_dir,
     file_sha256,
     install_signal_cleanup,
+    read_checkpoint,
     read_run_record,
     recorded_outputs,
     write_run_record,
@@ -110,12 +111,7 @@ def load_label_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
     """Load a label diffusion checkpoint; anything else is refused with one line before any work."""
     from diffusion.label_diffusion import LabelLatentDiffusion
 
-    if not ckpt.is_file():
-        raise DataError(f"{ckpt}: checkpoint not found")
-    try:
-        meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise DataError(f"{ckpt}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    meta = read_checkpoint(ckpt)
     hp = meta.get("hyper_parameters", {}) if isinstance(meta, dict) else {}
     if "label_ae_hparams" not in hp:
         raise DataError(f"{ckpt}: not a label diffusion checkpoint; train one with train/train_label_diffusion.py")

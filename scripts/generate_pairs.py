@@ -17,9 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from dataset import DataError
+from dataset.files import read_checkpoint
 
 log = logging.getLogger("generate_pairs")
 
@@ -46,12 +45,7 @@ def check_compatible(label_ckpt: Path, image_ckpt: Path) -> None:
     """Refuse (one line) two checkpoints whose classes or block sizes differ, before any sampling."""
     hps = []
     for path in (label_ckpt, image_ckpt):
-        if not path.is_file():
-            raise DataError(f"{path}: checkpoint not found")
-        try:
-            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+        meta = read_checkpoint(path)
         hps.append(meta.get("hyper_parameters", {}) if isinstance(meta, dict) else {})
     lab, img = hps
     if "label_ae_hparams" not in lab:
