@@ -34,7 +34,7 @@ from dataset.contract import one_hot
 from diffusion.ema import EMA
 from diffusion.guidance import combine
 from diffusion.latent_norm import LatentNormalizer
-from diffusion.sampling import sample_latent
+from diffusion.sampling import resolve_sampler, sample_latent
 from diffusion.schedulers import NoiseSchedule
 from diffusion.unet3d import Unet3D
 from vq_gan_3d.label_autoencoder import (
@@ -451,16 +451,9 @@ class LabelLatentDiffusion(pl.LightningModule):
         """
         if not (bool(self.attr_fitted) and self.latent_norm.is_fitted):
             raise RuntimeError("statistics are not set: train this model (or load a trained checkpoint) first")
-        hp = self.hparams
-        sampler = sampler or hp.sampler
-        if sampler not in self.schedule.samplers:
-            raise ValueError(f"sampler {sampler!r} does not fit this model; use {self.schedule.samplers}")
-        if steps is None and sampler != "ddpm":
-            steps = hp.sample_steps
-        guidance = hp.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {guidance}")
-        eta = hp.ddim_eta if eta is None else eta
+        # sampler defaults and checks live in one place, the same as for image diffusion
+        chosen = resolve_sampler(self, sampler, steps, guidance, eta, use_ema)
+        sampler, steps, guidance, eta = chosen.sampler, chosen.steps, chosen.guidance, chosen.eta
         values = self.normalize_attributes(values.to(self.device))
         mask = mask.to(self.device, torch.float32)
         net = self.ema.module if use_ema else self.denoiser

@@ -42,6 +42,7 @@ from diffusion.guidance import GuidedDenoiser
 from diffusion.schedulers import DenoiseFn, NoiseSchedule
 
 if TYPE_CHECKING:
+    from diffusion.label_diffusion import LabelLatentDiffusion
     from diffusion.module import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class SamplerSettings:
 
 
 def resolve_sampler(
-    model: LatentDiffusionModule,
+    model: LatentDiffusionModule | LabelLatentDiffusion,
     sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,
