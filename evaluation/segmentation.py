@@ -168,7 +168,12 @@ def _crop(case: Case, size: tuple[int, int, int] | None, gen: torch.Generator) -
 
 
 def train_segmenter(
-    cases: list[Case], cfg: SegConfig, device: str = "cpu", progress: bool = True
+    cases: list[Case],
+    cfg: SegConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    curve_cases: list[Case] | None = None,
+    curve_every: int = 0,
 ) -> tuple[torch.nn.Module, dict]:
     """Train the segmenter with DiceCE.
 
@@ -177,9 +182,14 @@ def train_segmenter(
         cfg: hyper-parameters.
         device: torch device.
         progress: show a progress bar.
+        curve_cases: held-out cases for a learning curve (e.g. the validation split); needs ``curve_every``.
+        curve_every: with ``curve_cases``, the mean foreground Dice on them after every ``curve_every`` steps
+            and after the last one. The evaluation draws no random numbers and the network has no running
+            statistics (instance norm), so the training trajectory is the same with or without a curve.
 
     Returns:
-        (network in eval mode, training info: first/last loss, window, case count).
+        (network in eval mode, training info: first/last loss, window, case count, and with a curve
+        ``curve``: a list of ``[step, mean Dice]``).
     """
     from monai.losses import DiceCELoss
 
@@ -196,9 +206,12 @@ def train_segmenter(
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if curve_cases is not None and curve_every < 1:
+        raise ValueError("a learning curve needs curve_every >= 1")
+    curve: list[list[float]] = []
     losses = []
     net.train()
-    for _ in tqdm(range(cfg.steps), desc="segmenter training", disable=None if progress else True):
+    for step in tqdm(range(1, cfg.steps + 1), desc="segmenter training", disable=None if progress else True):
         idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=gen).tolist()
         crops = [_crop(cases[i], cfg.patch_size, gen) for i in idx]
         x = torch.stack([c[0] for c in crops]).to(device)  # (B, 1, D, H, W)
@@ -208,9 +221,16 @@ def train_segmenter(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if curve_cases is not None and (step % curve_every == 0 or step == cfg.steps):
+            values = dice_of_cases(net.eval(), curve_cases, window, cfg.num_classes)
+            dice = summarise_dice(values, _class_names(None, cfg.num_classes))
+            curve.append([step, dice["mean"]])
+            net.train()
     head = float(np.mean(losses[: max(1, len(losses) // 10)]))
     tail = float(np.mean(losses[-max(1, len(losses) // 10) :]))
     info = {"n_cases": len(cases), "window": list(window), "loss_first_10pct": head, "loss_last_10pct": tail}
+    if curve_cases is not None:
+        info["curve"] = curve
     logger.info("segmenter: loss %.4f -> %.4f over %d steps", head, tail, cfg.steps)
     return net.eval(), info
 

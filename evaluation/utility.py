@@ -33,6 +33,7 @@ import numpy as np
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
+from evaluation.parallel import run_tasks
 from evaluation.report import header, report_paths, write_report
 from evaluation.segmentation import Case, SegConfig, dice_of_cases, load_cases, train_segmenter
 
@@ -54,16 +55,21 @@ def t_interval(values: list[float], level: float = 0.95) -> dict:
     return {"n": int(n), "mean": mean, "low": mean - half, "high": mean + half, "level": level}
 
 
+def draw_subjects(real: list[Case], n_real: int, rng: np.random.Generator) -> list[Case]:
+    """The ``n_real`` real training subjects of a regime (arm (a)), drawn without replacement, in input order."""
+    if n_real > len(real):
+        raise ValueError(f"regime {n_real} needs {n_real} real training subjects, there are {len(real)}")
+    return [real[i] for i in sorted(rng.choice(len(real), n_real, replace=False))]
+
+
 def training_sets(
     real: list[Case], synth: list[Case], new: list[Case], n_real: int, seed: int
 ) -> dict[str, list[Case]]:
     """The four training sets of one (regime, seed): see the module docstring."""
-    if n_real > len(real):
-        raise ValueError(f"regime {n_real} needs {n_real} real training subjects, there are {len(real)}")
+    rng = np.random.default_rng(seed)
+    chosen = draw_subjects(real, n_real, rng)
     if n_real > len(new):
         raise ValueError(f"regime {n_real} needs {n_real} generated pairs for (c), there are {len(new)}")
-    rng = np.random.default_rng(seed)
-    chosen = [real[i] for i in sorted(rng.choice(len(real), n_real, replace=False))]
     ids = {c.id for c in chosen}
     synth_of = [c for c in synth if c.id in ids]
     if len(synth_of) < n_real:
@@ -82,22 +88,29 @@ def run_experiment(
     regimes: list[int],
     seeds: list[int],
     steps: int,
-    progress: bool = False,
+    jobs: int = 1,
 ) -> dict:
-    """Train and test every (regime, seed, arm); return per-run Dice and the summaries."""
-    k = len(class_names)
-    runs = []
+    """Train and test every (regime, seed, arm), in ``jobs`` processes; return per-run Dice and the summaries."""
+    keys, tasks = [], []
     for n_real in regimes:
         for seed in seeds:
             for arm, cases in training_sets(real, synth, new, n_real, seed).items():
-                cfg = SegConfig(num_classes=k, steps=steps, seed=seed)
-                net, info = train_segmenter(cases, cfg, progress=progress)
-                dice = summarise_dice(dice_of_cases(net, test, tuple(info["window"]), k), class_names)
-                runs.append({"regime": n_real, "seed": seed, "arm": arm, "n_train": len(cases),
-                             "mean": dice["mean"], "per_class": {c: v["mean"] for c, v in dice["per_class"].items()},
-                             "loss_last_10pct": info["loss_last_10pct"]})  # fmt: skip
-                logger.info("regime %d seed %d %-10s mean Dice %.3f", n_real, seed, arm, dice["mean"])
+                keys.append({"regime": n_real, "seed": seed, "arm": arm, "n_train": len(cases)})
+                tasks.append((cases, test, class_names, steps, seed))
+    runs = []
+    for key, result in zip(keys, run_tasks(train_and_test, tasks, jobs, desc="segmenters")):
+        runs.append(key | result)
+        logger.info("regime %d seed %d %-10s mean Dice %.3f", key["regime"], key["seed"], key["arm"], result["mean"])
     return {"runs": runs, **summarise(runs, class_names[1:], regimes)}
+
+
+def train_and_test(cases: list[Case], test: list[Case], class_names: list[str], steps: int, seed: int) -> dict:
+    """One segmenter of the experiment: trained on ``cases``, tested on ``test``; mean and per-class Dice."""
+    k = len(class_names)
+    net, info = train_segmenter(cases, SegConfig(num_classes=k, steps=steps, seed=seed), progress=False)
+    dice = summarise_dice(dice_of_cases(net, test, tuple(info["window"]), k), class_names)
+    return {"mean": dice["mean"], "per_class": {c: v["mean"] for c, v in dice["per_class"].items()},
+            "loss_last_10pct": info["loss_last_10pct"]}  # fmt: skip
 
 
 def summarise(runs: list[dict], names: list[str], regimes: list[int]) -> dict:
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="numbers of real training subjects")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (subject draw, init, batches)")
     p.add_argument("--steps", type=int, default=300, help="optimiser steps of every segmenter")
+    p.add_argument("--jobs", type=int, default=1, help="segmenters trained at once, one process each (<= cores)")
     p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown next to it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of ours")
     p.add_argument("--log-level", default="info", help="logging level")
@@ -170,8 +184,8 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
 
     json_path, md_path = report_paths(args.out)
     check_output_files([json_path, md_path], args.overwrite, ours=lambda _p: read_run_record(json_path) is not None)
-    if args.steps < 1 or min(args.regimes) < 1:
-        raise ValueError("--steps and --regimes must be >= 1")
+    if args.steps < 1 or min(args.regimes) < 1 or args.jobs < 1:
+        raise ValueError("--steps, --regimes and --jobs must be >= 1")
     names = list(args.class_names)
     k = len(names)
     rng = IntensityRange(*args.data_range, clip=True)
@@ -179,7 +193,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     synth = load_cases(args.synth_images, args.train_labels, k, rng)
     new = load_cases(args.new_images, args.new_labels, k, rng)
     test = load_cases(args.test_images, args.test_labels, k, rng)
-    results = run_experiment(real, synth, new, test, names, args.regimes, args.seeds, args.steps)
+    results = run_experiment(real, synth, new, test, names, args.regimes, args.seeds, args.steps, args.jobs)
     report = {**header("utility", argv), "class_names": names,
               "settings": {"regimes": args.regimes, "seeds": args.seeds, "steps": args.steps,
                            "data_range": list(args.data_range)},

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dataset.nifti import save_nifti
+from dataset.synthetic import SyntheticPhantomDataset
 from tests.train.helpers import run_entry
 
 TINY_LABELS = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false"]
@@ -41,3 +43,12 @@ def tiny_label_model(tmp_path_factory: pytest.TempPathFactory) -> TinyLabelModel
     ckpt = root / "diffusion" / "checkpoints" / "last.ckpt"
     assert ae.is_file() and ckpt.is_file()
     return TinyLabelModel(ae, ckpt, data)
+
+
+def export_phantoms(split: str, folder: Path, n: int, suffix: str = "", seed: int = 0) -> None:
+    """``n`` 8^3 synthetic phantoms (4 classes) as ``folder/images/<id><suffix>.nii.gz`` + ``folder/labels/<id>``."""
+    ds = SyntheticPhantomDataset(split=split, num_samples=n, size=(8, 8, 8), label_nc=4, seed=seed)
+    for i in range(n):
+        s = ds[i]
+        save_nifti(folder / "images" / f"{s['id']}{suffix}.nii.gz", s["image"], s["affine"])
+        save_nifti(folder / "labels" / f"{s['id']}.nii.gz", s["label"], s["affine"])

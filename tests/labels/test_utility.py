@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.nifti import save_nifti
-from dataset.synthetic import SyntheticPhantomDataset
 from evaluation.segmentation import Case
 from evaluation.utility import main, t_interval, training_sets
+from tests.labels.conftest import export_phantoms
 
 NAMES = ["background", "outer", "middle", "inner"]
 
@@ -48,17 +47,10 @@ def test_training_sets_isolate_new_maps() -> None:
 
 
 def test_cli_tiny(tmp_path: Path) -> None:
-    def export(split: str, folder: Path, n: int, suffix: str = "", seed: int = 0) -> None:
-        ds = SyntheticPhantomDataset(split=split, num_samples=n, size=(8, 8, 8), label_nc=4, seed=seed)
-        for i in range(n):
-            s = ds[i]
-            save_nifti(folder / "images" / f"{s['id']}{suffix}.nii.gz", s["image"], s["affine"])
-            save_nifti(folder / "labels" / f"{s['id']}.nii.gz", s["label"], s["affine"])
-
-    export("train", tmp_path / "train", 3)
-    export("train", tmp_path / "synth", 3, "_s0")  # stands in for images generated from the training maps
-    export("val", tmp_path / "new", 3, "_s0", seed=5)  # stands in for generated pairs
-    export("test", tmp_path / "test", 2)
+    export_phantoms("train", tmp_path / "train", 3)
+    export_phantoms("train", tmp_path / "synth", 3, "_s0")  # stands in for images generated from the training maps
+    export_phantoms("val", tmp_path / "new", 3, "_s0", seed=5)  # stands in for generated pairs
+    export_phantoms("test", tmp_path / "test", 2)
     out = tmp_path / "utility.json"
     argv = ["--train-images", str(tmp_path / "train" / "images"), "--train-labels", str(tmp_path / "train" / "labels"),
             "--test-images", str(tmp_path / "test" / "images"), "--test-labels", str(tmp_path / "test" / "labels"),
