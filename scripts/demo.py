@@ -24,7 +24,6 @@ Labels stage (new label maps and pairs; ``--no-labels`` skips it), between 5 and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -37,11 +36,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dataset import DataError
-from dataset.files import check_output_dir, read_run_record, write_run_record
+from dataset.files import atomic_write_json, atomic_write_text, check_output_dir, read_run_record, write_run_record
 
 log = logging.getLogger("demo")
 #: The demo's run record: marks its output folder as ours, so ``--overwrite`` never deletes anything else.
 DEMO_RECORD = "demo.json"
+MNI152_NOTE = ("mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
+               "bound of what real, varied anatomy needs.")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,17 +98,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _max_time(minutes: float) -> str:
+def max_time(minutes: float) -> str:
+    """Lightning's ``trainer.max_time`` (DD:HH:MM:SS) of a budget in minutes."""
     total = max(1, int(round(minutes * 60)))
     return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The stage-1 checkpoint with the best validation reconstruction (``best-<step>.ckpt``), else ``last.ckpt``.
+    """The autoencoder checkpoint with the best validation loss (``best-<step>.ckpt``), else ``last.ckpt``.
 
-    Stage 2 builds on the best reconstruction, since the diffusion model cannot do better than its decoder: in the
-    short demo budget the GAN phase, which starts at batch 500, did not beat the validation PSNR reached before it
-    (27.8 dB at batch 440, 27.0-27.8 dB after, measured 2026-11-30).
+    A latent diffusion builds on the best reconstruction, since it cannot do better than its decoder. Stage 1: in
+    the short demo budget the GAN phase, which starts at batch 500, did not beat the validation PSNR reached before
+    it. The label autoencoder: with 16 training maps it overfits (its validation loss rises after a few hundred
+    steps), so the label diffusion takes the best one (README, Paired generation).
     """
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     return best[-1] if best else folder / "last.ckpt"
@@ -225,18 +228,13 @@ def labels_stage(
     Returns:
         (Markdown tables, Markdown lines of the (label | image) montages) for the report.
     """
-    import torch
-
-    from dataset.nifti import load_image, load_label
-    from dataset.visualization import save_montage
-
     py = sys.executable
     test, train, report = out / "data" / "test", out / "data" / "train", out / "report"
     run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
-         f"trainer.max_time={_max_time(args.label_ae_minutes)}", *common], commands)  # fmt: skip
+         f"trainer.max_time={max_time(args.label_ae_minutes)}", *common], commands)  # fmt: skip
     run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
-         f"model.label_ae_ckpt={out / 'label_ae' / 'checkpoints' / 'last.ckpt'}",
-         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={_max_time(args.label_diffusion_minutes)}",
+         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
+         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(args.label_diffusion_minutes)}",
          *common], commands)  # fmt: skip
     pairs = out / "pairs"
     # new maps asked for the class volumes of the held-out subjects (varied requests: the control check), no repair
@@ -254,40 +252,64 @@ def labels_stage(
          str(pairs / "labels"), "--class-names", *class_names, "--data-range", "-1", "1",
          "--regimes", *map(str, args.utility_regimes), "--seeds", *map(str, args.utility_seeds),
          "--steps", str(args.utility_steps), "--out", str(report / "utility.json")], commands)  # fmt: skip
+    tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
+    montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
+                     MNI152_NOTE, "", *pair_montages(pairs, report, class_names)]  # fmt: skip
+    return [*tables, MNI152_NOTE + "\n"], montage_lines
+
+
+def pair_montages(pairs: Path, report: Path, class_names: list[str], count: int = 4) -> list[str]:
+    """(label | image) montages of the first ``count`` generated pairs in ``pairs/{labels,images}``.
+
+    Returns:
+        the report's Markdown lines, one image each.
+    """
+    import torch
+
+    from dataset.nifti import load_image, load_label
+    from dataset.visualization import save_montage
+
     shown = []
-    for path in sorted((pairs / "labels").glob("*.nii.gz"))[:4]:
+    for path in sorted((pairs / "labels").glob("*.nii.gz"))[:count]:
         vid = path.name[: -len(".nii.gz")]
-        label, _ = load_label(path)
+        label, affine = load_label(path)
         image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
         rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
-        save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names))
+        save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names),
+                     affine=affine, class_names=class_names)  # fmt: skip
         shown.append(f"![{vid}](pair_{vid}_montage.png)")
-    tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
-    note = ("mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
-            "bound of what real, varied anatomy needs.")  # fmt: skip
-    montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
-                     note, "", *shown]  # fmt: skip
-    return [*tables, note + "\n"], montage_lines
+    return shown
+
+
+def claim_output_folder(out: Path, overwrite: bool, record: str, command: str, argv: list[str]) -> bool:
+    """Make ``out`` this run's folder, marked by its run record ``record``; False (logged) when it may not be.
+
+    An existing non-empty folder is deleted only with ``overwrite`` and only if it holds ``record`` (a folder
+    an earlier run of the same tool made): ``--overwrite`` never deletes anything else.
+    """
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            log.error("%s exists; pass --overwrite to delete it and start over", out)
+            return False
+        if read_run_record(out / record) is None:
+            log.error("%s holds no %s of an earlier run: not ours to delete; choose another --out", out, record)
+            return False
+        shutil.rmtree(out)
+    try:
+        check_output_dir(out)
+    except DataError as err:
+        log.error("%s", err)
+        return False
+    write_run_record(out / record, {"command": command, "argv": argv})
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     out: Path = args.out
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            log.error("%s exists; pass --overwrite to delete it and start over", out)
-            return 2
-        if read_run_record(out / DEMO_RECORD) is None:  # --overwrite deletes only a folder a demo run wrote
-            log.error("%s holds no %s of a demo run: not ours to delete; choose another --out", out, DEMO_RECORD)
-            return 2
-        shutil.rmtree(out)
-    try:
-        check_output_dir(out)
-    except DataError as err:
-        log.error("%s", err)
+    if not claim_output_folder(out, args.overwrite, DEMO_RECORD, "scripts/demo.py", list(argv or sys.argv[1:])):
         return 2
-    write_run_record(out / DEMO_RECORD, {"command": "scripts/demo.py", "argv": list(argv or sys.argv[1:])})
     data_dir = args.data_dir or out / "data_cache"
     py = sys.executable
     # Every stage is a subprocess and inherits the thread count (torch reads OMP_NUM_THREADS at start-up).
@@ -305,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "train.train_vqgan",
             vqgan_experiment,
             f"paths.output_dir={out / 'vqgan'}",
-            f"trainer.max_time={_max_time(args.vqgan_minutes)}",
+            f"trainer.max_time={max_time(args.vqgan_minutes)}",
             *common,
         ],
         commands,
@@ -321,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             *stage2_model,
             f"model.first_stage_ckpt={stage1}",
             f"paths.output_dir={out / 'diffusion'}",
-            f"trainer.max_time={_max_time(args.diffusion_minutes)}",
+            f"trainer.max_time={max_time(args.diffusion_minutes)}",
             f"trainer.max_steps={args.diffusion_steps}",
             *common,
         ],
@@ -463,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]
     lines += pair_lines
-    (report / "README.md").write_text("\n".join(lines) + "\n")
-    (report / "run.json").write_text(json.dumps({"seconds": elapsed, "commands": commands, "ids": ids}, indent=1))
+    atomic_write_text(report / "README.md", "\n".join(lines) + "\n")
+    atomic_write_json(report / "run.json", {"seconds": elapsed, "commands": commands, "ids": ids})
     log.info("done in %.1f min: report in %s", elapsed / 60, report)
     return 0
 

@@ -51,6 +51,24 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
+    # The full utility protocol on top of it (tiny budgets): learning curve -> budget -> utility at that budget.
+    util = tmp_path / "utility"
+    protocol = [
+        sys.executable, "scripts/utility_protocol.py", "--demo", str(out), "--out", str(util),
+        "--label-ae-minutes", "0.2", "--label-diffusion-minutes", "0.2", "--pairs", "4", "--regimes", "1", "2",
+        "--seeds", "0", "1", "--curve-steps", "4", "--eval-every", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(protocol, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    curve = json.loads((util / "report" / "curve.json").read_text())
+    utility = json.loads((util / "report" / "utility.json").read_text())
+    assert utility["settings"]["steps"] == curve["results"]["budget"] in (2, 4)
+    assert len(utility["results"]["runs"]) == 2 * 2 * 4
+    assert len(list((util / "data" / "val" / "labels").glob("*.nii.gz"))) == 4  # the budget is chosen on val
+    readme = (util / "report" / "README.md").read_text()
+    assert "learning curve" in readme and "paired difference" in readme and "python -m evaluation.utility" in readme
+    assert (util / "report" / "curve.png").stat().st_size > 1000
+
 
 def test_overwrite_deletes_only_a_folder_a_demo_run_wrote(tmp_path: Path) -> None:
     """``--overwrite`` on a folder without the demo's run record is refused and the folder is left untouched."""
@@ -65,3 +83,23 @@ def test_overwrite_deletes_only_a_folder_a_demo_run_wrote(tmp_path: Path) -> Non
     (foreign / demo.DEMO_RECORD).write_text(json.dumps({"producer": "someone-else"}))
     assert demo.main(["--out", str(foreign), "--overwrite"]) == 2  # a record, but not ours
     assert (foreign / "thesis.nii.gz").is_file()
+
+
+def test_utility_protocol_refuses_bad_input_before_work(tmp_path: Path) -> None:
+    """Not a finished demo folder, too few pairs for the largest regime, a folder not ours: exit 2, nothing touched."""
+    from scripts import utility_protocol
+
+    out = tmp_path / "utility"
+    assert utility_protocol.main(["--demo", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    demo_dir = tmp_path / "demo"
+    for name in utility_protocol.check_demo(demo_dir):
+        (demo_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (demo_dir / name).write_text("")
+    assert utility_protocol.check_demo(demo_dir) == []
+    assert utility_protocol.main(["--demo", str(demo_dir), "--out", str(out), "--pairs", "4", "--regimes", "8"]) == 2
+    assert not out.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.nii.gz").write_bytes(b"precious")
+    assert utility_protocol.main(["--demo", str(demo_dir), "--out", str(foreign), "--overwrite"]) == 2
+    assert (foreign / "thesis.nii.gz").read_bytes() == b"precious"

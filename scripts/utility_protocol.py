@@ -1,0 +1,168 @@
+"""The full utility protocol of the labels stage: do new (image, label) pairs help a segmenter? (SPEC section 11)
+
+    python scripts/utility_protocol.py --demo runs/demo --out runs/utility [--label-ae-minutes 8]
+        [--label-diffusion-minutes 8] [--pairs 16] [--regimes 2 4 8] [--seeds 0 1 2] [--curve-steps 1500]
+        [--overwrite]
+
+Builds on a finished demo run (``scripts/demo.py``: its stage-2 checkpoint, exported train/test splits, the
+images generated from the real training maps and its real-trained segmenter) and runs, each stage as the
+command a user would type (all recorded in the report):
+
+  1. export the validation split (the budget is chosen on it, never on the test split)
+  2. train the label autoencoder and the label diffusion with larger budgets than the demo's (``--label-ckpt``:
+     use a label diffusion checkpoint trained before, with the same commands)
+  3. ``--pairs`` new (image, label) pairs, map i asked for the class volumes of the i-th real training map
+  4. their mask quality against the real test maps (``evaluation/label_metrics.py``)
+  5. the segmenter's real-only learning curve on the validation split (``evaluation/segmenter_curve.py``), which
+     gives the budget where its Dice has levelled off (``--steps`` skips this and states the budget)
+  6. the utility experiment at that budget (``evaluation/utility.py``): arms (a)-(d), ``--regimes`` x ``--seeds``
+
+Both generators are trained on all the demo's training subjects; the regimes limit only what the segmenter sees.
+Writes ``OUT/report/README.md`` with the tables, the curve and pair montages; ``OUT/utility_protocol.json``
+marks the folder as this tool's (``--overwrite`` deletes nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from dataset.files import atomic_write_text
+from scripts.demo import (
+    MNI152_NOTE,
+    best_checkpoint,
+    claim_output_folder,
+    dataset_config,
+    export_split,
+    max_time,
+    pair_montages,
+    run,
+)
+
+log = logging.getLogger("utility_protocol")
+RECORD = "utility_protocol.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished scripts/demo.py output folder")
+    p.add_argument("--data-dir", type=Path, default=None, help="its dataset cache (default: <demo>/data_cache)")
+    p.add_argument("--out", type=Path, default=Path("runs/utility"), help="everything goes under this folder")
+    p.add_argument(
+        "--label-ckpt",
+        type=Path,
+        default=None,
+        help="a label diffusion checkpoint already trained on the demo's data: skips step 2",
+    )
+    p.add_argument("--label-ae-minutes", type=float, default=8.0, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=float, default=8.0, help="budget of the label diffusion")
+    p.add_argument("--pairs", type=int, default=16, help="new (label, image) pairs generated")
+    p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="real subjects per utility regime")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the utility experiment")
+    p.add_argument("--curve-steps", type=int, default=1500, help="length of the segmenter learning curves")
+    p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many curve steps")
+    p.add_argument("--curve-seeds", nargs="+", type=int, default=[0], help="seeds of the learning curves")
+    p.add_argument("--steps", type=int, default=None, help="segmenter budget; default: from the learning curve")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per stage")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this tool in --out first")
+    return p.parse_args(argv)
+
+
+def check_demo(demo: Path) -> list[str]:
+    """What is missing from a demo folder for this protocol (empty: complete)."""
+    needed = ["demo.json", "data/train/images", "data/train/labels", "data/test/images", "data/test/labels",
+              "synthetic_train", "segmenter/real.pt", "diffusion/checkpoints/last.ckpt"]  # fmt: skip
+    return [n for n in needed if not (demo / n).exists()]
+
+
+def train_label_generator(
+    out: Path, data_dir: Path, ae_minutes: float, diffusion_minutes: float, commands: list[str]
+) -> None:
+    """Step 2: the label autoencoder, then the label diffusion on its latent, into ``out/label_{ae,diffusion}``."""
+    py, common = sys.executable, [f"paths.data_dir={data_dir}"]
+    # the step caps are far beyond what the minutes allow: the wall-clock budget decides
+    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
+         f"trainer.max_time={max_time(ae_minutes)}", "trainer.max_steps=100000", *common], commands)  # fmt: skip
+    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
+         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
+         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
+         "trainer.max_steps=100000", *common], commands)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    missing = check_demo(args.demo)
+    if missing:
+        log.error("%s is not a finished demo run (no %s): run scripts/demo.py first", args.demo, ", ".join(missing))
+        return 2
+    if args.label_ckpt is not None and not args.label_ckpt.is_file():
+        log.error("--label-ckpt %s: no such file", args.label_ckpt)
+        return 2
+    if min(args.regimes) < 1 or args.pairs < max(args.regimes) or (args.steps is not None and args.steps < 1):
+        log.error("--regimes must be >= 1, --pairs >= the largest regime, --steps >= 1")
+        return 2
+    out: Path = args.out
+    if not claim_output_folder(out, args.overwrite, RECORD, "scripts/utility_protocol.py", list(argv or sys.argv[1:])):
+        return 2
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    py, demo, report = sys.executable, args.demo, out / "report"
+    data_dir = args.data_dir or demo / "data_cache"
+    dataset_cfg = dataset_config(data_dir)
+    class_names = [str(c) for c in dataset_cfg.class_names]
+    train, test, val = demo / "data" / "train", demo / "data" / "test", out / "data" / "val"
+    commands: list[str] = []
+    t0 = time.time()
+
+    export_split(dataset_cfg, val, "val")
+    label_ckpt = args.label_ckpt
+    if label_ckpt is None:
+        label_ckpt = out / "label_diffusion" / "checkpoints" / "last.ckpt"
+        train_label_generator(out, data_dir, args.label_ae_minutes, args.label_diffusion_minutes, commands)
+    pairs = out / "pairs"
+    run([py, "-m", "scripts.generate_pairs", "--label-ckpt", str(label_ckpt),
+         "--image-ckpt", str(demo / "diffusion" / "checkpoints" / "last.ckpt"), "--num-samples", str(args.pairs),
+         "--out", str(pairs), "--seed", "0", "--batch-size", "4", "--condition-from", str(train / "labels")],
+        commands)  # fmt: skip
+    run([py, "-m", "evaluation.label_metrics", "--fake", str(pairs / "labels"), "--real", str(test / "labels"),
+         "--train", str(train / "labels"), "--segmenter", str(demo / "segmenter" / "real.pt"), "--fake-images",
+         str(pairs / "images"), "--real-images", str(test / "images"), "--data-range", "-1", "1",
+         "--out", str(report / "labels.json")], commands)  # fmt: skip
+    regimes, names = [str(r) for r in args.regimes], ["--class-names", *class_names, "--data-range", "-1", "1"]
+    steps = args.steps
+    if steps is None:
+        run([py, "-m", "evaluation.segmenter_curve", "--train-images", str(train / "images"), "--train-labels",
+             str(train / "labels"), "--val-images", str(val / "images"), "--val-labels", str(val / "labels"), *names,
+             "--regimes", *regimes, "--seeds", *map(str, args.curve_seeds), "--steps", str(args.curve_steps),
+             "--eval-every", str(args.eval_every), "--out", str(report / "curve.json")], commands)  # fmt: skip
+        steps = int(json.loads((report / "curve.json").read_text())["results"]["budget"])
+        log.info("segmenter budget from the learning curve: %d steps", steps)
+    run([py, "-m", "evaluation.utility", "--train-images", str(train / "images"), "--train-labels",
+         str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
+         "--synth-images", str(demo / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
+         str(pairs / "labels"), *names, "--regimes", *regimes, "--seeds", *map(str, args.seeds),
+         "--steps", str(steps), "--out", str(report / "utility.json")], commands)  # fmt: skip
+
+    elapsed = time.time() - t0
+    parts = [name for name in ("labels", "curve", "utility") if (report / f"{name}.md").is_file()]
+    curve = ["![learning curve](curve.png)", ""] if (report / "curve.png").is_file() else []
+    lines = ["# Med-LSDM utility protocol (embedded MNI152 dataset, CPU)", "",
+             f"Total wall time: {elapsed / 60:.1f} min. Demo run: `{demo}`. Segmenter budget: {steps} steps. "
+             "Both generators are trained on all the demo's training subjects; the regimes limit only what the "
+             "segmenter sees.", "", MNI152_NOTE, "",
+             *[(report / f"{name}.md").read_text() for name in parts], *curve,
+             "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
+             *pair_montages(pairs, report, class_names), "",
+             "## Commands", "", "```", *commands, "```", ""]  # fmt: skip
+    atomic_write_text(report / "README.md", "\n".join(lines))
+    log.info("done in %.1f min: report in %s", elapsed / 60, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
