@@ -81,6 +81,23 @@ def test_sbatch_vqgan_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> N
     assert _step(diff_out / "checkpoints" / "last.ckpt") == 3
 
 
+def test_sbatch_labels_ae_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> None:
+    """scripts/labels.sh, the labels stage's launcher: both parts as real jobs, the second on the first's output."""
+    from tests.labels.conftest import TINY_LABELS
+
+    ae_out, diff_out = tmp_path / "label_ae", tmp_path / "label_diffusion"
+    data = f"paths.data_dir={tmp_path / 'data'}"
+    tiny = [*TINY_LABELS, "trainer.max_steps=3", data]
+    _sbatch(slurm, "scripts/labels.sh", tmp_path / "ae.log", ["ae", *tiny, "model=label_ae_tiny",
+            f"paths.output_dir={ae_out}"])  # fmt: skip
+    assert "[slurm] job" in (tmp_path / "ae.log").read_text()
+    assert _step(ae_out / "checkpoints" / "last.ckpt") == 3
+    _sbatch(slurm, "scripts/labels.sh", tmp_path / "diffusion.log", ["diffusion", *tiny, "model=label_diffusion_tiny",
+            "model.stats_batches=2", f"model.label_ae_ckpt={ae_out / 'checkpoints' / 'last.ckpt'}",
+            f"paths.output_dir={diff_out}"])  # fmt: skip
+    assert _step(diff_out / "checkpoints" / "last.ckpt") == 3
+
+
 def test_preempted_job_is_requeued_and_resumes(slurm: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "vqgan"
     log = tmp_path / "job.log"
