@@ -68,7 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many curve steps")
     p.add_argument("--curve-seeds", nargs="+", type=int, default=[0], help="seeds of the learning curves")
     p.add_argument("--steps", type=int, default=None, help="segmenter budget; default: from the learning curve")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads per stage")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (and per segmenter worker)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="segmenters trained at once in steps 5-6 (default: the cores this process may use); the numbers do "
+        "not depend on it",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this tool in --out first")
     return p.parse_args(argv)
 
@@ -104,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.label_ckpt is not None and not args.label_ckpt.is_file():
         log.error("--label-ckpt %s: no such file", args.label_ckpt)
         return 2
-    if min(args.regimes) < 1 or args.pairs < max(args.regimes) or (args.steps is not None and args.steps < 1):
-        log.error("--regimes must be >= 1, --pairs >= the largest regime, --steps >= 1")
+    bad_steps = args.steps is not None and args.steps < 1
+    if bad_steps or min(*args.regimes, args.jobs, args.threads) < 1 or args.pairs < max(args.regimes):
+        log.error("--regimes, --steps, --jobs and --threads must be >= 1, --pairs >= the largest regime")
         return 2
     out: Path = args.out
     if not claim_output_folder(out, args.overwrite, RECORD, "scripts/utility_protocol.py", list(argv or sys.argv[1:])):
@@ -139,14 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "evaluation.segmenter_curve", "--train-images", str(train / "images"), "--train-labels",
              str(train / "labels"), "--val-images", str(val / "images"), "--val-labels", str(val / "labels"), *names,
              "--regimes", *regimes, "--seeds", *map(str, args.curve_seeds), "--steps", str(args.curve_steps),
-             "--eval-every", str(args.eval_every), "--out", str(report / "curve.json")], commands)  # fmt: skip
+             "--eval-every", str(args.eval_every), "--jobs", str(args.jobs), "--out", str(report / "curve.json")],
+            commands)  # fmt: skip
         steps = int(json.loads((report / "curve.json").read_text())["results"]["budget"])
         log.info("segmenter budget from the learning curve: %d steps", steps)
     run([py, "-m", "evaluation.utility", "--train-images", str(train / "images"), "--train-labels",
          str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
          "--synth-images", str(demo / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
          str(pairs / "labels"), *names, "--regimes", *regimes, "--seeds", *map(str, args.seeds),
-         "--steps", str(steps), "--out", str(report / "utility.json")], commands)  # fmt: skip
+         "--steps", str(steps), "--jobs", str(args.jobs), "--out", str(report / "utility.json")],
+        commands)  # fmt: skip
 
     elapsed = time.time() - t0
     parts = [name for name in ("labels", "curve", "utility") if (report / f"{name}.md").is_file()]

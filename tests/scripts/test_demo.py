@@ -97,6 +97,7 @@ def test_utility_protocol_refuses_bad_input_before_work(tmp_path: Path) -> None:
         (demo_dir / name).write_text("")
     assert utility_protocol.check_demo(demo_dir) == []
     assert utility_protocol.main(["--demo", str(demo_dir), "--out", str(out), "--pairs", "4", "--regimes", "8"]) == 2
+    assert utility_protocol.main(["--demo", str(demo_dir), "--out", str(out), "--steps", "0"]) == 2
     assert not out.exists()
     foreign = tmp_path / "mine"
     foreign.mkdir()
