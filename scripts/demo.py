@@ -251,7 +251,8 @@ def labels_stage(
          "--synth-images", str(out / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
          str(pairs / "labels"), "--class-names", *class_names, "--data-range", "-1", "1",
          "--regimes", *map(str, args.utility_regimes), "--seeds", *map(str, args.utility_seeds),
-         "--steps", str(args.utility_steps), "--out", str(report / "utility.json")], commands)  # fmt: skip
+         "--steps", str(args.utility_steps), "--jobs", str(len(os.sched_getaffinity(0))),
+         "--out", str(report / "utility.json")], commands)  # fmt: skip
     tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
     montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
                      MNI152_NOTE, "", *pair_montages(pairs, report, class_names)]  # fmt: skip
