@@ -91,7 +91,9 @@ def run_curves(
             "levelled_step": levelled_step(mean, tolerance),
         }
     budget = max(r["levelled_step"] for r in per_regime.values())
-    return {"regimes": per_regime, "budget": budget}
+    if budget == steps:
+        logger.warning("a curve was still rising at its last step (%d): the budget needs longer curves", steps)
+    return {"regimes": per_regime, "budget": budget, "still_rising": budget == steps}
 
 
 def markdown(report: dict) -> str:
@@ -103,7 +105,8 @@ def markdown(report: dict) -> str:
         shown.append(first[-1][0])
     lines = ["## Segmenter learning curve (real subjects only, validation split, mean foreground Dice)", "",
              f"Seeds {st['seeds']}; levelled off = first step within {st['tolerance']} of the curve's best; "
-             f"budget = the latest of them: **{res['budget']} steps**.", "",
+             f"budget = the latest of them: **{res['budget']} steps**"
+             + (" (still rising at the last step: run longer curves)." if res["still_rising"] else "."), "",
              "| real subjects | " + " | ".join(f"step {s}" for s in shown) + " | best | levelled off at |",
              "|---" * (len(shown) + 3) + "|"]  # fmt: skip
     for n_real, r in res["regimes"].items():

@@ -1,7 +1,7 @@
 """The full utility protocol of the labels stage: do new (image, label) pairs help a segmenter? (SPEC section 11)
 
-    python scripts/utility_protocol.py --demo runs/demo --out runs/utility [--label-ae-minutes 8]
-        [--label-diffusion-minutes 8] [--pairs 16] [--regimes 2 4 8] [--seeds 0 1 2] [--curve-steps 1500]
+    python scripts/utility_protocol.py --demo runs/demo --out runs/utility [--label-ae-minutes 10]
+        [--label-diffusion-minutes 10] [--pairs 16] [--regimes 2 4 8] [--seeds 0 1 2] [--curve-steps 1500]
         [--overwrite]
 
 Builds on a finished demo run (``scripts/demo.py``: its stage-2 checkpoint, exported train/test splits, the
@@ -59,14 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a label diffusion checkpoint already trained on the demo's data: skips step 2",
     )
-    p.add_argument("--label-ae-minutes", type=float, default=8.0, help="training budget of the label autoencoder")
-    p.add_argument("--label-diffusion-minutes", type=float, default=8.0, help="budget of the label diffusion")
+    p.add_argument("--label-ae-minutes", type=float, default=10.0, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=float, default=10.0, help="budget of the label diffusion")
     p.add_argument("--pairs", type=int, default=16, help="new (label, image) pairs generated")
     p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="real subjects per utility regime")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the utility experiment")
     p.add_argument("--curve-steps", type=int, default=1500, help="length of the segmenter learning curves")
     p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many curve steps")
-    p.add_argument("--curve-seeds", nargs="+", type=int, default=[0], help="seeds of the learning curves")
+    p.add_argument("--curve-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the learning curves")
     p.add_argument("--steps", type=int, default=None, help="segmenter budget; default: from the learning curve")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (and per segmenter worker)")
     p.add_argument(

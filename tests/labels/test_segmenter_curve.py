@@ -63,6 +63,7 @@ def test_cli_tiny(tmp_path: Path) -> None:
         assert [s for s, _ in r["mean"]] == [2, 4]
         assert r["levelled_step"] == levelled_step(r["mean"], 0.01)
     assert report["results"]["budget"] == max(r["levelled_step"] for r in regimes.values())
+    assert report["results"]["still_rising"] == (report["results"]["budget"] == 4)  # 4: the last step
     assert "levelled off" in out.with_suffix(".md").read_text()
     assert Image.open(out.with_suffix(".png")).size[0] > 0
     assert main(argv) == 2  # the report exists: --overwrite needed
