@@ -105,12 +105,14 @@ def max_time(minutes: float) -> str:
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The autoencoder checkpoint with the best validation loss (``best-<step>.ckpt``), else ``last.ckpt``.
+    """The checkpoint with the best validation loss (``best-<step>.ckpt``), else ``last.ckpt``.
 
     A latent diffusion builds on the best reconstruction, since it cannot do better than its decoder. Stage 1: in
     the short demo budget the GAN phase, which starts at batch 500, did not beat the validation PSNR reached before
-    it. The label autoencoder: with 16 training maps it overfits (its validation loss rises after a few hundred
-    steps), so the label diffusion takes the best one (README, Paired generation).
+    it. The labels stage: with 16 training maps both the label autoencoder and the label diffusion overfit (their
+    validation losses rise after a few hundred steps; the label diffusion's later steps give maps closer to the
+    training maps than real held-out maps are), so the label diffusion takes the best autoencoder and generation
+    the best label diffusion (README, Paired generation).
     """
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     return best[-1] if best else folder / "last.ckpt"
@@ -239,7 +241,7 @@ def labels_stage(
     pairs = out / "pairs"
     # new maps asked for the class volumes of the held-out subjects (varied requests: the control check), no repair
     run([py, "-m", "scripts.generate_pairs", "--label-ckpt",
-         str(out / "label_diffusion" / "checkpoints" / "last.ckpt"), "--image-ckpt", str(stage2),
+         str(best_checkpoint(out / "label_diffusion" / "checkpoints")), "--image-ckpt", str(stage2),
          "--num-samples", str(args.label_maps), "--out", str(pairs), "--seed", "0", "--batch-size", "4",
          "--condition-from", str(test / "labels")], commands)  # fmt: skip
     run([py, "-m", "evaluation.label_metrics", "--fake", str(pairs / "labels"), "--real", str(test / "labels"),

@@ -1,7 +1,7 @@
 """The full utility protocol of the labels stage: do new (image, label) pairs help a segmenter? (SPEC section 11)
 
-    python scripts/utility_protocol.py --demo runs/demo --out runs/utility [--label-ae-minutes 10]
-        [--label-diffusion-minutes 10] [--pairs 16] [--regimes 2 4 8] [--seeds 0 1 2] [--curve-steps 1500]
+    python scripts/utility_protocol.py --demo runs/demo --out runs/utility [--label-ae-minutes 5]
+        [--label-diffusion-minutes 5] [--pairs 16] [--regimes 2 4 8] [--seeds 0 1 2] [--curve-steps 1500]
         [--overwrite]
 
 Builds on a finished demo run (``scripts/demo.py``: its stage-2 checkpoint, exported train/test splits, the
@@ -9,8 +9,9 @@ images generated from the real training maps and its real-trained segmenter) and
 command a user would type (all recorded in the report):
 
   1. export the validation split (the budget is chosen on it, never on the test split)
-  2. train the label autoencoder and the label diffusion with larger budgets than the demo's (``--label-ckpt``:
-     use a label diffusion checkpoint trained before, with the same commands)
+  2. train the label autoencoder and the label diffusion with larger budgets than the demo's; each is used at its
+     best validation loss (``best-<step>.ckpt``: with 16 training maps both overfit later). ``--label-ckpt`` uses a
+     label diffusion checkpoint trained before, with the same commands, instead
   3. ``--pairs`` new (image, label) pairs, map i asked for the class volumes of the i-th real training map
   4. their mask quality against the real test maps (``evaluation/label_metrics.py``)
   5. the segmenter's real-only learning curve on the validation split (``evaluation/segmenter_curve.py``), which
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a label diffusion checkpoint already trained on the demo's data: skips step 2",
     )
-    p.add_argument("--label-ae-minutes", type=float, default=10.0, help="training budget of the label autoencoder")
-    p.add_argument("--label-diffusion-minutes", type=float, default=10.0, help="budget of the label diffusion")
+    p.add_argument("--label-ae-minutes", type=float, default=5.0, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=float, default=5.0, help="budget of the label diffusion")
     p.add_argument("--pairs", type=int, default=16, help="new (label, image) pairs generated")
     p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="real subjects per utility regime")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the utility experiment")
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     export_split(dataset_cfg, val, "val")
     label_ckpt = args.label_ckpt
     if label_ckpt is None:
-        label_ckpt = out / "label_diffusion" / "checkpoints" / "last.ckpt"
         train_label_generator(out, data_dir, args.label_ae_minutes, args.label_diffusion_minutes, commands)
+        label_ckpt = best_checkpoint(out / "label_diffusion" / "checkpoints")
     pairs = out / "pairs"
     run([py, "-m", "scripts.generate_pairs", "--label-ckpt", str(label_ckpt),
          "--image-ckpt", str(demo / "diffusion" / "checkpoints" / "last.ckpt"), "--num-samples", str(args.pairs),
