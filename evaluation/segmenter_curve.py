@@ -123,7 +123,8 @@ def plot(path: Path, report: dict) -> Path:
     res = report["results"]
     panels = [(f"{n} real subjects: levelled off at {r['levelled_step']}", [tuple(p) for p in r["mean"]], "max")
               for n, r in res["regimes"].items()]  # fmt: skip
-    return plot_panels(path, panels, title=f"segmenter validation Dice vs steps (budget {res['budget']})")
+    title = f"segmenter validation Dice vs steps (budget {res['budget']})"
+    return plot_panels(path, panels, title=title, whole_range=True)  # the Dice can peak early: show all of it
 
 
 def build_parser() -> argparse.ArgumentParser:

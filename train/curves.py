@@ -70,8 +70,13 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _draw_panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, points: Series, best: str | None) -> None:
-    """One line chart in the box (x0, y0, x0 + PANEL_W, y0 + PANEL_H); ``best`` marks the min or max point."""
+def _draw_panel(
+    draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, points: Series, best: str | None, whole_range: bool
+) -> None:
+    """One line chart in the box (x0, y0, x0 + PANEL_W, y0 + PANEL_H); ``best`` marks the min or max point.
+
+    The y range leaves out the first tenth of the steps (see the module docstring) unless ``whole_range``.
+    """
     font = _font(12)
     draw.text((x0 + MARGIN_L, y0 + 4), title, fill=(0, 0, 0), font=font)
     left, top = x0 + MARGIN_L, y0 + MARGIN_T
@@ -85,7 +90,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, points:
     x_lo, x_hi = float(steps.min()), float(steps.max())
     if x_hi <= x_lo:
         x_hi = x_lo + 1.0
-    tail = values[steps >= x_lo + 0.1 * (x_hi - x_lo)] if len(values) > 10 else values
+    tail = values[steps >= x_lo + 0.1 * (x_hi - x_lo)] if len(values) > 10 and not whole_range else values
     y_lo, y_hi = float(min(tail.min(), values[-1])), float(max(tail.max(), values[-1]))
     if y_hi <= y_lo:
         y_lo, y_hi = y_lo - 0.5 * (abs(y_lo) or 1.0), y_hi + 0.5 * (abs(y_hi) or 1.0)
@@ -123,7 +128,11 @@ def _draw_panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, points:
 
 
 def plot_panels(
-    path: str | Path, panels: Sequence[tuple[str, Series, str | None]], title: str = "", overwrite: bool = True
+    path: str | Path,
+    panels: Sequence[tuple[str, Series, str | None]],
+    title: str = "",
+    overwrite: bool = True,
+    whole_range: bool = False,
 ) -> Path:
     """Write a PNG grid of line charts.
 
@@ -132,6 +141,8 @@ def plot_panels(
         panels: ``[(title, [(step, value), ...], best), ...]``; ``best`` is ``"min"``, ``"max"`` or None.
         title: figure title on top.
         overwrite: replace an existing file (curves are redrawn as a run goes on).
+        whole_range: the y range covers every value (a metric that peaks early); default: the loss rule of the
+            module docstring.
     """
     if not panels:
         raise ValueError("plot_panels needs at least one panel")
@@ -143,7 +154,7 @@ def plot_panels(
     if title:
         draw.text((8, 6), title, fill=(0, 0, 0), font=_font(14))
     for n, (name, points, best) in enumerate(panels):
-        _draw_panel(draw, (n % cols) * PANEL_W, head + (n // cols) * PANEL_H, name, points, best)
+        _draw_panel(draw, (n % cols) * PANEL_W, head + (n // cols) * PANEL_H, name, points, best, whole_range)
     return atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"), overwrite=overwrite, suffix=".png")
 
 
