@@ -31,7 +31,7 @@ from evaluation.intensity import IntensityRange
 from evaluation.parallel import run_tasks
 from evaluation.report import header, report_paths, write_report
 from evaluation.segmentation import Case, SegConfig, load_cases, train_segmenter
-from evaluation.utility import draw_subjects
+from evaluation.utility import add_experiment_arguments, draw_subjects
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("val-labels", "real validation label maps"),
     ):
         p.add_argument(f"--{name}", required=True, type=Path, help=what)
-    p.add_argument("--class-names", nargs="+", required=True, help="K names, background first")
-    p.add_argument("--data-range", nargs=2, type=float, required=True, help="image intensity range LO HI")
-    p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="numbers of real training subjects")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (subject draw, init, batches)")
+    add_experiment_arguments(p, seeds=[0], out_help="JSON report (Markdown and PNG next to it)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps of each curve")
     p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many steps")
     p.add_argument("--tolerance", type=float, default=0.01, help="Dice below the best that counts as levelled off")
-    p.add_argument("--jobs", type=int, default=1, help="curves trained at once, one process each (<= cores)")
-    p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown and PNG next to it)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report of ours")
-    p.add_argument("--log-level", default="info", help="logging level")
     return p
 
 

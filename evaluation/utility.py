@@ -167,16 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                        ("new-images", "images of the generated pairs (<id>_s0)"),
                        ("new-labels", "new (generated) label maps of those pairs")):  # fmt: skip
         p.add_argument(f"--{name}", required=True, type=Path, help=what)
+    add_experiment_arguments(p, seeds=[0, 1, 2], out_help="JSON report (Markdown next to it)")
+    p.add_argument(
+        "--steps", type=int, default=300, help="optimiser steps of every segmenter (choose with segmenter_curve.py)"
+    )
+    return p
+
+
+def add_experiment_arguments(p: argparse.ArgumentParser, seeds: list[int], out_help: str) -> None:
+    """The options the utility experiment and its learning curve share (classes, range, regimes, seeds, jobs, out)."""
     p.add_argument("--class-names", nargs="+", required=True, help="K names, background first")
     p.add_argument("--data-range", nargs=2, type=float, required=True, help="image intensity range LO HI")
     p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="numbers of real training subjects")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (subject draw, init, batches)")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps of every segmenter")
+    p.add_argument("--seeds", nargs="+", type=int, default=seeds, help="seeds (subject draw, init, batches)")
     p.add_argument("--jobs", type=int, default=1, help="segmenters trained at once, one process each (<= cores)")
-    p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown next to it)")
+    p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of ours")
     p.add_argument("--log-level", default="info", help="logging level")
-    return p
 
 
 def command(args: argparse.Namespace, argv: list[str]) -> dict:
