@@ -57,3 +57,17 @@ def test_diffusion_ddp_ranks_agree(ddp_vqgan: Path, tmp_path: Path) -> None:
     )
     assert d0["world_size"] == 2 and d0["global_step"] == d1["global_step"] == 4
     assert d0["sha256"] == d1["sha256"], "weights (incl. EMA and latent statistics) differ between DDP ranks"
+
+
+def test_labels_stage_ddp_ranks_agree(tmp_path: Path) -> None:
+    """The label autoencoder, then the label diffusion on it (attribute statistics included), on two ranks."""
+    from tests.labels.conftest import TINY_LABELS
+
+    ae = tmp_path / "label_ae"
+    d0, d1 = _ddp("train_label_ae", [*TINY_LABELS, "model=label_ae_tiny"], ae, [])
+    assert d0["world_size"] == 2 and d0["global_step"] == d1["global_step"] == 4
+    assert d0["sha256"] == d1["sha256"], "label autoencoder weights differ between DDP ranks"
+    extra = ["model.stats_batches=2", f"model.label_ae_ckpt={ae / 'checkpoints' / 'last.ckpt'}"]
+    d0, d1 = _ddp("train_label_diffusion", [*TINY_LABELS, "model=label_diffusion_tiny"], tmp_path / "diffusion", extra)
+    assert d0["world_size"] == 2 and d0["global_step"] == d1["global_step"] == 4
+    assert d0["sha256"] == d1["sha256"], "label diffusion weights (incl. EMA and attribute statistics) differ"
