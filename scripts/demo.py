@@ -12,7 +12,9 @@ Stages (each is the command a user would type, run as a subprocess and logged in
   5. evaluate                     python -m evaluation.compute_metrics --real ... --fake ... --labels ...
   6. report: <out>/report/ with the metrics table (README.md, metrics.json), real | label | synthetic montages
      (PNG) and GIFs.
-Labels stage (new label maps and pairs; ``--no-labels`` skips it), between 5 and 6:
+Labels stage (new label maps and pairs; ``--no-labels`` skips it). L1-L2 need only the data, so they run in a
+background thread beside 1-2 (every training is single-threaded; a 2-core machine runs two at once), their output
+in <out>/label_generator.log; L3-L5 follow 5:
   L1. train the label autoencoder   python -m train.train_label_ae experiment=mni152_labels_ae_cpu ...
   L2. train the label diffusion     python -m train.train_label_diffusion experiment=mni152_labels_diffusion_cpu ...
   L3. new pairs                     python -m scripts.generate_pairs ... --condition-from <test labels>
@@ -30,7 +32,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -118,14 +122,65 @@ def best_checkpoint(folder: Path) -> Path:
     return best[-1] if best else folder / "last.ckpt"
 
 
-def run(cmd: list[str], commands: list[str]) -> None:
-    """Run one stage; its command line goes into the report so every number can be reproduced."""
+def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None:
+    """Run one stage; its command line goes into the report so every number can be reproduced.
+
+    ``output``: append the stage's stdout and stderr to this file instead of the console (a stage run beside
+    another one, whose console output would interleave).
+    """
     shown = shlex.join(cmd).replace(sys.executable, "python")
     commands.append(shown)
-    log.info("$ %s", shown)
+    log.info("$ %s%s", shown, f"  (output: {output})" if output else "")
     t0 = time.time()
-    subprocess.run(cmd, check=True)
-    log.info("stage finished in %.0f s", time.time() - t0)
+    if output is None:
+        subprocess.run(cmd, check=True)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("a") as sink:
+            subprocess.run(cmd, check=True, stdout=sink, stderr=subprocess.STDOUT)
+    log.info("stage finished in %.0f s: %s", time.time() - t0, shown.split(" ")[2])
+
+
+def train_label_generator(
+    out: Path,
+    ae_minutes: float,
+    diffusion_minutes: float,
+    common: list[str],
+    commands: list[str],
+    output: Path | None = None,
+) -> None:
+    """The label autoencoder, then the label diffusion on its best checkpoint, into ``out/label_{ae,diffusion}``.
+
+    ``common``: Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`.
+    """
+    py = sys.executable
+    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
+         f"trainer.max_time={max_time(ae_minutes)}", *common], commands, output)  # fmt: skip
+    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
+         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
+         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
+         *common], commands, output)  # fmt: skip
+
+
+class Background:
+    """A function run in a thread beside the main stages; :meth:`wait` re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as err:  # handed to wait(), in the main thread
+                self.error = err
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def dataset_config(data_dir: Path) -> DictConfig:
@@ -218,26 +273,15 @@ def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | 
 
 
 def labels_stage(
-    args: argparse.Namespace,
-    out: Path,
-    common: list[str],
-    stage2: Path,
-    class_names: list[str],
-    commands: list[str],
+    args: argparse.Namespace, out: Path, stage2: Path, class_names: list[str], commands: list[str]
 ) -> tuple[list[str], list[str]]:
-    """The labels stage: label generator training, new pairs, mask-quality table, a small utility experiment.
+    """The labels stage after its training (:func:`train_label_generator`): new pairs, mask quality, utility.
 
     Returns:
         (Markdown tables, Markdown lines of the (label | image) montages) for the report.
     """
     py = sys.executable
     test, train, report = out / "data" / "test", out / "data" / "train", out / "report"
-    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
-         f"trainer.max_time={max_time(args.label_ae_minutes)}", *common], commands)  # fmt: skip
-    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
-         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
-         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(args.label_diffusion_minutes)}",
-         *common], commands)  # fmt: skip
     pairs = out / "pairs"
     # new maps asked for the class volumes of the held-out subjects (varied requests: the control check), no repair
     run([py, "-m", "scripts.generate_pairs", "--label-ckpt",
@@ -321,8 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     commands: list[str] = []
     t0 = time.time()
 
-    # 1-2. the two training stages, through the real entry points
+    # 1-2. the two training stages, through the real entry points. The label generator (L1-L2) needs only the
+    # data, so it trains beside them: each training is single-threaded, and this machine has two cores.
     common = [f"paths.data_dir={data_dir}", *args.extra]
+    label_commands: list[str] = []
+    if not args.no_labels:  # the embedded dataset is built once, under a file lock, by whichever comes first
+        label_training = Background(
+            lambda: train_label_generator(out, args.label_ae_minutes, args.label_diffusion_minutes, common,
+                                          label_commands, out / "label_generator.log")
+        )  # fmt: skip
     run(
         [
             py,
@@ -461,9 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # 5b. the labels stage: new label maps and their images
-    label_tables, pair_lines = ([], []) if args.no_labels else labels_stage(
-        args, out, common, stage2, class_names, commands
-    )  # fmt: skip
+    label_tables, pair_lines = [], []
+    if not args.no_labels:
+        label_training.wait()
+        commands += label_commands
+        label_tables, pair_lines = labels_stage(args, out, stage2, class_names, commands)
 
     # 6. report
     figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names))

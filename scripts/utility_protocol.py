@@ -40,9 +40,9 @@ from scripts.demo import (
     claim_output_folder,
     dataset_config,
     export_split,
-    max_time,
     pair_montages,
     run,
+    train_label_generator,
 )
 
 log = logging.getLogger("utility_protocol")
@@ -88,20 +88,6 @@ def check_demo(demo: Path) -> list[str]:
     return [n for n in needed if not (demo / n).exists()]
 
 
-def train_label_generator(
-    out: Path, data_dir: Path, ae_minutes: float, diffusion_minutes: float, commands: list[str]
-) -> None:
-    """Step 2: the label autoencoder, then the label diffusion on its latent, into ``out/label_{ae,diffusion}``."""
-    py, common = sys.executable, [f"paths.data_dir={data_dir}"]
-    # the step caps are far beyond what the minutes allow: the wall-clock budget decides
-    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
-         f"trainer.max_time={max_time(ae_minutes)}", "trainer.max_steps=100000", *common], commands)  # fmt: skip
-    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
-         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
-         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
-         "trainer.max_steps=100000", *common], commands)  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -131,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     export_split(dataset_cfg, val, "val")
     label_ckpt = args.label_ckpt
     if label_ckpt is None:
-        train_label_generator(out, data_dir, args.label_ae_minutes, args.label_diffusion_minutes, commands)
+        # step caps far beyond what the minutes allow: the wall-clock budget decides
+        common = [f"paths.data_dir={data_dir}", "trainer.max_steps=100000"]
+        train_label_generator(out, args.label_ae_minutes, args.label_diffusion_minutes, common, commands)
         label_ckpt = best_checkpoint(out / "label_diffusion" / "checkpoints")
     pairs = out / "pairs"
     run([py, "-m", "scripts.generate_pairs", "--label-ckpt", str(label_ckpt),
