@@ -122,6 +122,27 @@ def best_checkpoint(folder: Path) -> Path:
     return best[-1] if best else folder / "last.ckpt"
 
 
+class StageFailed(RuntimeError):
+    """A stage's subprocess exited non-zero: reported in one line by :func:`report_failure`, not a traceback."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def report_failure(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a driver's ``main``: a failed stage is one line (its own error is already above it) and its exit status."""
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except StageFailed as err:
+            log.error("%s", err)
+            return err.code
+
+    return wrapped
+
+
 def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None:
     """Run one stage; its command line goes into the report so every number can be reproduced.
 
@@ -133,11 +154,14 @@ def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None
     log.info("$ %s%s", shown, f"  (output: {output})" if output else "")
     t0 = time.time()
     if output is None:
-        subprocess.run(cmd, check=True)
+        code = subprocess.run(cmd).returncode
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("a") as sink:
-            subprocess.run(cmd, check=True, stdout=sink, stderr=subprocess.STDOUT)
+            code = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        where = f"; its output is in {output}" if output else " (its own error is above)"
+        raise StageFailed(f"stage failed with exit status {code}: {shown}{where}", code)
     log.info("stage finished in %.0f s: %s", time.time() - t0, shown.split(" ")[2])
 
 
@@ -351,6 +375,7 @@ def claim_output_folder(out: Path, overwrite: bool, record: str, command: str, a
     return True
 
 
+@report_failure
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

@@ -41,6 +41,7 @@ from scripts.demo import (
     dataset_config,
     export_split,
     pair_montages,
+    report_failure,
     run,
     train_label_generator,
 )
@@ -88,6 +89,7 @@ def check_demo(demo: Path) -> list[str]:
     return [n for n in needed if not (demo / n).exists()]
 
 
+@report_failure
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

@@ -104,3 +104,24 @@ def test_utility_protocol_refuses_bad_input_before_work(tmp_path: Path) -> None:
     (foreign / "thesis.nii.gz").write_bytes(b"precious")
     assert utility_protocol.main(["--demo", str(demo_dir), "--out", str(foreign), "--overwrite"]) == 2
     assert (foreign / "thesis.nii.gz").read_bytes() == b"precious"
+
+
+def test_a_failed_stage_is_one_line_with_its_exit_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stage that exits non-zero stops the driver with its status and one log line, not a traceback."""
+    from scripts import demo
+
+    commands: list[str] = []
+    log_file = tmp_path / "stage.log"
+
+    @demo.report_failure
+    def driver(argv: list[str] | None = None) -> int:
+        demo.run([sys.executable, "-c", "import sys; print('own error'); sys.exit(3)"], commands, log_file)
+        return 0
+
+    assert driver([]) == 3
+    assert "own error" in log_file.read_text() and len(commands) == 1
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "exit status 3" in record.getMessage() and str(log_file) in record.getMessage()
+    failing = demo.Background(lambda: demo.run([sys.executable, "-c", "raise SystemExit(4)"], []))
+    with pytest.raises(demo.StageFailed):  # a background stage's failure reaches the main thread
+        failing.wait()
