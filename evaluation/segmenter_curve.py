@@ -73,7 +73,10 @@ def run_curves(
     tolerance: float,
     jobs: int = 1,
 ) -> dict:
-    """Train every (regime, seed) on real subjects only, in ``jobs`` processes; return the curves and the budget."""
+    """Train every (regime, seed) on real subjects only, in ``jobs`` processes; return the curves and the budget.
+
+    Every subject draw (and its check that the regime has enough subjects) happens before any training.
+    """
     tasks = [(draw_subjects(real, n_real, np.random.default_rng(seed)), val, num_classes, steps, eval_every, seed)
              for n_real in regimes for seed in seeds]  # fmt: skip
     results = iter(run_tasks(learning_curve, tasks, jobs, desc="learning curves"))
@@ -156,8 +159,6 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     rng = IntensityRange(*args.data_range, clip=True)
     real = load_cases(args.train_images, args.train_labels, len(names), rng)
     val = load_cases(args.val_images, args.val_labels, len(names), rng)
-    if max(args.regimes) > len(real):
-        raise ValueError(f"regime {max(args.regimes)} needs that many real training subjects, there are {len(real)}")
     results = run_curves(real, val, len(names), args.regimes, args.seeds, args.steps, args.eval_every, args.tolerance,
                          args.jobs)  # fmt: skip
     report = {**header("segmenter_curve", argv), "class_names": names,
