@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 
 from dataset import DataError
 from dataset.files import atomic_write_json, atomic_write_text, check_output_dir, read_run_record, write_run_record
+from evaluation.parallel import usable_cores
 
 log = logging.getLogger("demo")
 #: The demo's run record: marks its output folder as ours, so ``--overwrite`` never deletes anything else.
@@ -321,7 +322,7 @@ def labels_stage(
          "--synth-images", str(out / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
          str(pairs / "labels"), "--class-names", *class_names, "--data-range", "-1", "1",
          "--regimes", *map(str, args.utility_regimes), "--seeds", *map(str, args.utility_seeds),
-         "--steps", str(args.utility_steps), "--jobs", str(len(os.sched_getaffinity(0))),
+         "--steps", str(args.utility_steps), "--jobs", str(usable_cores()),
          "--out", str(report / "utility.json")], commands)  # fmt: skip
     tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
     montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from dataset.files import atomic_write_text
+from evaluation.parallel import usable_cores
 from scripts.demo import (
     MNI152_NOTE,
     best_checkpoint,
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--jobs",
         type=int,
-        default=len(os.sched_getaffinity(0)),
+        default=usable_cores(),
         help="segmenters trained at once in steps 5-6 (default: the cores this process may use); the numbers do "
         "not depend on it",
     )
