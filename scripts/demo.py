@@ -395,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     # data, so it trains beside them: each training is single-threaded, and this machine has two cores.
     common = [f"paths.data_dir={data_dir}", *args.extra]
     label_commands: list[str] = []
-    if not args.no_labels:  # the embedded dataset is built once, under a file lock, by whichever comes first
-        label_training = Background(
-            lambda: train_label_generator(out, args.label_ae_minutes, args.label_diffusion_minutes, common,
-                                          label_commands, out / "label_generator.log")
-        )  # fmt: skip
+    # the embedded dataset is built once, under a file lock, by whichever training comes first
+    label_training = None if args.no_labels else Background(
+        lambda: train_label_generator(out, args.label_ae_minutes, args.label_diffusion_minutes, common,
+                                      label_commands, out / "label_generator.log")
+    )  # fmt: skip
     run(
         [
             py,
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5b. the labels stage: new label maps and their images
     label_tables, pair_lines = [], []
-    if not args.no_labels:
+    if label_training is not None:
         label_training.wait()
         commands += label_commands
         label_tables, pair_lines = labels_stage(args, out, stage2, class_names, commands)
