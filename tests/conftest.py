@@ -27,5 +27,6 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-# The tiny trained checkpoint pair, registered here once so that generation, labels and benchmark tests share it.
+# The tiny trained checkpoints, registered here once so that the tests of every package share them.
+from tests.label_checkpoints import tiny_label_model  # noqa: E402, F401
 from tests.tiny_checkpoints import tiny_model  # noqa: E402, F401

@@ -31,7 +31,7 @@ def test_keys_are_constructor_arguments(name: str) -> None:
     cfg = _model_cfg(name)
     assert cfg._target_ == "vq_gan_3d.module.VQGANModule"
     params = set(inspect.signature(VQGANModule.__init__).parameters) - {"self"}
-    assert set(cfg) - {"_target_"} <= params  # nothing unknown (tests/config checks every model config so)
+    assert set(cfg) - {"_target_"} <= params  # nothing unknown (test_config_composition checks every model config)
     assert cfg.label_nc == 5  # interpolated from the dataset group
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.labels.conftest import TINY_LABELS, TinyLabelModel
+from tests.label_checkpoints import TINY_LABELS, TinyLabelModel
 from tests.train.helpers import run_entry
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.generation.conftest import LEAKY_HEADER, LabelMaps, TinyModel, nested_labels, oblique_affine
+from tests.scripts.conftest import LEAKY_HEADER, LabelMaps, TinyModel, nested_labels, oblique_affine
 from tests.train.helpers import REPO
 
 FAST = ["--device", "cpu", "--sampler", "ddim", "--steps", "2"]

@@ -19,8 +19,8 @@ import torch
 
 from dataset import DataError
 from dataset.files import file_sha256
-from tests.generation.conftest import LabelMaps, TinyModel, nested_labels, write_nifti
-from tests.generation.test_generate_cli import EXIT_ERROR, cli, names, outputs
+from tests.scripts.conftest import LabelMaps, TinyModel, nested_labels, write_nifti
+from tests.scripts.test_generate import EXIT_ERROR, cli, names, outputs
 from tests.train.helpers import REPO
 
 
