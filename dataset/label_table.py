@@ -13,6 +13,9 @@ and the value, so a changed labelling tool cannot slip unnoticed into training d
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,9 +57,34 @@ class LabelTable:
         except ValueError:
             raise ValueError(f"label table {self.name!r} has no class {name!r}; classes: {self.class_names}") from None
 
+    def to_plain(self) -> dict[str, Any]:
+        """The table as plain data for a checkpoint or run record: name, classes, remap as sorted pairs.
 
-def _parse_table(raw: dict[str, Any], origin: str) -> LabelTable:
-    if not isinstance(raw, dict) or "name" not in raw or "classes" not in raw:
+        ``extra`` sections are not part of it (they describe raw files of a paper dataset, not the vocabulary).
+        """
+        return {
+            "name": self.name,
+            "classes": list(self.class_names),
+            "remap": [[src, dst] for src, dst in sorted(self.remap.items())],
+        }
+
+    def source_values(self) -> np.ndarray:
+        """Class id -> the source value a class is written back as (the smallest one mapped to it), (K,) int64.
+
+        Raises:
+            ValueError: a class that no source value maps to (it could not be written back).
+        """
+        out = np.full(self.label_nc, -1, dtype=np.int64)
+        for src, dst in sorted(self.remap.items(), reverse=True):
+            out[dst] = src
+        empty = [self.class_names[k] for k in np.flatnonzero(out < 0)]
+        if empty:
+            raise ValueError(f"label table {self.name!r}: no source value maps to class(es) {empty}")
+        return out
+
+
+def _parse_table(raw: Mapping[str, Any], origin: str) -> LabelTable:
+    if not isinstance(raw, Mapping) or "name" not in raw or "classes" not in raw:
         raise ValueError(f"{origin}: a label table needs 'name' and 'classes'")
     names = tuple(str(c) for c in raw["classes"])
     if len(set(names)) != len(names) or len(names) < 2:
@@ -66,10 +94,19 @@ def _parse_table(raw: dict[str, Any], origin: str) -> LabelTable:
     if raw.get("remap") is None:
         remap = {i: i for i in range(len(names))}
     else:
+        pairs = raw["remap"].items() if isinstance(raw["remap"], Mapping) else raw["remap"]
         remap = {}
-        for key, value in raw["remap"].items():
-            src = int(key)
-            if isinstance(value, int):
+        for pair in pairs:
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ValueError(f"{origin}: remap must map source values to classes, got entry {pair!r}")
+            key, value = pair
+            try:
+                src = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"{origin}: remap key {key!r} is not an integer source value") from None
+            if src in remap:
+                raise ValueError(f"{origin}: source value {src} is listed twice in remap")
+            if isinstance(value, int) and not isinstance(value, bool):
                 dst = value
             else:  # a class name
                 dst = names.index(str(value)) if str(value) in names else -1
@@ -78,6 +115,28 @@ def _parse_table(raw: dict[str, Any], origin: str) -> LabelTable:
             remap[src] = dst
     extra = {k: v for k, v in raw.items() if k not in ("name", "classes", "remap", "label_nc")}
     return LabelTable(name=str(raw["name"]), class_names=names, remap=remap, extra=extra)
+
+
+def parse_label_table(raw: Mapping[str, Any], origin: str = "label table") -> LabelTable:
+    """Build a table from its YAML form or its plain form (:meth:`LabelTable.to_plain`), checking it.
+
+    Raises:
+        ValueError: malformed (see the module docstring), naming ``origin``.
+    """
+    return _parse_table(raw, origin)
+
+
+def resolve_label_table(spec: str | Path | Mapping[str, Any] | LabelTable | None) -> LabelTable | None:
+    """A table from what a dataset config or checkpoint holds: None, a name or YAML path, a mapping, a table.
+
+    Raises:
+        ValueError: unknown name, missing file, malformed table.
+    """
+    if spec is None or isinstance(spec, LabelTable):
+        return spec
+    if isinstance(spec, Mapping):
+        return parse_label_table(spec, "label_table")
+    return load_label_table(spec)
 
 
 def load_label_table(name_or_path: str | Path) -> LabelTable:
@@ -130,3 +189,181 @@ def remap_labels(label: np.ndarray, table: LabelTable, source: str) -> np.ndarra
         if src < lut.size:
             lut[src] = dst
     return lut[label]
+
+
+def restore_labels(label: np.ndarray, table: LabelTable) -> np.ndarray:
+    """Write class ids back as the table's source values (merged classes: their smallest source value).
+
+    Args:
+        label: integer array of class ids in ``[0, table.label_nc)`` (any shape).
+        table: the table the ids were made with.
+
+    Returns:
+        int64 array of source values, same shape.
+
+    Raises:
+        ValueError: an id outside the table, or a class no source value maps to.
+    """
+    if label.size and (label.min() < 0 or label.max() >= table.label_nc):
+        raise ValueError(
+            f"class ids {int(label.min())}..{int(label.max())} outside the table's 0..{table.label_nc - 1}"
+        )
+    return table.source_values()[label]
+
+
+def suggest_label_table(name: str, values: Sequence[int], names: Mapping[int, str] | None = None) -> LabelTable:
+    """The table that compacts the source values that occur, in increasing order, to classes 0, 1, 2, ...
+
+    Args:
+        name: table name (the dataset's).
+        values: the source values found in the label files; 0 (background) is always class 0.
+        names: source value -> class name (``--names``); values without one get ``class_<value>``.
+
+    Returns:
+        A table with one class per value (nothing merged: merging is a decision for the user to write down).
+    """
+    ordered = sorted({0, *(int(v) for v in values)})
+    if ordered[0] < 0:
+        raise ValueError(f"negative label value {ordered[0]}; class ids start at 0 (background)")
+    names = dict(names or {})
+    classes: list[str] = []
+    for value in ordered:
+        label = names.get(value) or ("background" if value == 0 else f"class_{value}")
+        while label in classes:  # two values given one name: keep both, distinguishable
+            label = f"{label}_{value}"
+        classes.append(label)
+    if len(classes) < 2:  # only background occurs: a second, empty class keeps the table usable
+        classes.append("class_1")
+        ordered.append(1)
+    return LabelTable(name=name, class_names=tuple(classes), remap={v: k for k, v in enumerate(ordered)})
+
+
+def render_label_table(table: LabelTable, header: Sequence[str] = ()) -> str:
+    """The table as YAML text in the ``dataset/label_tables`` format (one ``value: class`` line per value)."""
+    lines = [f"# {line}" if line else "#" for line in header]
+    lines += [f"name: {json.dumps(table.name)}", f"label_nc: {table.label_nc}", "classes:"]
+    lines += [f"  - {json.dumps(c)}" for c in table.class_names]
+    lines += ["remap:   # source voxel value -> class (several values may name one class: they are merged)"]
+    lines += [f"  {src}: {json.dumps(table.class_names[dst])}" for src, dst in sorted(table.remap.items())]
+    return "\n".join(lines) + "\n"
+
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def _clean_name(text: str) -> str:
+    """A class name usable in configs and as a condition key: runs of other characters become ``_``."""
+    return _NAME_RE.sub("_", text.strip()).strip("_")
+
+
+def read_class_names(path: str | Path) -> dict[int, str]:
+    """Class names from a JSON/YAML file (id -> name, name -> id, or nnU-Net's ``{"labels": {...}}``).
+
+    A folder is read by :func:`class_names_from_masks` instead (it needs the label maps to find each file's id).
+
+    Raises:
+        ValueError: unreadable, not a mapping, or ids that are not non-negative integers.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"--names {path}: cannot read it ({type(err).__name__})") from None
+    if isinstance(raw, Mapping) and isinstance(raw.get("labels"), Mapping):
+        raw = raw["labels"]
+    if not isinstance(raw, Mapping) or not raw:
+        raise ValueError(f"--names {path}: expected a mapping id -> name (or name -> id)")
+    out: dict[int, str] = {}
+    for key, value in raw.items():
+        ident, label = (key, value) if _is_id(key) else (value, key)
+        if not _is_id(ident) or not isinstance(label, str) or not _clean_name(label):
+            raise ValueError(f"--names {path}: entry {key!r}: {value!r} is not an id (integer >= 0) and a name")
+        out[int(ident)] = _clean_name(label)
+    return out
+
+
+def _is_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.isdigit()
+
+
+def class_names_from_masks(folder: str | Path, label_maps: Sequence[Path]) -> tuple[dict[int, str], list[str]]:
+    """Class names from a one-file-per-class folder (TotalSegmentator's ``segmentations/liver.nii.gz``, ...).
+
+    The name is the file name; the id is found, in this order of preference:
+
+    1. the file's own value, when it holds one non-zero value other than 1 (a mask that stores its class id);
+    2. the value the multi-label map takes under the mask, in a label map on the masks' grid (the one named like
+       the folder or its parent first, else the first of ``label_maps``: TotalSegmentator writes the masks and
+       the multi-label map of a subject from one run); a mask with no voxel
+       (a class absent from that subject) then gets no id and is reported;
+    3. without such a map: the files' sorted order, ids 1, 2, ... (reported: check it against the tool's list).
+
+    Args:
+        folder: the folder of ``<class name>.nii[.gz]`` masks.
+        label_maps: the dataset's label files (searched for one on the masks' grid).
+
+    Returns:
+        ``(id -> name, warnings)``.
+
+    Raises:
+        ValueError: no mask in the folder, masks on different grids, two masks claiming one id.
+    """
+    from dataset.nifti import NIFTI_SUFFIXES, load_header, read_nifti, strip_nifti_suffix
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"--names {folder}: no NIfTI mask (<class name>.nii.gz) in this folder")
+    warnings: list[str] = []
+    masks = []
+    for path in files:
+        array, affine = read_nifti(path)
+        if masks and (array.shape != masks[0][1].shape or not np.allclose(affine, masks[0][2], atol=1e-3)):
+            raise ValueError(f"--names {path}: not on the grid of {files[0].name}; one folder holds one subject")
+        masks.append((_clean_name(strip_nifti_suffix(path.name)), array, affine))
+    shape, affine = masks[0][1].shape, masks[0][2]
+    reference = None
+    # the subject's own map first: a label file named like the folder or its parent (<subject>/segmentations)
+    same_subject = {folder.name, folder.parent.name}
+    label_maps = sorted(label_maps, key=lambda p: strip_nifti_suffix(Path(p).name) not in same_subject)
+    for candidate in label_maps:
+        img = load_header(candidate)
+        if tuple(img.shape[:3]) == tuple(shape) and np.allclose(img.affine, affine, atol=1e-3):
+            reference = np.asarray(read_nifti(candidate)[0]).astype(np.int64)
+            break
+    names: dict[int, str] = {}
+    owner: dict[int, str] = {}
+    unmatched: list[str] = []
+    for k, (name, array, _) in enumerate(masks):
+        own = np.unique(array[array != 0])
+        if own.size == 1 and int(own[0]) != 1 and float(own[0]).is_integer():
+            ident = int(own[0])
+        elif reference is None:
+            ident = k + 1
+        elif own.size == 0:
+            unmatched.append(name)
+            continue
+        else:
+            under = np.bincount(reference[array != 0].clip(0))
+            under[0] = 0  # background under a mask is a resampling fringe, not the class
+            ident = int(under.argmax())
+            if under[ident] == 0:
+                unmatched.append(name)
+                continue
+            if under[ident] < 0.5 * under.sum():
+                warnings.append(f"--names {folder}: {name} covers label value {ident} only partly; check its id")
+        if ident in owner:
+            raise ValueError(f"--names {folder}: {owner[ident]} and {name} both map to label value {ident}")
+        owner[ident], names[ident] = name, name
+    if reference is None:
+        warnings.append(
+            f"--names {folder}: no label map of the dataset is on the masks' grid, so ids follow the sorted file "
+            f"names (1..{len(masks)}); check them against your segmentation tool's class list"
+        )
+    if unmatched:
+        warnings.append(f"--names {folder}: empty in that subject, so without an id: {unmatched}")
+    return names, warnings

@@ -15,11 +15,15 @@ Pairs are matched by file name (``.nii`` or ``.nii.gz``); a file without its par
 may also be ``"all"`` (every pair, e.g. for generation or evaluation over a folder). Sample ids (manifest
 ``id`` or file names) become output file names downstream, so they must pass :func:`dataset.files.check_name`.
 
-Every label file of the split is checked once when the dataset is built, before any training step: values
-must be integers in ``[0, label_nc)``; a bad value in any file (the last of many included) raises
-:class:`DataError` naming the file. The per-file minimum and maximum are cached in the user's cache folder
-(:func:`label_cache_path`; never in the data folder, which stays read-only), keyed by relative path, size and
-mtime, so later runs re-read only files that changed.
+Label values are class ids in ``[0, label_nc)``, or, with a ``label_table`` (:mod:`dataset.label_table`: a YAML
+file in the ``dataset/label_tables`` format, or the same mapping inline), any source values the table maps to its
+classes: sparse ids (TotalSegmentator's 0-117) are compacted, several values may merge into one class, and
+``label_nc`` / ``class_names`` must be the table's. Every label file of the split is checked once when the
+dataset is built, before any training step: a value outside ``[0, label_nc)``, or absent from the table, in any
+file (the last of many included) raises :class:`DataError` naming the file and the value. The per-file minimum,
+maximum and (with a table) distinct values are cached in the user's cache folder (:func:`label_cache_path`;
+never in the data folder, which stays read-only), keyed by relative path, size and mtime, so later runs re-read
+only files that changed.
 
 Images must either already be in [-1, 1] (``intensity=None``, the case for preprocessed blocks) or be raw
 data normalised on load by an ``intensity`` spec (:mod:`dataset.intensity`). ``block_size`` centre-crops or
@@ -44,10 +48,12 @@ from dataset.contract import DataError, Sample, check_class_names, validate_samp
 from dataset.describe import log_split_summary
 from dataset.files import PRODUCER, atomic_write_json, check_name
 from dataset.intensity import normalize, validate_intensity
+from dataset.label_table import LabelTable, remap_labels, resolve_label_table
 from dataset.nifti import (
     AFFINE_ATOL,
     NIFTI_SUFFIXES,
     label_value_range,
+    label_values,
     load_pair,
     make_sample,
     shift_affine,
@@ -123,7 +129,9 @@ def label_cache_path(dataset_dir: Path) -> Path:
     return Path(base) / "label-ranges" / f"{digest}.json"
 
 
-def check_label_files(paths: Sequence[Path], label_nc: int, dataset_dir: Path) -> None:
+def check_label_files(
+    paths: Sequence[Path], label_nc: int, dataset_dir: Path, table: LabelTable | None = None
+) -> None:
     """Check every label file's values lie in ``[0, label_nc)``, reading only files the cache does not know.
 
     Args:
@@ -131,10 +139,12 @@ def check_label_files(paths: Sequence[Path], label_nc: int, dataset_dir: Path) -
         label_nc: number of classes.
         dataset_dir: the dataset's folder (manifest folder or root); cache entries (:func:`label_cache_path`)
             are keyed by the path relative to it, the file size and its mtime (ns), and hold the file's minimum
-            and maximum value.
+            and maximum value (and its distinct values once a table asked for them).
+        table: when given, every value must be a source value of the table instead (then ``label_nc`` is unused).
 
     Raises:
-        DataError: naming the first bad file (and how many others are bad); unreadable or non-integer labels.
+        DataError: naming the first bad file and value (and how many others are bad); unreadable or non-integer
+            labels.
     """
     cache_path = label_cache_path(dataset_dir)
     root = dataset_dir.resolve()
@@ -146,12 +156,24 @@ def check_label_files(paths: Sequence[Path], label_nc: int, dataset_dir: Path) -
         files = {}
     changed = 0
     bad: list[tuple[Path, int, int]] = []
+    bad_values: list[tuple[Path, list[int]]] = []
     for path in paths:
         resolved = path.resolve()
         key = resolved.relative_to(root).as_posix() if root in resolved.parents else str(resolved)
         size, mtime = _file_key(path)
         hit = files.get(key)
-        if isinstance(hit, dict) and hit.get("size") == size and hit.get("mtime_ns") == mtime:
+        fresh = isinstance(hit, dict) and hit.get("size") == size and hit.get("mtime_ns") == mtime
+        if table is not None:
+            if not (fresh and isinstance(hit.get("values"), list)):
+                values = label_values(path)
+                lo, hi = (values[0], values[-1]) if values else (0, 0)
+                hit = files[key] = {"size": size, "mtime_ns": mtime, "min": lo, "max": hi, "values": values}
+                changed += 1
+            unknown = [int(v) for v in hit["values"] if int(v) not in table.remap]
+            if unknown:
+                bad_values.append((path, unknown))
+            continue
+        if fresh:
             lo, hi = int(hit["min"]), int(hit["max"])
         else:
             lo, hi = label_value_range(path)
@@ -166,12 +188,38 @@ def check_label_files(paths: Sequence[Path], label_nc: int, dataset_dir: Path) -
             atomic_write_json(cache_path, record)
         except OSError as err:  # no writable cache folder: the check simply runs again next time
             log.debug("cannot write %s (%s); label ranges are not cached", cache_path, err)
+    if bad_values:
+        path, unknown = bad_values[0]
+        more = f"; {len(bad_values) - 1} more file(s) hold values the table lacks" if len(bad_values) > 1 else ""
+        raise DataError(
+            f"{path}: label value(s) {unknown[:10]} not in the label table {table.name!r} (it maps "
+            f"{_value_list(sorted(table.remap))}); add them to the table (a class, or merged into one){more}"
+        )
     if bad:
         path, lo, hi = bad[0]
         more = f"; {len(bad) - 1} more file(s) out of range" if len(bad) > 1 else ""
         raise DataError(
             f"{path}: label values in [{lo}, {hi}] outside [0, {label_nc}); the dataset config says "
             f"label_nc={label_nc}{more}"
+        )
+
+
+def _value_list(values: list[int]) -> str:
+    """Source values for a message: all of them when few, else the first and last ones."""
+    return str(values) if len(values) <= 12 else f"[{', '.join(map(str, values[:6]))}, ..., {values[-1]}]"
+
+
+def check_table_matches(table: LabelTable, label_nc: int, class_names: Sequence[str] | None) -> None:
+    """Refuse a dataset config whose ``label_nc`` / ``class_names`` are not its label table's (one line).
+
+    Raises:
+        ValueError: naming both sides.
+    """
+    if label_nc != table.label_nc or (class_names is not None and list(class_names) != list(table.class_names)):
+        raise ValueError(
+            f"the label table {table.name!r} has {table.label_nc} classes {list(table.class_names)[:8]}..., the "
+            f"dataset config label_nc={label_nc} and class_names {list(class_names or [])[:8]}...: copy the "
+            "table's classes into label_nc and class_names (scripts/inspect_dataset.py writes both)"
         )
 
 
@@ -190,6 +238,8 @@ class NiftiPairsDataset(Dataset):
         dataset_name: when set, a manifest must name this dataset (guards against a wrong ``root``).
         class_names: the config's class names; their number must equal ``label_nc`` (default: the manifest's).
         check_labels: check every label file's value range now (module docstring); leave True for training.
+        label_table: file value -> class table (module docstring): a YAML path, its mapping, or the plain data a
+            checkpoint stores; None = the files hold class ids.
     """
 
     def __init__(
@@ -207,6 +257,7 @@ class NiftiPairsDataset(Dataset):
         dataset_name: str | None = None,
         class_names: Sequence[str] | None = None,
         check_labels: bool = True,
+        label_table: str | Path | Mapping[str, Any] | LabelTable | None = None,
     ) -> None:
         super().__init__()
         self.split = check_split(split, allow_all=True)
@@ -214,6 +265,9 @@ class NiftiPairsDataset(Dataset):
             raise ValueError(f"label_nc must be >= 2, got {label_nc}")
         if class_names is not None:
             check_class_names(label_nc, class_names)
+        self.label_table = resolve_label_table(label_table)
+        if self.label_table is not None:
+            check_table_matches(self.label_table, label_nc, class_names)
         if block_size is not None and (len(block_size) != 3 or any(int(b) < 1 for b in block_size)):
             raise ValueError(f"block_size must be three positive ints (D, H, W), got {block_size}")
         self.root = Path(root)
@@ -248,7 +302,7 @@ class NiftiPairsDataset(Dataset):
         if not self.items:
             log.warning("%s: split %r is empty", self.root, self.split)
         elif check_labels:
-            check_label_files([label for _, _, label in self.items], self.label_nc, data_dir)
+            check_label_files([label for _, _, label in self.items], self.label_nc, data_dir, self.label_table)
         if self.items:  # say what loading will do (size, intensity, pad/crop, voxel sizes) instead of hiding it
             log_split_summary(
                 self.root.name, self.split, [image for _, image, _ in self.items], self.block_size, self.intensity
@@ -320,7 +374,10 @@ class NiftiPairsDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         """Load pair ``index``: image (1, D, H, W) float32 in [-1, 1], label (1, D, H, W) int64, affine, id."""
         sid, image_path, label_path = self.items[index]
-        image, label, affine = load_pair(image_path, label_path, self.label_nc, self.affine_atol)
+        table = self.label_table
+        image, label, affine = load_pair(image_path, label_path, None if table else self.label_nc, self.affine_atol)
+        if table is not None:
+            label = remap_labels(label, table, str(label_path))
         image, _ = normalize(image, self.intensity, source=str(image_path))
         if self.block_size is not None and tuple(image.shape) != self.block_size:
             start = center_crop_or_pad_start(image.shape, self.block_size)

@@ -1,8 +1,10 @@
 """A fixed table from dataset name to our dataset class, and the plain data a checkpoint may carry about its data.
 
 Nothing read from a file names code to call (SPEC section 10): a diffusion checkpoint stores *plain* dataset
-information (:func:`plain_data_info`: name, modality, class count and names, voxel and block size, intensity spec,
-root as a string, and the dataset constructor's plain arguments) and :func:`build_split` picks the class from
+information (:func:`plain_data_info`: name, modality, class count and names, the label table as data (ids and
+class names, :meth:`dataset.label_table.LabelTable.to_plain`; a table file named by the config is read and stored,
+not its path), voxel and block size, intensity spec, root as a string, and the dataset constructor's plain
+arguments) and :func:`build_split` picks the class from
 :data:`DATASETS` by name, checks every field's type and refuses unknown keys. A ``_target_`` anywhere is refused;
 the ``datamodule`` node of a Hydra dataset config (and of checkpoints written before this table existed) is never
 instantiated: only its dataset's plain arguments that the table knows are kept, the rest is dropped and logged.
@@ -17,6 +19,7 @@ from typing import Any
 
 from dataset.contract import DataError
 from dataset.intensity import validate_intensity
+from dataset.label_table import LabelTable, parse_label_table, resolve_label_table
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "nifti_pairs": DatasetEntry(
         "dataset.nifti_pairs:NiftiPairsDataset",
         {"manifest": "str", "val_frac": "float", "test_frac": "float", "seed": "int", "affine_atol": "float"},
-        _PREPROCESSED_INFO,
+        {**_PREPROCESSED_INFO, "label_table": "label_table"},
     ),
 }
 
@@ -76,6 +79,7 @@ INFO_FIELDS: dict[str, str] = {
     "modality": "str",
     "label_nc": "int",
     "class_names": "strs",
+    "label_table": "label_table?",
     "voxel_size": "floats?",
     "block_size": "ints",
     "intensity": "intensity",
@@ -139,6 +143,13 @@ def _check(kind: str, value: Any, where: str) -> Any:
             return validate_intensity(dict(value))
         except ValueError as err:
             raise DataError(f"{where}: {err}") from None
+    if kind == "label_table":  # stored as data only: a path here would be code-free but not self-contained
+        if not isinstance(value, Mapping):
+            raise bad()
+        try:
+            return parse_label_table(value, where).to_plain()
+        except ValueError as err:
+            raise DataError(str(err)) from None
     raise AssertionError(kind)
 
 
@@ -180,7 +191,24 @@ def validate_data_info(info: Any, where: str = "data_info") -> dict[str, Any]:
         out["dataset_kwargs"] = _check_kwargs(DATASETS[name], info["dataset_kwargs"], f"{where}.dataset_kwargs")
     if "class_names" in out and "label_nc" in out and len(out["class_names"]) != out["label_nc"]:
         raise DataError(f"{where}: {len(out['class_names'])} class_names for label_nc={out['label_nc']}")
+    table = out.get("label_table")
+    if table is not None and (
+        ("label_nc" in out and len(table["classes"]) != out["label_nc"])
+        or ("class_names" in out and table["classes"] != out["class_names"])
+    ):
+        raise DataError(f"{where}: the label table's classes are not the dataset's label_nc / class_names")
     return out
+
+
+def label_table_of(info: Mapping[str, Any] | None) -> LabelTable | None:
+    """The label table a checkpoint's plain data info carries (None: its label maps hold class ids).
+
+    Raises:
+        DataError: a malformed table.
+    """
+    if not info or info.get("label_table") is None:
+        return None
+    return parse_label_table(_check("label_table", info["label_table"], "data_info.label_table"), "checkpoint")
 
 
 def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -200,6 +228,11 @@ def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
             raise DataError("data_info: names code to call; stored dataset information must be plain data")
         raise DataError(f"data_info: expected a dict, got {type(config).__name__}")
     info = {k: v for k, v in config.items() if k not in _CONFIG_ONLY}
+    if isinstance(info.get("label_table"), str):  # a table file of the dataset config: its contents are stored
+        try:
+            info["label_table"] = resolve_label_table(info["label_table"]).to_plain()
+        except ValueError as err:
+            raise DataError(f"data_info.label_table: {err}") from None
     targets = find_targets(info)
     if targets:
         raise DataError(f"data_info: {targets[0]} names code to call; stored dataset information must be plain data")

@@ -2,6 +2,8 @@
 
     python scripts/inspect_dataset.py DATA_ROOT --name mydata > my_configs/dataset/mydata.yaml
     python scripts/inspect_dataset.py DATA_ROOT --name mydata --out my_configs/dataset/mydata.yaml
+    python scripts/inspect_dataset.py DATA_ROOT --name mydata --out my_configs/dataset/mydata.yaml \
+        --names SUBJECT/segmentations      # class names from a TotalSegmentator-style one-file-per-class folder
 
 ``DATA_ROOT`` is in any layout ``dataset=nifti_pairs`` reads (``manifest.json``, ``<split>/images`` +
 ``<split>/labels``, or ``images`` + ``labels``). Every pair is loaded once with the project's NIfTI readers
@@ -16,7 +18,13 @@ suggestions derived from them:
   default 4 8 8 for the tiny CPU models, 4 32 32 for the paper's), so no volume is cropped (``--max-block`` caps
   it: larger volumes are then centre-cropped);
 - ``voxel_size``: the common voxel size, or null with a warning when the files differ (they are not resampled);
-- ``label_nc`` and ``class_names``: from the largest label value (placeholder names; rename them);
+- a label table (``dataset/label_tables`` format): the label values that occur in any file, compacted in
+  increasing order to classes 0, 1, 2, ... (TotalSegmentator's 42 of ids 0-117 become 42 classes, not 118), named
+  from ``--names`` (a JSON/YAML mapping id -> name, or a one-file-per-class folder such as TotalSegmentator's
+  ``segmentations/liver.nii.gz``, ...: names from the file names, ids from the values under each mask) or
+  ``class_<value>`` placeholders. With ``--out`` it is written beside the config as ``<name>_labels.yaml`` and the
+  config names it (``label_table``); on standard output it is inlined. Merge classes by mapping several values to
+  one class name there; ``label_nc`` and ``class_names`` are the table's;
 - ``modality`` and ``intensity``: CT in Hounsfield units (air near -1000) -> ``ct_window`` [-1000, 1000] HU;
   already in [-1, 1] -> null; otherwise MR -> per-volume percentiles 0.5 / 99.5.
 """
@@ -37,6 +45,13 @@ from omegaconf import OmegaConf
 
 from dataset import DataError
 from dataset.files import atomic_write_text, check_name
+from dataset.label_table import (
+    LabelTable,
+    class_names_from_masks,
+    read_class_names,
+    render_label_table,
+    suggest_label_table,
+)
 from dataset.nifti import load_pair, voxel_size_dhw
 from dataset.nifti_pairs import NiftiPairsDataset
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
@@ -67,6 +82,7 @@ class PairStats:
     hi: float
     integer_valued: bool
     labels: list[int] = field(default_factory=list)
+    label_path: Path | None = None
 
 
 @dataclass
@@ -78,6 +94,7 @@ class Suggestion:
     intensity_why: str
     label_nc: int
     class_names: list[str]
+    label_table: LabelTable
     voxel_size: list[float] | None
     voxel_why: str
     block_size: list[int]
@@ -108,6 +125,7 @@ def inspect_pair(sid: str, split: str | None, image_path: Path, label_path: Path
         hi=hi,
         integer_valued=bool(np.array_equal(image, np.round(image))),
         labels=labels,
+        label_path=Path(label_path),
     )
 
 
@@ -120,6 +138,8 @@ def suggest(
     multiple: tuple[int, int, int] = (4, 8, 8),
     max_block: tuple[int, int, int] | None = None,
     modality: str = "auto",
+    name: str = "nifti_pairs",
+    names: dict[int, str] | None = None,
 ) -> Suggestion:
     """Derive dataset-config values from the measured pairs (see the module docstring for the rules).
 
@@ -128,10 +148,13 @@ def suggest(
         multiple: (D, H, W) every block axis must be divisible by.
         max_block: optional cap per axis (rounded down to ``multiple``); larger volumes are then cropped.
         modality: ``auto`` (decide from the intensities), ``ct`` or ``mr``.
+        name: the label table's name (the dataset config's).
+        names: label value -> class name (``--names``); placeholders for the values it lacks.
     """
     if not stats:
         raise DataError("no image/label pairs found")
     warnings: list[str] = []
+    table = _suggest_table(stats, name, names, warnings)
 
     # --- intensity
     lo, hi = min(s.lo for s in stats), max(s.hi for s in stats)
@@ -140,7 +163,7 @@ def suggest(
         modality = "ct" if looks_ct else "mr"
         if lo >= -1.0 - 1e-5 and hi <= 1.0 + 1e-5:
             intensity, why = None, f"images already lie in [-1, 1] (range [{lo:.4g}, {hi:.4g}]): nothing to do"
-            return _finish(stats, modality, intensity, why, multiple, max_block, warnings)
+            return _finish(stats, modality, intensity, why, multiple, max_block, warnings, table)
     if modality == "ct":
         intensity = {"kind": "ct_window", "hu_min": -1000.0, "hu_max": 1000.0}
         outside = sum(s.hi > 1000.0 or s.lo < -1000.0 for s in stats)
@@ -151,7 +174,21 @@ def suggest(
     else:
         intensity = {"kind": "percentile", "lower": 0.5, "upper": 99.5}
         why = f"MR-like intensities (range [{lo:.4g}, {hi:.4g}]): per-volume 0.5 / 99.5 percentiles -> -1 / 1"
-    return _finish(stats, modality, intensity, why, multiple, max_block, warnings)
+    return _finish(stats, modality, intensity, why, multiple, max_block, warnings, table)
+
+
+def _suggest_table(stats: list[PairStats], name: str, names: dict[int, str] | None, warnings: list[str]) -> LabelTable:
+    """The values that occur, compacted in order and named (module docstring); what it did goes to warnings."""
+    values = sorted({v for s in stats for v in s.labels} | {0})
+    table = suggest_label_table(name, values, names)
+    if names is not None:
+        unnamed = [v for v in values if v and v not in names]
+        if unnamed:
+            warnings.append(f"label values {unnamed} have no name in --names (placeholders class_<value>)")
+    if values != list(range(len(values))):
+        log.info("%d label values occur (%s ... %s): compacted to classes 0..%d by the label table",
+                 len(values), values[:6], values[-1], table.label_nc - 1)  # fmt: skip
+    return table
 
 
 def _finish(
@@ -162,14 +199,8 @@ def _finish(
     multiple: tuple[int, int, int],
     max_block: tuple[int, int, int] | None,
     warnings: list[str],
+    table: LabelTable,
 ) -> Suggestion:
-    # --- labels
-    values = sorted({v for s in stats for v in s.labels})
-    label_nc = max(2, values[-1] + 1 if values else 2)
-    unused = sorted(set(range(label_nc)) - set(values))
-    if unused:
-        warnings.append(f"label values {unused} occur in no file (label_nc={label_nc} counts them anyway)")
-    class_names = ["background", *[f"class_{k}" for k in range(1, label_nc)]]
 
     # --- voxel size
     sizes = np.array([s.voxel_size for s in stats])
@@ -203,8 +234,9 @@ def _finish(
         modality=modality,
         intensity=intensity,
         intensity_why=intensity_why,
-        label_nc=label_nc,
-        class_names=class_names,
+        label_nc=table.label_nc,
+        class_names=list(table.class_names),
+        label_table=table,
         voxel_size=voxel_size,
         voxel_why=voxel_why,
         block_size=block,
@@ -218,15 +250,20 @@ def _flow(value: object) -> str:
     return json.dumps(value)
 
 
-def render_config(name: str, root: str, stats: list[PairStats], sug: Suggestion) -> str:
-    """The dataset config as YAML text: a per-file table and the reasons as comments, then the values."""
+def render_config(
+    name: str, root: str, stats: list[PairStats], sug: Suggestion, table_path: Path | None = None
+) -> str:
+    """The dataset config as YAML text: a per-file table and the reasons as comments, then the values.
+
+    ``table_path``: where the label table is written (the config names it); None inlines the table.
+    """
     splits: dict[str, int] = {}
     for s in stats:
         splits[s.split or "unassigned"] = splits.get(s.split or "unassigned", 0) + 1
     split_text = ", ".join(f"{k} {v}" for k, v in splits.items())
     lines = [
         f"# Dataset config written by scripts/inspect_dataset.py from {root} ({len(stats)} pairs: {split_text}).",
-        f"# Save it as my_configs/dataset/{name}.yaml, rename the classes, then:",
+        f"# Save it as my_configs/dataset/{name}.yaml, name (or merge) the classes in its label table, then:",
         f"#   python train/train_vqgan.py --config-dir my_configs dataset={name} experiment=nifti_pairs_vqgan_cpu",
         "#",
         "# id | split | shape (D,H,W) | voxel mm (D,H,W) | orient. | intensity min / p0.5 / p99.5 / max | labels",
@@ -244,8 +281,15 @@ def render_config(name: str, root: str, stats: list[PairStats], sug: Suggestion)
     lines += [
         "name: nifti_pairs   # the dataset class; checkpoints rebuild the data by this name (dataset/registry.py)",
         f"modality: {sug.modality}",
-        f"label_nc: {sug.label_nc}",
-        f"class_names: {_flow(sug.class_names)}   # placeholders: one name per label value",
+        f"label_nc: {sug.label_nc}   # the label table's classes: the label values that occur, compacted in order",
+        f"class_names: {_flow(sug.class_names)}   # the table's (merge or rename there, then copy them here)",
+    ]
+    if table_path is not None:
+        lines.append(f"label_table: {_flow(str(table_path))}   # label value -> class")
+    else:
+        lines.append("label_table:   # label value -> class (merge values by giving them one class name)")
+        lines += [f"  {line}" for line in render_label_table(sug.label_table).splitlines() if not line.startswith("#")]
+    lines += [
         f"voxel_size: {_flow(sug.voxel_size)}   # {sug.voxel_why}",
         f"block_size: {_flow(sug.block_size)}   # {sug.block_why}",
         f"# {sug.intensity_why}",
@@ -300,7 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-block", type=int, nargs=3, default=None, metavar=("D", "H", "W"), help="cap the suggested block size"
     )
     p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto", help="intensity spec to suggest")
-    p.add_argument("--out", type=Path, default=None, help="write the config to this file (default: standard output)")
+    p.add_argument(
+        "--names",
+        type=Path,
+        default=None,
+        help="class names: a JSON/YAML file id -> name, or a one-file-per-class folder (segmentations/liver.nii.gz)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the config to this file and the label table beside it as <name>_labels.yaml (default: print "
+        "the config with the table inlined)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--log-level", default="info", help="logging level (debug lists each pair as it is read)")
     return p
@@ -311,15 +367,32 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
     multiple = _triple(args.multiple, "--multiple")
     max_block = _triple(args.max_block, "--max-block")
     name = check_name(args.name or args.root.resolve().name, "--name")
+    table_path = None if args.out is None else args.out.parent / f"{name}_labels.yaml"
     if args.out is not None:
-        check_output_files([args.out], args.overwrite)
+        check_output_files([args.out, table_path], args.overwrite)
+    if args.names is not None and not args.names.exists():
+        raise DataError(f"--names {args.names}: no such file or folder")
+    names = read_class_names(args.names) if args.names is not None and args.names.is_file() else None
     stats = inspect_folder(args.root)
-    text = render_config(name, str(args.root), stats, suggest(stats, multiple, max_block, args.modality))
+    warnings: list[str] = []
+    if args.names is not None and args.names.is_dir():
+        names, warnings = class_names_from_masks(args.names, [s.label_path for s in stats if s.label_path])
+    sug = suggest(stats, multiple, max_block, args.modality, name=name, names=names)
+    sug.warnings[:0] = warnings
+    text = render_config(name, str(args.root), stats, sug, table_path)
     if args.out is None:
         sys.stdout.write(text)  # the program's output (the config), not a log message
     else:
+        header = [
+            f"Label table written by scripts/inspect_dataset.py from {args.root}: every label value that occurs,",
+            "compacted in order. A value absent here stops training naming the file and the value. Rename classes",
+            "freely; merge values by giving them one class name (then drop the unused class and copy classes into",
+            f"{args.out.name}'s class_names and label_nc).",
+        ]
+        atomic_write_text(table_path, render_label_table(sug.label_table, header), overwrite=args.overwrite)
         atomic_write_text(args.out, text, overwrite=args.overwrite)
-        log.info("wrote %s (%d pairs)", args.out, len(stats))
+        log.info("wrote %s and its label table %s (%d pairs, %d classes)", args.out, table_path, len(stats),
+                 sug.label_nc)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

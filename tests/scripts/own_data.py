@@ -39,3 +39,39 @@ def write_own_ct_folder(root: Path, n_cases: int = 10, seed: int = 0, lps: bool 
         write_nifti(root / "labels" / f"{sid}.nii.gz", label, affine, dtype=np.uint8)
         ids.append(sid)
     return ids
+
+
+#: Sparse, TotalSegmentator-like label values (from ids 0-117) that the classes 0-3 of
+#: :func:`write_own_ct_folder` are stored as by :func:`write_sparse_ct_folder`.
+SPARSE_IDS = (0, 5, 51, 117)
+#: The names a TotalSegmentator run would give them.
+SPARSE_NAMES = {5: "liver", 51: "heart", 117: "costal_cartilages"}
+
+
+def write_sparse_ct_folder(root: Path, n_cases: int = 4, seed: int = 0, masks_of: str | None = None) -> list[str]:
+    """:func:`write_own_ct_folder` with label values 0-3 stored as :data:`SPARSE_IDS` (ids from 0-117).
+
+    Args:
+        root: data folder to create.
+        n_cases: pairs to write.
+        seed: as :func:`write_own_ct_folder`.
+        masks_of: a case id whose one-file-per-class masks (TotalSegmentator's ``segmentations/<name>.nii.gz``,
+            binary) are also written, to ``root/<case>/segmentations/``.
+
+    Returns:
+        The case ids.
+    """
+    import nibabel as nib
+
+    ids = write_own_ct_folder(root, n_cases=n_cases, seed=seed)
+    lut = np.array(SPARSE_IDS, dtype=np.uint8)
+    for sid in ids:
+        path = root / "labels" / f"{sid}.nii.gz"
+        img = nib.load(str(path))
+        classes = np.asarray(img.dataobj).astype(np.int64)
+        write_nifti(path, lut[classes], img.affine, dtype=np.uint8)
+        if sid == masks_of:
+            for k, value in enumerate(SPARSE_IDS[1:], start=1):
+                mask = (classes == k).astype(np.uint8)
+                write_nifti(root / sid / "segmentations" / f"{SPARSE_NAMES[value]}.nii.gz", mask, img.affine)
+    return ids

@@ -7,13 +7,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from dataset.nifti_pairs import NiftiPairsDataset
 from scripts.inspect_dataset import main
 from tests.dataset.fakes import oblique_affine, write_nifti
-from tests.scripts.own_data import SHAPES, ZOOMS, write_own_ct_folder
+from tests.scripts.own_data import SHAPES, ZOOMS, write_own_ct_folder, write_sparse_ct_folder
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -93,3 +95,39 @@ def test_out_file_needs_overwrite(tmp_path: Path) -> None:
     assert "centre-cropped" in out.read_text()
     assert main([str(root), "--out", str(out)]) == 2
     assert main([str(root), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_sparse_ids_get_a_compacted_named_table_beside_the_config(tmp_path: Path) -> None:
+    root = tmp_path / "ts"
+    write_sparse_ct_folder(root, n_cases=4, masks_of="case02")  # ids 0, 5, 51, 117 + one subject's class masks
+    cfg_dir = tmp_path / "my_configs" / "dataset"
+    cfg_dir.mkdir(parents=True)
+    argv = [
+        str(root),
+        "--name",
+        "ts",
+        "--out",
+        str(cfg_dir / "ts.yaml"),
+        "--names",
+        str(root / "case02" / "segmentations"),
+    ]
+    assert main(argv) == 0
+    cfg = yaml.safe_load((cfg_dir / "ts.yaml").read_text())
+    table = yaml.safe_load((cfg_dir / "ts_labels.yaml").read_text())
+    assert cfg["label_nc"] == 4 and cfg["label_table"] == str(cfg_dir / "ts_labels.yaml")  # 4 classes, not 118
+    assert cfg["class_names"] == table["classes"] == ["background", "liver", "heart", "costal_cartilages"]
+    assert table["remap"] == {0: "background", 5: "liver", 51: "heart", 117: "costal_cartilages"}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        composed = compose(
+            config_name="vqgan", overrides=["dataset=ts", f"hydra.searchpath=[file://{cfg_dir.parent}]"]
+        )
+    ds = instantiate(composed.dataset.datamodule.dataset)(split="all")
+    assert sorted(torch.cat([ds[i]["label"].flatten() for i in range(len(ds))]).unique().tolist()) == [0, 1, 2, 3]
+    names = tmp_path / "names.json"
+    names.write_text('{"5": "liver"}')
+    assert main([str(root), "--names", str(names), "--out", str(tmp_path / "x.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "ts_labels.yaml").read_text())["classes"][1:] == [
+        "liver",
+        "class_51",
+        "class_117",
+    ]
