@@ -14,6 +14,7 @@ _LAZY_EXPORTS = {
     "SynthRAD2023Dataset": "dataset.synthrad2023",
     "DukeDataset": "dataset.duke",
     "MNI152Dataset": "dataset.mni152",
+    "CTAbdomenDataset": "dataset.ct_abdomen",
     "SyntheticPhantomDataset": "dataset.synthetic",
     "load_image": "dataset.nifti",
     "load_label": "dataset.nifti",

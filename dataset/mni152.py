@@ -40,7 +40,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -177,16 +177,25 @@ def template_2mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def crop_and_resample(
-    image: np.ndarray, label: np.ndarray, affine: np.ndarray, size_dhw: Sequence[int], margin_mm: float
+    image: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    size_dhw: Sequence[int],
+    margin_mm: float | Sequence[float],
+    cval: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop to the head's bounding box (+ margin) and resample to ``size_dhw``.
+    """Crop to the bounding box of the non-zero labels (+ margin) and resample to ``size_dhw``.
+
+    An axis whose box (with margin 0) spans exactly as many voxels as its output size is copied unchanged
+    (scale 1, no smoothing): ``dataset.ct_abdomen`` keeps its 3 mm slices that way.
 
     Args:
         image: (I, J, K) float32.
-        label: (I, J, K) uint8; its non-zero voxels define the head.
+        label: (I, J, K) uint8; its non-zero voxels define the box (the head, the body).
         affine: (4, 4) of both.
         size_dhw: output (D, H, W) = (K, I, J) sizes.
-        margin_mm: margin added on every side of the box.
+        margin_mm: margin added on every side of the box: one value, or one per (I, J, K) axis.
+        cval: image value outside the source grid (0 for the template, air for CT).
 
     Returns:
         ``(image, label, affine)`` on the output (I, J, K) grid.
@@ -194,16 +203,17 @@ def crop_and_resample(
     d, h, w = size_dhw
     out_shape = np.array([h, w, d])
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    margin = np.broadcast_to(np.asarray(margin_mm, dtype=np.float64), (3,))
     nonzero = np.argwhere(label > 0)
-    lo = nonzero.min(0) - margin_mm / voxel
-    hi = nonzero.max(0) + 1 + margin_mm / voxel  # box edges in voxel-edge coordinates
+    lo = nonzero.min(0) - margin / voxel
+    hi = nonzero.max(0) + 1 + margin / voxel  # box edges in voxel-edge coordinates
     scale = (hi - lo) / out_shape  # source voxels per output voxel
     # Output voxel centre o sits at source index lo - 0.5 + (o + 0.5) * scale (voxel centres at integers).
     offset = lo - 0.5 + 0.5 * scale
     coords = np.meshgrid(*[offset[a] + scale[a] * np.arange(out_shape[a]) for a in range(3)], indexing="ij")
     sigma = np.maximum(0.0, (scale - 1.0) / 2.0)
     smoothed = ndi.gaussian_filter(image, sigma)
-    out_image = ndi.map_coordinates(smoothed, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
+    out_image = ndi.map_coordinates(smoothed, coords, order=1, mode="constant", cval=cval).astype(np.float32)
     out_label = ndi.map_coordinates(label, coords, order=0, mode="constant", cval=0).astype(np.uint8)
     index_map = np.diag([*scale, 1.0])
     index_map[:3, 3] = offset
@@ -226,10 +236,6 @@ def augment_subject(
     """
     import torchio as tio  # imported lazily: only cache builds need it
 
-    subject = tio.Subject(
-        image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
-        label=tio.LabelMap(tensor=torch.from_numpy(label.astype(np.int64))[None], affine=affine),
-    )
     transform = tio.Compose(
         [
             # Spatial: RandomAffine and RandomElasticDeformation composed into one resampling (less blur), applied to
@@ -253,6 +259,29 @@ def augment_subject(
             tio.RandomGamma(log_gamma=config.log_gamma),
             tio.RandomNoise(std=config.noise_std),
         ]
+    )
+    return apply_seeded(transform, image, label, affine, seed)
+
+
+def apply_seeded(
+    transform: Any, image: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a TorchIO ``transform`` to an image and its label map with torch seeded by ``seed``.
+
+    Args:
+        transform: a TorchIO transform (spatial ones resample the LabelMap with nearest neighbour).
+        image, label: (I, J, K) arrays on one grid.
+        affine: their (4, 4) affine (TorchIO works in millimetres).
+        seed: this subject's seed; the caller's global torch RNG is left untouched.
+
+    Returns:
+        ``(image, label)`` (I, J, K) float32 / uint8.
+    """
+    import torchio as tio  # imported lazily: only cache builds need it
+
+    subject = tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(image))[None], affine=affine),
+        label=tio.LabelMap(tensor=torch.from_numpy(label.astype(np.int64))[None], affine=affine),
     )
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
@@ -321,8 +350,25 @@ def ensure_cache(root: str | Path, config: MNI152Config) -> tuple[Path, bool]:
     Returns:
         ``(folder, built)``: ``built`` is True when this call built the cache.
     """
-    root = Path(root)
-    folder = root / f"{NAME}-{config.digest()}"
+    return ensure_built(
+        Path(root) / f"{NAME}-{config.digest()}",
+        lambda tmp: build_subjects(tmp, config),
+        f"MNI152 cache ({config.num_subjects} subjects at {config.size})",
+    )
+
+
+def ensure_built(folder: Path, build: Callable[[Path], Any], what: str) -> tuple[Path, bool]:
+    """Build ``folder`` once (marked complete by its manifest), under a file lock, atomically.
+
+    Args:
+        folder: the cache folder; its parent is created.
+        build: writes everything, the manifest included, into the empty temporary folder it is given.
+        what: logged while building.
+
+    Returns:
+        ``(folder, built)``: ``built`` is True when this call built it.
+    """
+    root = folder.parent
     if (folder / MANIFEST_NAME).is_file():
         return folder, False
     root.mkdir(parents=True, exist_ok=True)
@@ -334,8 +380,8 @@ def ensure_cache(root: str | Path, config: MNI152Config) -> tuple[Path, bool]:
         tmp = root / f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp"
         tmp.mkdir()
         try:
-            log.info("building MNI152 cache %s (%d subjects at %s)", folder, config.num_subjects, config.size)
-            build_subjects(tmp, config)
+            log.info("building %s in %s", what, folder)
+            build(tmp)
             os.rename(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

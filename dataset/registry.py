@@ -58,6 +58,18 @@ DATASETS: dict[str, DatasetEntry] = {
         {"num_subjects": "int", "num_val": "int", "num_test": "int", "seed": "int", "margin_mm": "float"},
         {"root": "root", "size": "block_size", "label_nc": "label_nc"},
     ),
+    "ct_abdomen": DatasetEntry(
+        "dataset.ct_abdomen:CTAbdomenDataset",
+        {
+            "num_subjects": "int",
+            "num_val": "int",
+            "num_test": "int",
+            "seed": "int",
+            "margin_mm": "float",
+            "source": "str?",
+        },
+        {"root": "root", "size": "block_size", "label_nc": "label_nc"},
+    ),
     "synthetic": DatasetEntry(
         "dataset.synthetic:SyntheticPhantomDataset",
         {"num_samples": "int", "seed": "int"},
