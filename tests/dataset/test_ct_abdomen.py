@@ -190,10 +190,12 @@ def test_cli_exports_the_raw_pair_for_inspect_dataset(tmp_path: Path, archive: P
     argv = ["--root", str(tmp_path / "root"), "--source", str(archive), "--export-raw", str(raw)]
     assert ct_abdomen.main(argv) == 0
     assert ct_abdomen.main(argv) == 2  # the exported files exist: refused, not overwritten
-    assert inspect_main([str(raw), "--name", "my_ct"]) == 0
+    capsys.readouterr()
+    assert inspect_main([str(raw), "--name", "my_ct", "--names", str(raw / "class_names.json")]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["modality"] == "ct" and cfg["intensity"]["kind"] == "ct_window"
-    assert cfg["label_nc"] == TABLE.label_nc  # other_tissue, the last class, is in the merged map
+    # every class of the table occurs in the merged map (phantom: one structure per class)
+    assert cfg["label_nc"] == TABLE.label_nc and cfg["class_names"] == list(TABLE.class_names)
     assert cfg["voxel_size"] == [3.0, 3.0, 3.0]
 
 
