@@ -73,16 +73,15 @@ class SamePadConv3d(nn.Module):
         self.padding_type = check_padding_type(padding_type)
         self.pad = _same_pad(kernel, strides)
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, padding=0, bias=bias)
-        # On the CPU, PyTorch runs small fp32 3D convs (batch * C * D * H <= 20480, e.g. 32 channels at 16x32x32)
-        # through its unblocked slow_conv3d, about 3x slower than oneDNN there; call oneDNN directly. Same
-        # convolution, another summation order (fp32 round-off). False: let PyTorch choose (benchmarks).
-        self.cpu_onednn = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, D, H, W) -> (B, C_out, D/sD, H/sH, W/sW)."""
         x = F.pad(x, self.pad, mode=self.padding_type)
         conv = self.conv
-        if self.cpu_onednn and _onednn_fp32(x, conv.weight):
+        # On the CPU, PyTorch sends small fp32 3D convs (batch * C * D * H <= 20480) to its unblocked
+        # slow_conv3d, which is much slower than oneDNN at the sizes of the tiny models; call oneDNN directly.
+        # Same convolution, another summation order (fp32 round-off).
+        if _onednn_fp32(x, conv.weight):
             bias = conv.bias
             return torch.mkldnn_convolution(x, conv.weight, bias, [0, 0, 0], list(conv.stride), [1, 1, 1], 1)
         return conv(x)

@@ -88,7 +88,7 @@ class SPADEDecoder3D(nn.Module):
         num_groups: SPADE GroupNorm groups (reference: 8), capped at the channel count.
         padding_type: ``F.pad`` mode of the 3x3x3 and (transposed) convolutions.
         lookup: SPADE's first conv as a lookup over the integer label map (exact; see :mod:`vq_gan_3d.spade`);
-            False runs the original conv over the one-hot map (benchmarks, equivalence tests).
+            False convolves the one-hot map, which is faster with narrow SPADEs (few hidden channels).
         checkpointing: activation checkpointing of every SPADE ResBlock (recomputed in the backward pass).
     """
 

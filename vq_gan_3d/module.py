@@ -110,19 +110,19 @@ class VQGANModule(pl.LightningModule):
         spade_num_groups: groups of SPADE's parameter-free GroupNorm (8).
         spade_kernel: SPADE conv kernel (kD, kH, kW) ((1, 3, 3): in-plane).
         spade_lookup: compute SPADE's convs over the label map as lookups (exact up to summation order, see
-            :mod:`vq_gan_3d.spade`). It pays off with wide SPADEs (128 hidden channels: 0.63x the step time on
-            anatomical label maps) and costs with narrow ones (16: 1.5x), since the lookup's work grows with the
-            number of distinct label neighbourhoods, so the tiny configs turn it off (README, Speed and memory).
+            :mod:`vq_gan_3d.spade`). It pays off with wide SPADEs and costs with narrow ones, since the lookup's
+            work grows with the number of distinct label neighbourhoods, so the tiny configs turn it off
+            (README, Speed and memory).
         ema_decay: codebook EMA decay (0.99).
         commitment_cost: commitment loss beta (0.25).
         restart_thres: dead-code restart threshold on the EMA count (1.0).
-        no_random_restart: disable dead-code restart.
+        random_restart: restart dead codes (EMA count below ``restart_thres``) from random encoder outputs.
         disc_channels: first-layer width of both PatchGANs (64).
         disc_layers: normalised conv layers of both PatchGANs (3).
         disc_loss_type: "hinge" or "vanilla".
         discriminator_iter_start: batches before the GAN terms switch on (discriminators untouched before).
         image_gan_weight: weight of the 2D slice discriminator's terms (1).
-        video_gan_weight: weight of the 3D volume discriminator's terms (1; reference name).
+        volume_gan_weight: weight of the 3D volume discriminator's terms (1).
         l1_weight: weight of the L1 reconstruction loss (4).
         perceptual_weight: weight of 2D LPIPS on slices (4); 0 builds no LPIPS network.
         gan_feat_weight: weight of discriminator feature matching (4).
@@ -137,10 +137,6 @@ class VQGANModule(pl.LightningModule):
         checkpointing: activation checkpointing of the encoder's and decoder's residual blocks (SPADE blocks
             included): their activations are recomputed in the backward pass, which saves memory and costs
             about one more forward of those blocks. Gradients equal the plain ones within fp32 round-off.
-        toggle_discriminator_grad: build the generator step's discriminator forward without graph edges to
-            the discriminator weights (their gradients were discarded anyway) and run the discriminators once
-            on the real data. False keeps the original computation (exactly the same result, slower): it is
-            there so that a benchmark can measure both in one run.
     """
 
     def __init__(
@@ -161,13 +157,13 @@ class VQGANModule(pl.LightningModule):
         ema_decay: float = 0.99,
         commitment_cost: float = 0.25,
         restart_thres: float = 1.0,
-        no_random_restart: bool = False,
+        random_restart: bool = True,
         disc_channels: int = 64,
         disc_layers: int = 3,
         disc_loss_type: str = "hinge",
         discriminator_iter_start: int = 10000,
         image_gan_weight: float = 1.0,
-        video_gan_weight: float = 1.0,
+        volume_gan_weight: float = 1.0,
         l1_weight: float = 4.0,
         perceptual_weight: float = 4.0,
         gan_feat_weight: float = 4.0,
@@ -179,7 +175,6 @@ class VQGANModule(pl.LightningModule):
         vgg_weights_path: str | None = None,
         inference_only: bool = False,
         checkpointing: bool = False,
-        toggle_discriminator_grad: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -194,7 +189,7 @@ class VQGANModule(pl.LightningModule):
         channels = self.encoder.out_channels
         self.pre_vq_conv = SamePadConv3d(channels, embedding_dim, 1, padding_type=padding_type)
         self.codebook = EMACodebook(
-            n_codes, embedding_dim, ema_decay, commitment_cost, restart_thres, random_restart=not no_random_restart
+            n_codes, embedding_dim, ema_decay, commitment_cost, restart_thres, random_restart=random_restart
         )
         self.post_vq_conv = SamePadConv3d(embedding_dim, channels, 1, padding_type=padding_type)
         if decoder == "spade":
@@ -223,7 +218,7 @@ class VQGANModule(pl.LightningModule):
             raise ValueError("decoder='spade' needs label_nc (the number of one-hot label channels)")
         if hp.disc_loss_type not in DISC_LOSS_TYPES:
             raise ValueError(f"disc_loss_type must be one of {DISC_LOSS_TYPES}, got {hp.disc_loss_type!r}")
-        for key in ("image_gan_weight", "video_gan_weight", "l1_weight", "perceptual_weight", "gan_feat_weight"):
+        for key in ("image_gan_weight", "volume_gan_weight", "l1_weight", "perceptual_weight", "gan_feat_weight"):
             if hp[key] < 0:
                 raise ValueError(f"{key} must be >= 0, got {hp[key]}")
         if hp.discriminator_iter_start < 0:
@@ -428,18 +423,17 @@ class VQGANModule(pl.LightningModule):
 
         # 2. Generator objective; GAN terms only after the warm-up (before it they would be weighted by 0).
         gan_active = self.batch_step >= hp.discriminator_iter_start
-        toggle = hp.toggle_discriminator_grad
         discs = [
             (name, disc, real, fake, weight)
             for name, disc, real, fake, weight in (
                 ("image", self.image_discriminator, frames, frames_hat, hp.image_gan_weight),
-                ("volume", self.volume_discriminator, x, x_hat, hp.video_gan_weight),
+                ("volume", self.volume_discriminator, x, x_hat, hp.volume_gan_weight),
             )
             if gan_active and weight > 0
         ]
         # The discriminators do not change between the two steps, so one forward on the real data gives the
         # generator's feature-matching targets and the discriminator's real logits (same values as two).
-        real_out = {name: disc(real.detach()) for name, disc, real, _, _ in discs} if toggle else {}
+        real_out = {name: disc(real.detach()) for name, disc, real, _, _ in discs}
         # Single process: one forward on the reconstruction serves both steps too; each backward is restricted
         # to its own network's parameters (``inputs=``), so the generator backward computes no discriminator
         # weight gradients and the discriminator backward does not reach into the generator. Under DDP, whose
@@ -447,37 +441,31 @@ class VQGANModule(pl.LightningModule):
         # built without edges to the discriminator weights instead, and the discriminator step runs its own; so
         # with fp16 loss scaling, whose scale may change at the generator's optimiser step.
         ddp = _distributed()
-        shared = toggle and not ddp and not self._loss_scaled()
+        shared = not ddp and not self._loss_scaled()
         fake_out: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         g = {"g_image_loss": zero, "g_volume_loss": zero, "image_gan_feat_loss": zero, "volume_gan_feat_loss": zero}
-        for name, disc, real, fake, _ in discs:
+        for name, disc, _, fake, _ in discs:
             if shared:
                 fake_out[name] = disc(fake)
                 logits_fake, feats_fake = fake_out[name]
-                feats_real = real_out[name][1]
-            elif toggle:
+            else:
                 with _frozen(disc):  # no graph to the discriminator weights: their gradients would be discarded
                     logits_fake, feats_fake = disc(fake)
-                feats_real = real_out[name][1]
-            else:  # the original computation (benchmarks): discriminator weight gradients computed and dropped
-                logits_fake, feats_fake = disc(fake)
-                with torch.no_grad():
-                    _, feats_real = disc(real)
             g[f"g_{name}_loss"] = generator_adversarial_loss(logits_fake, hp.disc_loss_type)
-            g[f"{name}_gan_feat_loss"] = feature_matching_loss(feats_fake, feats_real)
+            g[f"{name}_gan_feat_loss"] = feature_matching_loss(feats_fake, real_out[name][1])
         g_loss = (
             hp.l1_weight * rec_loss
             + vq.commitment_loss
             + hp.perceptual_weight * perceptual
             + hp.image_gan_weight * g["g_image_loss"]
-            + hp.video_gan_weight * g["g_volume_loss"]
+            + hp.volume_gan_weight * g["g_volume_loss"]
             + hp.gan_feat_weight * (g["image_gan_feat_loss"] + g["volume_gan_feat_loss"])
         )
 
         def discriminator_losses() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
             d, d_loss = {}, zero
-            for name, disc, real, fake, weight in discs:
-                logits_real = real_out[name][0] if toggle else disc(real.detach())[0]
+            for name, disc, _, fake, weight in discs:
+                logits_real = real_out[name][0]
                 logits_fake = fake_out[name][0] if shared else disc(fake.detach())[0]
                 d[f"d_{name}_loss"] = discriminator_loss(logits_real, logits_fake, hp.disc_loss_type)
                 d[f"logits_{name}_real"] = logits_real.detach().mean()
@@ -497,7 +485,7 @@ class VQGANModule(pl.LightningModule):
                 self.manual_backward(d_loss, inputs=used, retain_graph=True)
             self.manual_backward(g_loss, inputs=self._generator_params())
         else:
-            touch = _zero_touch(self._discriminator_params()) if ddp or not toggle else zero
+            touch = _zero_touch(self._discriminator_params()) if ddp else zero
             self.manual_backward(g_loss + touch)
         opt_g.step()  # gradients are clipped in on_before_optimizer_step (after AMP unscaling)
 

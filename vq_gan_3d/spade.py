@@ -3,7 +3,7 @@
 SPADE (Park et al. 2019, https://arxiv.org/abs/1903.07291): normalise the features without learned affine
 parameters, then scale and shift them with maps predicted from the label map, so the semantic layout is
 re-injected after every normalisation instead of being washed out by it. This is the 3D form used by
-Med-LSDM (``SPADEGroupNorm3D``, reference-notes §1.6).
+Med-LSDM (called ``SPADEGroupNorm3D`` there, reference-notes §1.6).
 
 Two speed-ups keep the result of the plain formulation:
 
@@ -14,9 +14,9 @@ Two speed-ups keep the result of the plain formulation:
   once per pattern. The gamma/beta conv over the hidden map is then a function of the neighbourhood of hidden
   patterns, so it is computed once per distinct such neighbourhood and gathered: no full-resolution hidden map
   exists. Equal to the convs up to summation order (bit-identical when every sum is exact, tested).
-  ``SPADE(..., lookup=False)`` keeps the plain conv over the one-hot map and two gamma/beta convs.
-* **Fused gamma/beta.** One conv with ``2C`` outputs (``mlp_gamma_beta``) replaces the two ``C``-output convs;
-  old state dicts with ``mlp_gamma.*`` / ``mlp_beta.*`` load through a pre-hook that concatenates them.
+  The lookup's work grows with the number of distinct neighbourhoods, so with narrow SPADEs (few hidden
+  channels) the plain conv is faster: ``SPADE(..., lookup=False)`` convolves the one-hot map instead.
+* **Fused gamma/beta.** The gamma and beta convs are one conv with ``2C`` outputs (``mlp_gamma_beta``).
 
 :func:`modulation_cache` reuses every SPADE's (gamma, beta) across calls with the same label tensor, for
 sampling, where the label map is fixed over all denoising steps.
@@ -89,8 +89,8 @@ class SPADE(nn.Module):
         num_groups: GroupNorm groups, capped at ``norm_channels`` (reference: 8).
         eps: GroupNorm epsilon.
         lookup: compute the shared conv of an integer label map as a lookup of weight columns (see the module
-            docstring). False: one-hot the map and convolve, and run gamma and beta as two convs (the original
-            computation, kept for benchmarks and equivalence tests).
+            docstring). False: one-hot the map and convolve, and run gamma and beta as the two halves of
+            ``mlp_gamma_beta`` (faster for narrow SPADEs).
     """
 
     def __init__(
@@ -118,7 +118,6 @@ class SPADE(nn.Module):
         self.norm = nn.GroupNorm(group_count(norm_channels, num_groups), norm_channels, eps=eps, affine=False)
         self.mlp_shared = nn.Sequential(nn.Conv3d(label_nc, hidden, kernel, padding=padding), nn.ReLU())
         self.mlp_gamma_beta = nn.Conv3d(hidden, 2 * norm_channels, kernel, padding=padding)
-        self.register_load_state_dict_pre_hook(_fuse_gamma_beta)
         # (key, entry) of computed modulations while a modulation_cache is active; None = no caching.
         self._modulation_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
@@ -128,7 +127,7 @@ class SPADE(nn.Module):
         Args:
             seg: (B, K, D, H, W) float map, or (B, D, H, W) / (B, 1, D, H, W) integer class map.
             size: (d, h, w).
-            dtype: dtype the (one-hot) map is cast to before the conv (the features' dtype, as before).
+            dtype: dtype the (one-hot) map is cast to before the conv (the features' dtype).
 
         Returns:
             (B, hidden, d, h, w); from the lookup path its strides are channels-last.
@@ -205,7 +204,7 @@ class SPADE(nn.Module):
         wgt, bias = self.mlp_gamma_beta.weight, self.mlp_gamma_beta.bias
         if self.lookup:
             gamma, beta = self.mlp_gamma_beta(actv).chunk(2, dim=1)
-        else:  # the original two convs (same weights, slices of the fused conv)
+        else:  # two convs over the halves of the fused weights
             pad = self.mlp_gamma_beta.padding
             gamma = F.conv3d(actv, wgt[:c], bias[:c], padding=pad)
             beta = F.conv3d(actv, wgt[c:], bias[c:], padding=pad)
@@ -296,16 +295,6 @@ def _cache_key(seg: torch.Tensor, size: Any, dtype: torch.dtype, params: Iterato
     )
 
 
-def _fuse_gamma_beta(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any, *args: Any
-) -> None:
-    """Load-state-dict pre-hook: old ``mlp_gamma.*`` + ``mlp_beta.*`` entries -> ``mlp_gamma_beta.*``."""
-    for name in ("weight", "bias"):
-        g, b = f"{prefix}mlp_gamma.{name}", f"{prefix}mlp_beta.{name}"
-        if g in state_dict and b in state_dict:
-            state_dict[f"{prefix}mlp_gamma_beta.{name}"] = torch.cat((state_dict.pop(g), state_dict.pop(b)), 0)
-
-
 @contextlib.contextmanager
 def modulation_cache(module: nn.Module) -> Iterator[None]:
     """Reuse every SPADE's (gamma, beta) of ``module`` across calls with the same label tensor.
@@ -328,9 +317,6 @@ def modulation_cache(module: nn.Module) -> Iterator[None]:
     finally:
         for m, prev in zip(spades, previous):
             m._modulation_cache = prev
-
-
-SPADEGroupNorm3D = SPADE  # the reference's name
 
 
 class SPADEResBlock3D(nn.Module):

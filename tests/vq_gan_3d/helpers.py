@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -84,3 +86,64 @@ def seg_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from dataset import one_hot
 
     return one_hot(batch["label"], LABEL_NC)
+
+
+def run_module_step(
+    model: VQGANModule,
+    batch: Mapping[str, torch.Tensor],
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    after_generator_backward: Callable[[], None] | None = None,
+    before_generator_backward: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run the current ``model.training_step`` without a Trainer (GAN state from ``global_step`` = 0).
+
+    ``manual_backward`` becomes ``loss.backward(**kwargs)``; ``after_generator_backward`` runs after the
+    generator's backward (the first one without ``inputs`` or with the generator's parameters as ``inputs``) and
+    ``before_generator_backward`` just before it. ``optimizers()`` returns ``(opt_g, opt_d)``, logging is
+    captured, gradient clipping is not applied (it runs in ``on_before_optimizer_step`` under a Trainer).
+    Returns the logged values.
+    """
+    logged: dict[str, Any] = {}
+    done = [False]
+    first_gen = model._generator_params()[0]
+
+    def backward(loss: torch.Tensor, **kwargs: Any) -> None:
+        inputs = kwargs.get("inputs")
+        is_gen = not done[0] and (inputs is None or any(p is first_gen for p in inputs))
+        if is_gen and before_generator_backward is not None:
+            before_generator_backward()
+        loss.backward(**kwargs)
+        if is_gen:
+            done[0] = True
+            if after_generator_backward is not None:
+                after_generator_backward()
+
+    patches = {
+        "optimizers": lambda: (opt_g, opt_d),
+        "manual_backward": backward,
+        "log": lambda name, value, **kw: logged.__setitem__(name, value),
+        "log_dict": lambda values, **kw: logged.update(values),
+    }
+    model.__dict__.update(patches)
+    try:
+        model.training_step(batch, 0)
+    finally:
+        for key in patches:
+            model.__dict__.pop(key)
+    return logged
+
+
+def adam_pair(model: VQGANModule) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The module's two Adam optimisers (generator, discriminators)."""
+    opt_g, opt_d = model.configure_optimizers()
+    return opt_g, opt_d
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of the module's state dict (names and tensor bytes, in key order): a known answer of a training run."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

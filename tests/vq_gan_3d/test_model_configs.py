@@ -43,7 +43,7 @@ def test_paper_settings(name: str, decoder: str, start: int) -> None:
     expected = {
         "decoder": decoder, "n_hiddens": 16, "embedding_dim": 8, "n_codes": 16384, "downsample": [4, 4, 4],
         "l1_weight": 4.0, "perceptual_weight": 4.0, "gan_feat_weight": 4.0, "image_gan_weight": 1.0,
-        "video_gan_weight": 1.0, "lr": 3e-4, "betas": [0.5, 0.9], "discriminator_iter_start": start,
+        "volume_gan_weight": 1.0, "lr": 3e-4, "betas": [0.5, 0.9], "discriminator_iter_start": start,
         "gradient_clip_val": 1.0, "disc_loss_type": "hinge", "commitment_cost": 0.25, "ema_decay": 0.99,
         "spade_hidden": 128, "disc_channels": 64, "disc_layers": 3,
     }  # fmt: skip

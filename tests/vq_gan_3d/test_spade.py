@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vq_gan_3d.spade import SPADE, SPADEGroupNorm3D, SPADEResBlock3D, labels_from_one_hot, modulation_cache
+from vq_gan_3d.spade import SPADE, SPADEResBlock3D, labels_from_one_hot, modulation_cache
 
 
 def _seg(b: int, k: int, size: tuple[int, int, int]) -> torch.Tensor:
@@ -42,7 +42,6 @@ def test_output_depends_on_label() -> None:
     seg_b[:, 1, :, :8] = 1  # top half of every slice changes class
     assert not torch.allclose(spade(x, seg_a), spade(x, seg_b))
     assert spade.mlp_shared[0].kernel_size == (1, 3, 3)  # in-plane only, as the reference
-    assert SPADEGroupNorm3D is SPADE
 
 
 def test_label_map_is_resized_nearest() -> None:
@@ -241,52 +240,8 @@ def test_soft_maps_take_the_conv_and_fused_gamma_beta_equals_two_convs() -> None
     x = torch.randn(1, 4, 4, 6, 6)
     with torch.no_grad():
         fused = spade(x, soft)
-        spade.lookup = False  # the original: two convs
+        spade.lookup = False  # two convs over the halves of the fused weights
         assert torch.equal(fused, spade(x, soft))
-
-
-class _OldSPADE(torch.nn.Module):
-    """The SPADE as it was before issue 13 (separate gamma and beta convs), for the state-dict test."""
-
-    def __init__(self, c: int, k: int, hidden: int) -> None:
-        super().__init__()
-        self.norm = torch.nn.GroupNorm(2, c, affine=False)
-        self.mlp_shared = torch.nn.Sequential(
-            torch.nn.Conv3d(k, hidden, (1, 3, 3), padding=(0, 1, 1)), torch.nn.ReLU()
-        )
-        self.mlp_gamma = torch.nn.Conv3d(hidden, c, (1, 3, 3), padding=(0, 1, 1))
-        self.mlp_beta = torch.nn.Conv3d(hidden, c, (1, 3, 3), padding=(0, 1, 1))
-
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        seg = torch.nn.functional.interpolate(seg.to(x.dtype), size=x.shape[2:], mode="nearest")
-        actv = self.mlp_shared(seg)
-        return self.norm(x) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
-
-
-def test_old_layout_state_dict_loads_and_gives_the_same_output() -> None:
-    torch.manual_seed(9)
-    old = _OldSPADE(4, 3, 6)
-    state = old.state_dict()
-    assert "mlp_gamma.weight" in state and "mlp_beta.bias" in state
-    new = SPADE(4, 3, hidden=6, num_groups=2)
-    new.load_state_dict(state, strict=True)  # the pre-hook concatenates gamma and beta
-    assert set(new.state_dict()) == {
-        "mlp_shared.0.weight",
-        "mlp_shared.0.bias",
-        "mlp_gamma_beta.weight",
-        "mlp_gamma_beta.bias",
-    }
-    labels = _blocky_labels(1, 3, (4, 8, 8))
-    x = torch.randn(1, 4, 2, 4, 4)
-    with torch.no_grad():
-        expected = old(x, _onehot(labels, 3))
-        torch.testing.assert_close(new(x, labels), expected, rtol=1e-6, atol=1e-6)  # lookup: other summation order
-        new.lookup = False
-        assert torch.equal(new(x, _onehot(labels, 3)), expected)  # the original computation, bit for bit
-    # a nested module (prefixes) loads too
-    wrapped = torch.nn.ModuleDict({"norm1": _OldSPADE(4, 3, 6)})
-    target = torch.nn.ModuleDict({"norm1": SPADE(4, 3, hidden=6, num_groups=2)})
-    target.load_state_dict(wrapped.state_dict(), strict=True)
 
 
 def test_decoder_converts_one_hot_once_and_integer_maps_agree() -> None:

@@ -1,73 +1,82 @@
-"""Training-step changes of issue 13 that must not change the result: discriminator gradients toggled off in the
-generator step (bit-identical to the old step), no discriminator Adam steps before the warm-up ends, and activation
-checkpointing (equal within fp32 round-off)."""
+"""Training-step properties that must not change the result: the generator step computes no discriminator weight
+gradients (known answer: the weights after two seeded steps), no discriminator Adam steps before the warm-up ends,
+and activation checkpointing (equal within fp32 round-off)."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
 import vq_gan_3d.module as module_mod
-from tests.vq_gan_3d.helpers import loader, phantom_batch, tiny_model, trainer
-from tests.vq_gan_3d.legacy_step import adam_pair, legacy_training_step, run_module_step
+from tests.vq_gan_3d.helpers import (
+    adam_pair,
+    loader,
+    phantom_batch,
+    run_module_step,
+    state_digest,
+    tiny_model,
+    trainer,
+)
 from vq_gan_3d.module import VQGANModule, _frozen
+
+# sha256 of the state dict after two GAN steps of the tiny model (seeded, one thread), recorded when the step that
+# computed and dropped the discriminator weight gradients still existed: that step, the single-process step and
+# the DDP code path all gave these bits. Digests of float results hold for this CPU kernel family (x86 oneDNN).
+KNOWN_STEP_DIGESTS = {
+    "normal": "0db2090c0e03c2f6583441ec172ea9b3fb46de0a3f00f88afafb973a6f3ece22",
+    "spade": "bae6c2c3a69e4e6eed15b9c684de382f3e2af2ff8cf1cbfe5671a428c97ef659",
+}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The known answers were recorded with one thread (other thread counts sum in another order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
     return [None if p.grad is None else p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("mode", ["shared", "ddp-path", "original"])
+@pytest.mark.parametrize("mode", ["shared", "ddp-path"])
 @pytest.mark.parametrize("decoder", ["normal", "spade"])
-def test_generator_step_is_bit_identical_and_computes_no_discriminator_grads(
-    decoder: str, mode: str, monkeypatch: pytest.MonkeyPatch
+def test_generator_step_gives_the_known_answer_and_computes_no_discriminator_grads(
+    decoder: str, mode: str, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     # shared: single process (one discriminator forward on the fake serves both steps); ddp-path: the code path
     # taken under DDP (frozen discriminator forward, zero touches), run here without a process group.
-    toggle = mode != "original"
-    if mode == "ddp-path":
-        monkeypatch.setattr(module_mod, "_distributed", lambda: True)
+    monkeypatch.setattr(module_mod, "_distributed", lambda: mode == "ddp-path")
     torch.manual_seed(0)
-    base = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
-    old = copy.deepcopy(base)
-    new = copy.deepcopy(base)
-    new.hparams.toggle_discriminator_grad = toggle
-    old_opts, new_opts = adam_pair(old), adam_pair(new)
-    old.train()
-    new.train()
+    model = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
+    opts = adam_pair(model)
+    model.train()
     for step in range(2):  # GAN on from the first batch; Adam states must stay equal too
-        batch = phantom_batch(seed=step)
         seen: dict[str, list] = {}
         torch.manual_seed(100 + step)  # the random slices and codebook restarts draw from the global RNG
-        legacy_training_step(
-            old, batch, *old_opts, gan_active=True,
-            after_generator_backward=lambda: seen.update(old_g=_grads(old._generator_params())),  # noqa: B023
-        )  # fmt: skip
-        torch.manual_seed(100 + step)
         run_module_step(
-            new, batch, *new_opts,
-            before_generator_backward=lambda: seen.update(pre_d=_grads(new._discriminator_params())),  # noqa: B023
+            model, phantom_batch(seed=step), *opts,
+            before_generator_backward=lambda: seen.update(pre_d=_grads(model._discriminator_params())),  # noqa: B023
             after_generator_backward=lambda: seen.update(  # noqa: B023
-                new_g=_grads(new._generator_params()), new_d=_grads(new._discriminator_params())
+                g=_grads(model._generator_params()), d=_grads(model._discriminator_params())
             ),
         )  # fmt: skip
-        assert all(a is not None and torch.equal(a, b) for a, b in zip(seen["old_g"], seen["new_g"]))
+        assert all(g is not None for g in seen["g"])
         if mode == "shared":
             # The discriminator backward (restricted to the discriminators) ran just before the generator's, which
             # leaves those gradients exactly as they were: it computes no discriminator weight gradient.
             assert all(g is not None for g in seen["pre_d"])
-            assert all(torch.equal(a, b) for a, b in zip(seen["pre_d"], seen["new_d"]))
-        elif mode == "ddp-path":
+            assert all(torch.equal(a, b) for a, b in zip(seen["pre_d"], seen["d"]))
+        else:
             # Gradients were cleared before; the zero touch that DDP needs gives exact zeros, nothing else.
             assert all(g is None for g in seen["pre_d"])
-            assert all(g is not None and not g.any() for g in seen["new_d"])
-        else:
-            assert any(g is not None and g.abs().sum() > 0 for g in seen["new_d"])  # the original, wasteful path
-        for (k, a), b in zip(old.state_dict().items(), new.state_dict().values()):
-            assert torch.equal(a, b), (step, k)
+            assert all(g is not None and not g.any() for g in seen["d"])
+    assert state_digest(model) == KNOWN_STEP_DIGESTS[decoder]
 
 
 def test_frozen_discriminator_forward_gives_input_grads_and_no_weight_grads() -> None:

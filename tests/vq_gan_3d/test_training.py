@@ -61,7 +61,7 @@ def test_gan_terms_have_no_effect_before_warm_up() -> None:
     pl.seed_everything(1, verbose=False)
     warm = tiny_model(discriminator_iter_start=1000)
     pl.seed_everything(1, verbose=False)
-    no_gan = tiny_model(image_gan_weight=0.0, video_gan_weight=0.0, gan_feat_weight=0.0)
+    no_gan = tiny_model(image_gan_weight=0.0, volume_gan_weight=0.0, gan_feat_weight=0.0)
     disc_before = _disc_state(warm)
     _fit(warm, batches=2)
     _fit(no_gan, batches=2)
@@ -83,13 +83,13 @@ def test_two_steps_per_batch_and_warm_up_counted_in_batches() -> None:
     assert any(not torch.equal(v, _disc_state(model)[k]) for k, v in disc_before.items())
     # with the GAN on, the generator differs from a run without GAN terms
     pl.seed_everything(2, verbose=False)
-    no_gan = tiny_model(image_gan_weight=0.0, video_gan_weight=0.0, gan_feat_weight=0.0)
+    no_gan = tiny_model(image_gan_weight=0.0, volume_gan_weight=0.0, gan_feat_weight=0.0)
     _fit(no_gan, batches=3)
     assert not torch.equal(no_gan.decoder.conv_last.conv.weight, model.decoder.conv_last.conv.weight)
 
 
 def test_codebook_ema_updates_once_per_batch() -> None:
-    model = tiny_model(no_random_restart=True)
+    model = tiny_model(random_restart=False)
     batch = phantom_batch()
     model.train()(batch["image"])  # initialise the codebook outside the run
     n0 = model.codebook.N.clone()
