@@ -53,31 +53,6 @@ SWITCHES = (
         True,
     ),
     Switch(
-        "discriminator_grad_toggle",
-        "no discriminator weight gradients in the generator step, one discriminator forward on real data",
-        ("toggle_discriminator_grad",),
-        None,
-        False,
-        True,
-    ),
-    Switch(
-        "cpu_onednn",
-        "small fp32 CPU convolutions called on oneDNN directly instead of PyTorch's slow_conv3d",
-        ("cpu_onednn",),
-        "cpu_onednn",
-        False,
-        True,
-    ),
-    Switch(
-        "codebook_chunk",
-        "cache-sized chunks of the codebook's distance matrix",
-        (),
-        None,
-        False,
-        True,
-        ("vq_gan_3d.codebook", "_DISTANCE_CHUNK_ELEMENTS", 2**24),  # the chunk before the cache-sized one
-    ),
-    Switch(
         "checkpointing",
         "activation checkpointing of encoder, decoder and SPADE blocks",
         ("checkpointing",),
