@@ -129,7 +129,7 @@ def test_dead_codes_restart_from_current_encoder_outputs() -> None:
     assert cb.N[3] == 1.0 and torch.equal(cb.z_avg[3], dead)  # EMA statistics restarted with the code
 
 
-def test_no_random_restart_keeps_dead_codes() -> None:
+def test_dead_codes_stay_without_random_restart() -> None:
     cb = _initialised(n_codes=4, random_restart=False)
     cb.embeddings[3] = 1e4
     cb.z_avg[3] = 1e4
