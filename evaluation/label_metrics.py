@@ -18,6 +18,10 @@ Every folder holds integer NIfTI label maps; volumes use each file's own voxel s
   ``--copy-threshold`` are flagged as copies.
 - **control**: where ``--fake`` has a run record of ``generate_labels`` (``labels_run.json``) with requested
   attributes, requested vs achieved volume (measured on the file): MAE in mL and Spearman's rho per attribute.
+- **coherence** (``evaluation.coherence``): is each generated map one whole anatomy placed as the real ones are
+  (large bodies, largest-body share, foreground-area runs along each axis, centroids, containment of one class in
+  another)? The share of generated maps that break one of these against every real map, next to the same for each
+  real map against the other real ones.
 - **adherence** (optional, ``--segmenter``): a segmenter trained on real data (``evaluation/segmentation.py
   train``) segments each generated image; Dice against the map it was generated from, next to the same on real
   test pairs.
@@ -39,6 +43,7 @@ from dataset import DataError
 from dataset.files import read_run_record
 from dataset.nifti import load_label
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.coherence import summary as coherence_summary
 from evaluation.nifti_io import list_nifti
 from evaluation.report import header, report_paths, write_report
 
@@ -264,6 +269,7 @@ def evaluate(
         "volumes": volume_distances(vf, vr, names),
         "topology": topology_summary(fake, real, names, k),
         "adjacency": adjacency_summary(fake, real, class_names),
+        "coherence": coherence_summary([(m.id, m.label) for m in fake], [(m.id, m.label) for m in real], class_names),
     }
     if train:
         nf, nr = nearest_dice(fake, train, k), nearest_dice(real, train, k)
@@ -298,6 +304,9 @@ def markdown(report: dict) -> str:
         f"| maps with an adjacency violation | {a['maps_with_violation']:.2f} |",
         f"| adjacency pairs missing | {len(a['missing'])} |",
     ]
+    co = r["coherence"]
+    loo = "n/a" if co["real_leave_one_out_share"] is None else f"{co['real_leave_one_out_share']:.2f}"
+    lines.append(f"| incoherent maps: generated / real (leave one out) | {co['incoherent_share']:.2f} / {loo} |")
     if "novelty" in r:
         n = r["novelty"]
         lines += [
@@ -322,6 +331,9 @@ def markdown(report: dict) -> str:
         f"{n} W1 {w:.3g} (mean fake {v['mean_volume_ml'][n]['fake']:.4g}, real {v['mean_volume_ml'][n]['real']:.4g})"
         for n, w in v["wasserstein_ml"].items()
     )]  # fmt: skip
+    if co["incoherent"]:
+        lines.append("Incoherent generated maps: " + "; ".join(
+            f"{i} ({', '.join(co['per_map'][i])})" for i in co["incoherent"]))  # fmt: skip
     if a["violations"]:
         lines.append("Adjacency violations (fraction of generated maps): " + ", ".join(
             f"{p} {f:.2f}" for p, f in a["violations"].items()))  # fmt: skip

@@ -55,6 +55,8 @@ def test_identical_sets_have_zero_distance() -> None:
     # every map is its own nearest training map: flagged as a copy
     assert result["novelty"]["fake_to_train"]["mean"] == 1.0
     assert len(result["novelty"]["copies"]) == 3
+    # whole anatomies, b always inside a: nothing incoherent
+    assert result["coherence"]["incoherent"] == [] and result["coherence"]["containment_rules"] == ["b inside a"]
 
 
 def test_volume_distance_of_scaled_ellipsoids_is_the_volume_difference() -> None:
@@ -115,7 +117,8 @@ def test_cli_writes_json_and_markdown_with_control(tmp_path: Path) -> None:
     assert control["mae_ml"] == pytest.approx(np.mean(np.abs(np.array(requested) - achieved)))
     assert control["per_attribute"]["a"]["spearman"] == pytest.approx(1.0)  # larger request, larger map
     md = out.with_suffix(".md").read_text()
-    assert "volume W1" in md and "control: volume MAE" in md
+    assert "volume W1" in md and "control: volume MAE" in md and "incoherent maps: generated" in md
+    assert report["results"]["coherence"]["incoherent_share"] == 0.0
     # existing report: refused without --overwrite, replaced with it; a foreign file is never replaced
     assert main(["--fake", str(fake), "--real", str(real), "--out", str(out)]) == 2
     assert main(["--fake", str(fake), "--real", str(real), "--out", str(out), "--overwrite"]) == 0
