@@ -90,6 +90,8 @@ class SPADEDecoder3D(nn.Module):
         lookup: SPADE's first conv as a lookup over the integer label map (exact; see :mod:`vq_gan_3d.spade`);
             False convolves the one-hot map, which is faster with narrow SPADEs (few hidden channels).
         checkpointing: activation checkpointing of every SPADE ResBlock (recomputed in the backward pass).
+        lookup_max_mb: bound (MB) on one SPADE call's gamma/beta lookup tables; over it that call convolves
+            (see :class:`vq_gan_3d.spade.SPADE`). None: no bound.
     """
 
     def __init__(
@@ -104,14 +106,18 @@ class SPADEDecoder3D(nn.Module):
         padding_type: str = "replicate",
         lookup: bool = True,
         checkpointing: bool = False,
+        lookup_max_mb: float | None = None,
     ) -> None:
         super().__init__()
         plan = _stage_plan(n_hiddens, upsample)
         self.in_channels = plan[0][0]
         self.label_nc = label_nc
         self.lookup = lookup
-        self.first_norm = SPADE(self.in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
-        args = (label_nc, spade_hidden, spade_kernel, num_groups, padding_type, lookup, checkpointing)
+        self.first_norm = SPADE(
+            self.in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup,
+            lookup_max_mb=lookup_max_mb,
+        )  # fmt: skip
+        args = (label_nc, spade_hidden, spade_kernel, num_groups, padding_type, lookup, checkpointing, lookup_max_mb)
         self.stages = nn.ModuleList()
         for c_in, c_out, stride in plan:
             stage = nn.Module()

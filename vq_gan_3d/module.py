@@ -113,6 +113,8 @@ class VQGANModule(pl.LightningModule):
             :mod:`vq_gan_3d.spade`). It pays off with wide SPADEs and costs with narrow ones, since the lookup's
             work grows with the number of distinct label neighbourhoods, so the tiny configs turn it off
             (README, Speed and memory).
+        spade_lookup_max_mb: bound (MB) on what one SPADE call's lookup tables may hold; a call over it
+            convolves instead (same computation as the conv path). None: no bound.
         ema_decay: codebook EMA decay (0.99).
         commitment_cost: commitment loss beta (0.25).
         restart_thres: dead-code restart threshold on the EMA count (1.0).
@@ -154,6 +156,7 @@ class VQGANModule(pl.LightningModule):
         spade_num_groups: int = 8,
         spade_kernel: Sequence[int] = (1, 3, 3),
         spade_lookup: bool = True,
+        spade_lookup_max_mb: float | None = None,
         ema_decay: float = 0.99,
         commitment_cost: float = 0.25,
         restart_thres: float = 1.0,
@@ -196,6 +199,7 @@ class VQGANModule(pl.LightningModule):
             self.decoder = SPADEDecoder3D(
                 image_channels, n_hiddens, hp.downsample, label_nc, spade_hidden, hp.spade_kernel,
                 spade_num_groups, padding_type, lookup=spade_lookup, checkpointing=checkpointing,
+                lookup_max_mb=spade_lookup_max_mb,
             )  # fmt: skip
         else:
             self.decoder = Decoder3D(

@@ -15,7 +15,11 @@ Two speed-ups keep the result of the plain formulation:
   patterns, so it is computed once per distinct such neighbourhood and gathered: no full-resolution hidden map
   exists. Equal to the convs up to summation order (bit-identical when every sum is exact, tested).
   The lookup's work grows with the number of distinct neighbourhoods, so with narrow SPADEs (few hidden
-  channels) the plain conv is faster: ``SPADE(..., lookup=False)`` convolves the one-hot map instead.
+  channels) the plain conv is faster: ``SPADE(..., lookup=False)`` convolves the one-hot map instead. So does
+  its memory: in training the gamma/beta lookup keeps one (U, hidden) row block per kernel offset for the
+  backward pass, U being the distinct neighbourhoods, which on a many-class map approaches the voxel count. With
+  ``lookup_max_mb`` a call whose tables would exceed the bound runs the gamma/beta conv over the (looked-up)
+  hidden map instead, the same computation as the conv path; below the bound nothing changes.
 * **Fused gamma/beta.** The gamma and beta convs are one conv with ``2C`` outputs (``mlp_gamma_beta``).
 
 :func:`modulation_cache` reuses every SPADE's (gamma, beta) across calls with the same label tensor, for
@@ -91,6 +95,8 @@ class SPADE(nn.Module):
         lookup: compute the shared conv of an integer label map as a lookup of weight columns (see the module
             docstring). False: one-hot the map and convolve, and run gamma and beta as the two halves of
             ``mlp_gamma_beta`` (faster for narrow SPADEs).
+        lookup_max_mb: bound (MB) on what one call's gamma/beta lookup may hold (:func:`lookup_bytes`); a call
+            over it convolves the hidden map instead. None: no bound.
     """
 
     def __init__(
@@ -102,9 +108,12 @@ class SPADE(nn.Module):
         num_groups: int = 8,
         eps: float = 1e-5,
         lookup: bool = True,
+        lookup_max_mb: float | None = None,
     ) -> None:
         super().__init__()
         kernel = tuple(int(k) for k in kernel)
+        if lookup_max_mb is not None and not lookup_max_mb >= 0:  # also refuses NaN
+            raise ValueError(f"lookup_max_mb must be >= 0 or None, got {lookup_max_mb}")
         if len(kernel) != 3 or any(k < 1 or k % 2 == 0 for k in kernel):
             raise ValueError(f"kernel must be three odd positive ints (kD, kH, kW), got {list(kernel)}")
         if norm_channels < 1 or label_nc < 1 or hidden < 1:
@@ -115,6 +124,7 @@ class SPADE(nn.Module):
         self.label_nc = label_nc
         self.norm_channels = norm_channels
         self.lookup = lookup
+        self.lookup_max_bytes = None if lookup_max_mb is None else lookup_max_mb * 2**20
         self.norm = nn.GroupNorm(group_count(norm_channels, num_groups), norm_channels, eps=eps, affine=False)
         self.mlp_shared = nn.Sequential(nn.Conv3d(label_nc, hidden, kernel, padding=padding), nn.ReLU())
         self.mlp_gamma_beta = nn.Conv3d(hidden, 2 * norm_channels, kernel, padding=padding)
@@ -167,12 +177,20 @@ class SPADE(nn.Module):
 
         The hidden map is a function of each voxel's label neighbourhood, so the conv over it is a function of
         the neighbourhood of hidden-map patterns: computed once per distinct one, with the hidden map's zero
-        padding as an extra all-zero table row.
+        padding as an extra all-zero table row. When that would hold more than ``lookup_max_mb``, the conv runs
+        over the looked-up hidden map instead (the conv path's computation, with its memory).
         """
         table, inverse = self._lookup_table(labels)
         conv = self.mlp_gamma_beta
-        rows = F.pad(table, (0, 0, 0, 1))  # row U: outside the grid, where the conv zero-pads the hidden map
         patterns, inverse2 = _neighbourhoods(inverse, conv.kernel_size, conv.padding, fill=table.shape[0])
+        if self.lookup_max_bytes is not None:
+            need = lookup_bytes(
+                patterns.shape[0], patterns.shape[1], table.shape[1], conv.out_channels,
+                torch.is_grad_enabled() and table.requires_grad, table.element_size(),
+            )  # fmt: skip
+            if need > self.lookup_max_bytes:
+                return conv(F.embedding(inverse, table).permute(0, 4, 1, 2, 3))
+        rows = F.pad(table, (0, 0, 0, 1))  # row U: outside the grid, where the conv zero-pads the hidden map
         weight = conv.weight.flatten(2)  # (2C, hidden, n_offsets)
         out = conv.bias + F.embedding(patterns[:, 0], rows) @ weight[:, :, 0].t()
         for o in range(1, patterns.shape[1]):
@@ -238,6 +256,16 @@ class SPADE(nn.Module):
             raise ValueError(f"an integer seg must be (B={x.shape[0]}, 1, D, H, W), got {tuple(seg.shape)}")
         scale, beta = self.modulation(seg, x.shape[2:], x.dtype)
         return self.norm(x) * scale + beta
+
+
+def lookup_bytes(unique: int, n_offsets: int, hidden: int, out_channels: int, grad: bool, itemsize: int) -> int:
+    """Bytes the gamma/beta lookup of one call holds over ``unique`` distinct hidden-pattern neighbourhoods.
+
+    The (U, n_offsets) int64 pattern table, the gathered (U, hidden) rows (one block per offset is kept for the
+    backward pass when ``grad``; without it two are alive at a time) and the (U, out_channels) result.
+    """
+    blocks = n_offsets if grad else 2
+    return unique * (n_offsets * 8 + (blocks * hidden + out_channels) * itemsize)
 
 
 def _neighbourhoods(
@@ -330,7 +358,7 @@ class SPADEResBlock3D(nn.Module):
         spade_kernel: SPADE conv kernel.
         num_groups: SPADE GroupNorm groups.
         padding_type: ``F.pad`` mode of the 3x3x3 convs.
-        lookup: see :class:`SPADE`.
+        lookup, lookup_max_mb: see :class:`SPADE`.
         checkpointing: recompute the block's activations in the backward pass instead of storing them
             (``torch.utils.checkpoint``, training with gradients only).
     """
@@ -346,12 +374,14 @@ class SPADEResBlock3D(nn.Module):
         padding_type: str = "replicate",
         lookup: bool = True,
         checkpointing: bool = False,
+        lookup_max_mb: float | None = None,
     ) -> None:
         super().__init__()
         self.checkpointing = checkpointing
-        self.norm1 = SPADE(in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
+        spade = dict(lookup=lookup, lookup_max_mb=lookup_max_mb)
+        self.norm1 = SPADE(in_channels, label_nc, spade_hidden, spade_kernel, num_groups, **spade)
         self.conv1 = SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)
-        self.norm2 = SPADE(out_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup)
+        self.norm2 = SPADE(out_channels, label_nc, spade_hidden, spade_kernel, num_groups, **spade)
         self.conv2 = SamePadConv3d(out_channels, out_channels, 3, padding_type=padding_type)
         self.skip = (
             SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)

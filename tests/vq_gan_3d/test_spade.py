@@ -277,3 +277,88 @@ def test_full_lookup_modulation_is_bit_identical_with_exact_weights(kernel) -> N
         spade.lookup = False
         by_conv = spade(x, _onehot(labels, k))
     assert torch.equal(by_lookup, by_conv)
+
+
+def test_lookup_bytes_counts_tables_and_saved_rows() -> None:
+    from vq_gan_3d.spade import lookup_bytes
+
+    # U = 10 neighbourhoods, 9 offsets, hidden 4, 2C = 6, fp32: patterns 10*9*8, rows 9 (grad) or 2 blocks of
+    # 10*4*4, result 10*6*4
+    assert lookup_bytes(10, 9, 4, 6, grad=True, itemsize=4) == 720 + 9 * 160 + 240
+    assert lookup_bytes(10, 9, 4, 6, grad=False, itemsize=4) == 720 + 2 * 160 + 240
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_lookup_bound_falls_back_to_the_conv_exactly_on_both_sides(grad) -> None:
+    """Under the bound the call is the lookup, bit for bit; over it, the conv over the looked-up hidden map."""
+    torch.manual_seed(12)
+    k = 6
+    labels = _blocky_labels(2, k, (4, 10, 10), seed=5)
+    x = torch.randn(2, 3, 4, 10, 10)
+    unbounded = SPADE(3, k, hidden=5, num_groups=1)
+    results = {}
+    for name, max_mb in (("none", None), ("huge", 1e6), ("zero", 0.0)):
+        spade = SPADE(3, k, hidden=5, num_groups=1, lookup_max_mb=max_mb)
+        spade.load_state_dict(unbounded.state_dict())
+        xx = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = spade(xx, labels)
+            if grad:
+                y.sum().backward()
+        results[name] = (y.detach(), xx.grad if grad else None, spade)
+    assert torch.equal(results["none"][0], results["huge"][0])
+    # over the bound: exactly the conv over the hidden map (the conv path of an integer map)
+    spade = results["zero"][2]
+    with torch.no_grad():
+        labels_small = labels[:, 0]
+        hidden = spade._lookup_hidden(labels_small)
+        gamma, beta = spade.mlp_gamma_beta(hidden).chunk(2, dim=1)
+        expected = spade.norm(x) * (1 + gamma) + beta
+    assert torch.equal(results["zero"][0], expected)
+    # and within round-off of the lookup, with gradients that flow
+    torch.testing.assert_close(results["zero"][0], results["none"][0], rtol=1e-5, atol=1e-5)
+    if grad:
+        torch.testing.assert_close(results["zero"][1], results["none"][1], rtol=1e-5, atol=1e-5)
+        assert all(p.grad is not None for p in spade.parameters())
+
+
+def test_lookup_bound_is_a_byte_threshold() -> None:
+    """The choice is made by lookup_bytes against the bound: just above it the lookup runs, just below it not."""
+    from vq_gan_3d.spade import _neighbourhoods, lookup_bytes
+
+    torch.manual_seed(13)
+    k = 5
+    labels = _blocky_labels(1, k, (2, 8, 8), seed=2)
+    spade = SPADE(2, k, hidden=4, num_groups=1)
+    with torch.no_grad():
+        table, inverse = spade._lookup_table(labels[:, 0])
+        conv = spade.mlp_gamma_beta
+        patterns, _ = _neighbourhoods(inverse, conv.kernel_size, conv.padding, fill=table.shape[0])
+    need = lookup_bytes(patterns.shape[0], patterns.shape[1], 4, conv.out_channels, grad=False, itemsize=4)
+    x = torch.randn(1, 2, 2, 8, 8)
+    calls = []
+    with torch.no_grad():
+        for max_mb in (need / 2**20, (need - 1) / 2**20):
+            bounded = SPADE(2, k, hidden=4, num_groups=1, lookup_max_mb=max_mb)
+            bounded.load_state_dict(spade.state_dict())
+            handle = bounded.mlp_gamma_beta.register_forward_hook(lambda *_, mb=max_mb: calls.append(mb))
+            bounded(x, labels)
+            handle.remove()
+    assert calls == [(need - 1) / 2**20]  # only the bound below the need ran the conv
+
+
+@pytest.mark.parametrize("max_mb", [-1.0, float("nan")])
+def test_lookup_bound_must_be_a_non_negative_number(max_mb) -> None:
+    with pytest.raises(ValueError, match="lookup_max_mb"):
+        SPADE(2, 3, lookup_max_mb=max_mb)
+
+
+def test_vqgan_bound_reaches_every_spade() -> None:
+    from vq_gan_3d.module import VQGANModule
+
+    model = VQGANModule(
+        label_nc=3, decoder="spade", n_hiddens=4, downsample=[2, 2, 2], n_codes=8, spade_hidden=4,
+        perceptual_weight=0.0, disc_channels=4, disc_layers=1, spade_lookup_max_mb=2.5,
+    )  # fmt: skip
+    bounds = [m.lookup_max_bytes for m in model.modules() if isinstance(m, SPADE)]
+    assert len(bounds) > 2 and set(bounds) == {2.5 * 2**20}
