@@ -367,3 +367,20 @@ def class_names_from_masks(folder: str | Path, label_maps: Sequence[Path]) -> tu
     if unmatched:
         warnings.append(f"--names {folder}: empty in that subject, so without an id: {unmatched}")
     return names, warnings
+
+
+def load_class_ids(path: str | Path, label_nc: int, table: LabelTable | None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label map in a model's class ids: through its table (the user's ids), or checked against label_nc.
+
+    Returns:
+        ``(label, affine)``: (D, H, W) int64 class ids in ``[0, label_nc)``, (4, 4) affine.
+
+    Raises:
+        DataError: unreadable or non-integer file; a value outside the table (or ``[0, label_nc)``), named.
+    """
+    from dataset.nifti import load_label
+
+    if table is None:
+        return load_label(path, label_nc)
+    label, affine = load_label(path)
+    return remap_labels(label, table, str(path)), affine

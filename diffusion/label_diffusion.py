@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.contract import one_hot
+from dataset.registry import plain_data_info
 from diffusion.ema import EMA
 from diffusion.guidance import combine
 from diffusion.latent_norm import LatentNormalizer
@@ -174,7 +175,8 @@ class LabelLatentDiffusion(pl.LightningModule):
         label_ae_hparams: the autoencoder's architecture; filled in from ``label_ae_ckpt`` and saved here so one
             checkpoint is enough to sample. Set by hand only to build an untrained autoencoder (tests).
         block_size: (D, H, W) of the generated maps (``${dataset.block_size}``).
-        data_info: the dataset config (plain data, stored for generation).
+        data_info: the dataset config, stored for generation as plain data (:func:`dataset.registry.plain_data_info`:
+            the label table's contents, voxel size, ...).
         centroid_classes: classes whose centroid is also an attribute (default none).
         denoiser_kwargs: ``Unet3D`` arguments (``dim``, ``dim_mults``, ``attn_heads``, ...).
         objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method: as in
@@ -228,6 +230,8 @@ class LabelLatentDiffusion(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # plain, checked data (a label table file's contents, not its path): generate_labels writes the user's ids
+        self.hparams["data_info"] = plain_data_info(data_info)
         if len(class_names) != label_nc:
             raise ValueError(f"class_names has {len(class_names)} names, label_nc is {label_nc}")
         unknown = [c for c in centroid_classes if c not in list(class_names)[1:]]

@@ -41,7 +41,7 @@ import numpy as np
 
 from dataset import DataError
 from dataset.files import read_run_record
-from dataset.nifti import load_label
+from dataset.label_table import LabelTable, load_class_ids, parse_label_table
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
 from evaluation.coherence import summary as coherence_summary
 from evaluation.nifti_io import list_nifti
@@ -61,11 +61,12 @@ class LabelMap:
     voxel_ml: float
 
 
-def load_maps(folder: Path, num_classes: int) -> list[LabelMap]:
-    """Every NIfTI label map in ``folder`` (values checked against ``num_classes``)."""
+def load_maps(folder: Path, num_classes: int, table: LabelTable | None = None) -> list[LabelMap]:
+    """Every NIfTI label map in ``folder``: class ids checked against ``num_classes``, or the user's ids read
+    through ``table`` (the label table of the run record in ``--fake``: generated maps are in those ids)."""
     maps = []
     for stem, path in list_nifti(Path(folder)).items():
-        label, affine = load_label(path, num_classes)
+        label, affine = load_class_ids(path, num_classes, table)
         maps.append(LabelMap(stem, label.astype(np.int64), float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0))
     return maps
 
@@ -373,8 +374,12 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     if not 0.0 < args.copy_threshold <= 1.0:
         raise ValueError(f"--copy-threshold must be in (0, 1], got {args.copy_threshold}")
     k = len(names)
-    fake, real = load_maps(args.fake, k), load_maps(args.real, k)
-    train = load_maps(args.train, k) if args.train is not None else []
+    stored = (record or {}).get("label_table")
+    table = parse_label_table(stored, f"{args.fake / RUN_RECORD}: label_table") if stored else None
+    if table is not None and table.label_nc != k:
+        raise ValueError(f"--class-names gives {k} classes, the label table of {args.fake} {table.label_nc}")
+    fake, real = load_maps(args.fake, k, table), load_maps(args.real, k, table)
+    train = load_maps(args.train, k, table) if args.train is not None else []
     results = evaluate(fake, real, train, names, record, args.copy_threshold)
     results["adherence"] = adherence(args, names)
     report = {

@@ -14,6 +14,11 @@ Every run leaves ``OUT/generation.json`` (checkpoint sha256, seed, sampler, step
 ``--overwrite`` replaces exactly the files that record lists. ``--export-real DIR`` (with ``split=...``) also writes
 the split's real images as ``DIR/<id>.nii.gz`` and its label maps as ``DIR/labels/<id>.nii.gz``, the folders that
 ``evaluation/compute_metrics.py --real DIR --fake OUT --labels DIR/labels`` compares.
+
+A model trained with a label table (sparse ids such as TotalSegmentator's, ``dataset.label_table``) speaks the
+user's ids: label files are read through its table (a value outside it is refused in one line before any
+sampling), exported label maps are written back in those ids, the record holds the table, and montages name the
+classes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 
 from dataset import DataError
 from dataset.files import check_name, check_output_dir, file_sha256, install_signal_cleanup
+from dataset.label_table import LabelTable, restore_labels
+from dataset.registry import label_table_of
 from diffusion.generation.inputs import resolve_labels
 from diffusion.generation.pipeline import (
     PRECISIONS,
@@ -139,8 +146,10 @@ def dataset_volumes(ds: object, split: str) -> list[LabelVolume]:
 
 
 def export_real(ds: object, split: str, folder: Path, intensity: dict | None, overwrite: bool,
-                record: dict) -> list[Path]:  # fmt: skip
+                record: dict, table: LabelTable | None = None) -> list[Path]:  # fmt: skip
     """Write a split's real images (``<id>.nii.gz``, data units like the generated ones) and label maps.
+
+    Label maps are written in the files' own ids: back through ``table`` when the model has one.
 
     The folder gets its own run record (``generation.json`` with ``command: export-real``), so
     ``evaluation/compute_metrics.py`` knows the data range and ``--overwrite`` replaces exactly these files.
@@ -161,8 +170,9 @@ def export_real(ds: object, split: str, folder: Path, intensity: dict | None, ov
         except ValueError:  # not invertible: stays in [-1, 1], like the generated volumes
             pass
         save_nifti(folder / f"{vid}.nii.gz", image.astype(np.float32), np.asarray(s["affine"]), overwrite=overwrite)
-        save_nifti(folder / "labels" / f"{vid}.nii.gz", s["label"][0].numpy(), np.asarray(s["affine"]),
-                   overwrite=overwrite)  # fmt: skip
+        label = s["label"][0].numpy()
+        save_nifti(folder / "labels" / f"{vid}.nii.gz", label if table is None else restore_labels(label, table),
+                   np.asarray(s["affine"]), overwrite=overwrite)  # fmt: skip
     for stale in plan.stale:
         stale.unlink(missing_ok=True)
     write_run_record(
@@ -201,14 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.ckpt, device, compile=args.compile)
         if settings.sampler is not None and settings.sampler not in model.schedule.samplers:
             raise ValueError(f"--sampler {settings.sampler} does not fit this model; use {model.schedule.samplers}")
+        info = model.hparams.get("data_info") or {}
+        table = label_table_of(info)  # files in the user's ids are read through it
         ds = dataset_split(model, source.split, args.data_root) if source.split else None
         volumes = (
-            dataset_volumes(ds, source.split) if ds is not None else load_label_volumes(source.files, model.label_nc)
+            dataset_volumes(ds, source.split)
+            if ds is not None
+            else load_label_volumes(source.files, model.label_nc, table)
         )
         log.info("%d label map(s), %d sample(s) each -> %s", len(volumes), settings.num_samples, args.out)
         record = {
             "checkpoint": {"name": args.ckpt.name, "sha256": file_sha256(args.ckpt)},
             "labels": args.labels,
+            **({"label_table": table.to_plain()} if table is not None else {}),
         }
         suffixes = (".png",) * args.png + (".gif",) * args.gif
         hook = None
@@ -216,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             from dataset.visualization import display_window, save_gif, save_montage
 
             # one fixed window per modality (HU window for CT outputs), orientation from each label map's affine
-            window = display_window((model.hparams.get("data_info") or {}).get("intensity"), "data")
+            window = display_window(info.get("intensity"), "data")
 
             def hook(vol: LabelVolume, k: int, image: np.ndarray, path: Path) -> None:
                 shown = torch.from_numpy(image)
@@ -224,14 +239,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.png:
                     save_montage(sidecar_path(path, ".png"), [("label", lab), ("synthetic", shown)],
                                  label_nc=model.label_nc, overwrite=args.overwrite, affine=vol.affine,
-                                 window=window)  # fmt: skip
+                                 window=window, class_names=info.get("class_names"))  # fmt: skip
                 if args.gif:
                     save_gif(sidecar_path(path, ".gif"), shown[None], label=lab[None], overwrite=args.overwrite,
                              affine=vol.affine, window=window)  # fmt: skip
 
         if args.export_real is not None:
-            intensity = (model.hparams.get("data_info") or {}).get("intensity")
-            export_real(ds, source.split, args.export_real, intensity, args.overwrite, record)
+            export_real(ds, source.split, args.export_real, info.get("intensity"), args.overwrite, record, table)
         written = generate(
             model,
             volumes,

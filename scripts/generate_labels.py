@@ -18,6 +18,11 @@ close to MAP, ``s = 1`` ignores it. ``--repair`` keeps the largest connected com
 (removed voxels take the nearest remaining label) and fills background holes enclosed by a class; it is off by
 default and must stay off when the generator itself is evaluated (the record says whether it ran).
 
+A model trained with a label table (sparse ids such as TotalSegmentator's, ``dataset.label_table``) speaks the
+user's ids: ``--like`` and ``--condition-from`` maps are read through its table (a value outside it is refused in
+one line before any sampling) and the maps are written back in the original ids (a class several ids were merged
+into: its smallest id), with the table in the run record.
+
 ``OUT/labels_run.json`` is the run record: checkpoint and its sha256, seed, settings, and per map the requested and
 achieved attributes (achieved = measured on the written map). ``--overwrite`` replaces exactly the files the
 previous run record lists; a file of the same name that no record of ours lists is never replaced. Maps are written
@@ -49,7 +54,9 @@ from dataset.files import (
     recorded_outputs,
     write_run_record,
 )
-from dataset.nifti import load_label, save_nifti, strip_nifti_suffix, voxel_size_dhw
+from dataset.label_table import load_class_ids, restore_labels
+from dataset.nifti import save_nifti, strip_nifti_suffix, voxel_size_dhw
+from dataset.registry import label_table_of
 
 log = logging.getLogger("generate_labels")
 
@@ -135,7 +142,7 @@ def requests_from_maps(model: torch.nn.Module, folder: Path, keys: str, n: int) 
     model.condition(dict.fromkeys(names, 0.0))  # validates the names
     measured = []
     for path in files:
-        label, affine = load_label(path, model.label_nc)
+        label, affine = load_class_ids(path, model.label_nc, label_table_of(model.hparams.get("data_info")))
         lab = torch.from_numpy(label.astype(np.int64))[None, None]
         attrs = model.attributes_of(lab, torch.from_numpy(affine)[None])[0]
         measured.append({k: float(attrs[model.attribute_names.index(k)]) for k in names})
@@ -232,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.condition_keys and args.condition_from is None:
             raise ValueError("--condition-keys needs --condition-from DIR")
         model = load_label_model(args.ckpt, device)
+        table = label_table_of(model.hparams.get("data_info"))
+        if table is not None:
+            table.source_values()  # every class can be written back, checked before any sampling
         model.condition(requested)  # validates the names
         requests = [requested] * args.num_samples
         if args.condition_from is not None:
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = model.block_size
         like = None
         if args.like is not None:
-            like_map, affine = load_label(args.like, model.label_nc)
+            like_map, affine = load_class_ids(args.like, model.label_nc, table)
             if tuple(like_map.shape) != shape:
                 raise DataError(f"{args.like}: shape {tuple(like_map.shape)} (D, H, W) differs from the training grid "
                                 f"{shape}; crop or resample it to the training block first")  # fmt: skip
@@ -275,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.repair:
                 array, changed = repair(array, model.label_nc)
             achieved = model.attributes_of(torch.from_numpy(array.astype(np.int64))[None, None], affine_t)[0]
-            save_nifti(staging / name, array, affine, dtype=np.int16)
+            written = array if table is None else restore_labels(array, table)  # the user's ids
+            dtype = np.int16 if int(written.max(initial=0)) <= np.iinfo(np.int16).max else np.int32
+            save_nifti(staging / name, written, affine, dtype=dtype)
             maps.append({
                 "id": vid, "file": name, "seed": map_seed(args.seed, i),
                 "requested": dict(requests[i]),
@@ -305,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repair": bool(args.repair),
             },
             "class_names": model.class_names,
+            "label_table": table.to_plain() if table is not None else None,
             "attribute_names": model.attribute_names,
             "attribute_units": {
                 n: ("[-1, 1] of the grid" if ".centroid_" in n else "mL") for n in model.attribute_names

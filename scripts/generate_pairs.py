@@ -7,7 +7,8 @@
 Runs ``scripts/generate_labels.py`` into ``OUT/labels`` (``<id>.nii.gz`` plus its run record), then
 ``scripts/generate.py`` on that folder into ``OUT/images`` (``<id>_s0.nii.gz``, the same ids), in this process.
 Each half keeps its own run record and its own ``--overwrite`` rule; a user error in either prints one line and
-exits 2. The image checkpoint must be trained on the same classes (``label_nc``) and block size as the label one.
+exits 2. The image checkpoint must be trained on the same classes (``label_nc``, and the same label table when the
+data had sparse ids: the maps are written, and read again, in the user's ids) and block size as the label one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from dataset import DataError
 from dataset.files import read_checkpoint
+from dataset.registry import label_table_of
 
 log = logging.getLogger("generate_pairs")
 
@@ -54,6 +56,13 @@ def check_compatible(label_ckpt: Path, image_ckpt: Path) -> None:
         raise DataError(f"{image_ckpt}: not a stage-2 image diffusion checkpoint (--image-ckpt)")
     if int(lab["label_nc"]) != int(img["label_nc"]):
         raise DataError(f"the label model has {lab['label_nc']} classes, the image model {img['label_nc']}")
+    # the label maps travel in the user's ids: both models must read them through the same table
+    tables = [label_table_of(hp.get("data_info")) for hp in hps]
+    if [t.remap if t else None for t in tables] != [t.remap if t else None for t in reversed(tables)]:
+        raise DataError(
+            f"the label model's label table ({tables[0].name if tables[0] else 'none'}) differs from the image "
+            f"model's ({tables[1].name if tables[1] else 'none'}): train both on one dataset config"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

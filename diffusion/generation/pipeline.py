@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from dataset import DataError
 from dataset.files import check_name, read_run_record, recorded_outputs, write_run_record
 from dataset.intensity import invert, validate_intensity
+from dataset.label_table import LabelTable, load_class_ids
 from dataset.nifti import load_label, save_nifti, voxel_size_dhw
 from diffusion.generation.geometry import pad_label, padded_shape, resample_image, resample_label, resampled_shape
 from diffusion.sampling import WINDOW_MODES, SamplerSettings, resolve_sampler, sample_images
@@ -84,17 +85,27 @@ def volume_seed(seed: int, volume_id: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def load_label_volumes(files: list[Path] | tuple[Path, ...], label_nc: int) -> list[LabelVolume]:
+def load_label_volumes(
+    files: list[Path] | tuple[Path, ...], label_nc: int, table: LabelTable | None = None
+) -> list[LabelVolume]:
     """Load and validate every label map before any work (a bad file fails the run before it starts).
 
+    Args:
+        files: NIfTI label maps.
+        label_nc: the model's classes.
+        table: the checkpoint's label table: files hold the user's ids, read through it into class ids.
+
     Raises:
-        DataError: unreadable/4-D/non-integer file, or classes the model does not know (names the file).
+        DataError: unreadable/4-D/non-integer file, or classes (or ids) the model does not know (names the file).
     """
     from dataset.nifti import strip_nifti_suffix
 
     volumes = []
     for path in files:
-        label, affine = load_label(path)  # 4-D, non-integer, NaN: DataError naming the file
+        if table is not None:
+            label, affine = load_class_ids(path, label_nc, table)  # a value outside the table: named
+        else:
+            label, affine = load_label(path)  # 4-D, non-integer, NaN: DataError naming the file
         if label.size and (label.min() < 0 or label.max() >= label_nc):
             unknown = sorted(int(v) for v in np.unique(label) if v < 0 or v >= label_nc)
             raise DataError(f"{path}: classes {unknown[:10]} unknown to the model (it knows 0..{label_nc - 1})")
