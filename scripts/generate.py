@@ -17,8 +17,8 @@ the split's real images as ``DIR/<id>.nii.gz`` and its label maps as ``DIR/label
 
 A model trained with a label table (sparse ids such as TotalSegmentator's, ``dataset.label_table``) speaks the
 user's ids: label files are read through its table (a value outside it is refused in one line before any
-sampling), exported label maps are written back in those ids, the record holds the table, and montages name the
-classes.
+sampling), the record holds the table, and montages name the classes. ``--export-real`` label maps stay in the
+model's class ids 0..K-1, the ids the evaluation tools read next to them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import torch
 
 from dataset import DataError
 from dataset.files import check_name, check_output_dir, file_sha256, install_signal_cleanup
-from dataset.label_table import LabelTable, restore_labels
 from dataset.registry import label_table_of
 from diffusion.generation.inputs import resolve_labels
 from diffusion.generation.pipeline import (
@@ -146,10 +145,10 @@ def dataset_volumes(ds: object, split: str) -> list[LabelVolume]:
 
 
 def export_real(ds: object, split: str, folder: Path, intensity: dict | None, overwrite: bool,
-                record: dict, table: LabelTable | None = None) -> list[Path]:  # fmt: skip
+                record: dict) -> list[Path]:  # fmt: skip
     """Write a split's real images (``<id>.nii.gz``, data units like the generated ones) and label maps.
 
-    Label maps are written in the files' own ids: back through ``table`` when the model has one.
+    Label maps hold the model's class ids (0..K-1, what ``evaluation/`` reads), not a label table's source ids.
 
     The folder gets its own run record (``generation.json`` with ``command: export-real``), so
     ``evaluation/compute_metrics.py`` knows the data range and ``--overwrite`` replaces exactly these files.
@@ -170,9 +169,8 @@ def export_real(ds: object, split: str, folder: Path, intensity: dict | None, ov
         except ValueError:  # not invertible: stays in [-1, 1], like the generated volumes
             pass
         save_nifti(folder / f"{vid}.nii.gz", image.astype(np.float32), np.asarray(s["affine"]), overwrite=overwrite)
-        label = s["label"][0].numpy()
-        save_nifti(folder / "labels" / f"{vid}.nii.gz", label if table is None else restore_labels(label, table),
-                   np.asarray(s["affine"]), overwrite=overwrite)  # fmt: skip
+        save_nifti(folder / "labels" / f"{vid}.nii.gz", s["label"][0].numpy(), np.asarray(s["affine"]),
+                   overwrite=overwrite)  # fmt: skip
     for stale in plan.stale:
         stale.unlink(missing_ok=True)
     write_run_record(
@@ -245,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                              affine=vol.affine, window=window)  # fmt: skip
 
         if args.export_real is not None:
-            export_real(ds, source.split, args.export_real, info.get("intensity"), args.overwrite, record, table)
+            export_real(ds, source.split, args.export_real, info.get("intensity"), args.overwrite, record)
         written = generate(
             model,
             volumes,

@@ -81,6 +81,14 @@ def test_generated_label_maps_are_written_back_in_the_users_ids(
     for name in record["outputs"]:
         values = set(np.unique(np.asarray(nib.load(str(out / name)).dataobj)).tolist())
         assert values <= set(SPARSE_IDS) and values - {0}, values  # ids, never the class indices 1, 2, 3
+    # label_metrics reads generated and real maps through the record's table
+    from evaluation import label_metrics
+
+    _sparse_map(tmp_path / "real" / "r0.nii.gz")
+    _sparse_map(tmp_path / "real" / "r1.nii.gz")
+    report = tmp_path / "metrics" / "labels.json"
+    assert label_metrics.main(["--fake", str(out), "--real", str(tmp_path / "real"), "--out", str(report)]) == 0
+    assert json.loads(report.read_text())["class_names"] == record["class_names"]
     # --like in the user's ids; an id the table lacks is refused before any sampling
     like = _sparse_map(tmp_path / "like.nii.gz")
     args = ["--ckpt", str(ckpt), "--steps", "2", "--like", str(like), "--strength", "0.5"]
