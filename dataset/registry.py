@@ -98,7 +98,8 @@ INFO_FIELDS: dict[str, str] = {
     "root": "str?",
     "dataset_kwargs": "kwargs",
 }
-_CONFIG_ONLY = {"datamodule"}  # Hydra nodes of ``config/dataset/*.yaml`` that are never stored
+# keys of ``config/dataset/*.yaml`` that are never stored: Hydra nodes, and a figure window (no property of the data)
+_CONFIG_ONLY = {"datamodule", "display_window"}
 
 
 def find_targets(node: Any, path: str = "") -> list[str]:

@@ -1,7 +1,12 @@
-"""The whole Med-LSDM pipeline on the embedded MNI152 dataset, on the CPU, in one command.
+"""The whole Med-LSDM pipeline on an embedded dataset (MNI152 MR or an abdominal CT), on the CPU, in one command.
 
-    python scripts/demo.py [--out runs/demo] [--vqgan-minutes 4] [--diffusion-minutes 5] [--diffusion-steps 1000]
-        [--overwrite]
+    python scripts/demo.py [--dataset mni152|ct_abdomen] [--out runs/demo] [--vqgan-minutes 4]
+        [--diffusion-minutes 5] [--diffusion-steps 1000] [--overwrite]
+
+``--dataset`` picks the embedded dataset and its CPU experiments ``<dataset>_*_cpu`` (named mni152 below). With
+``ct_abdomen`` images are exported and generated in HU, and figures use the dataset config's ``display_window``
+(W400/L40 soft tissue). Without the package index, give ct_abdomen its source archive:
+``--extra dataset.datamodule.dataset.source=FILE.tar.gz`` (see config/dataset/ct_abdomen.yaml).
 
 Stages (each is the command a user would type, run as a subprocess and logged in the report):
   1. train the VQ-GAN            python -m train.train_vqgan experiment=mni152_vqgan_spade_cpu ...
@@ -10,6 +15,7 @@ Stages (each is the command a user would type, run as a subprocess and logged in
   3. export the held-out (test) subjects as NIfTI images and label maps
   4. generate from the test label maps   python -m scripts.generate --labels <test labels> ...
   5. evaluate                     python -m evaluation.compute_metrics --real ... --fake ... --labels ...
+                                  python -m evaluation.class_intensity ... (per-class median, real vs synthetic)
   6. report: <out>/report/ with the metrics table (README.md, metrics.json), real | label | synthetic montages
      (PNG) and GIFs.
 Labels stage (new label maps and pairs; ``--no-labels`` skips it). L1-L2 need only the data, so they run in a
@@ -48,11 +54,20 @@ log = logging.getLogger("demo")
 DEMO_RECORD = "demo.json"
 MNI152_NOTE = ("mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
                "bound of what real, varied anatomy needs.")  # fmt: skip
+#: The embedded datasets the demo runs (each has experiments ``<name>_*_cpu``) and the caveat of their subjects.
+DATASET_NOTES = {
+    "mni152": MNI152_NOTE,
+    "ct_abdomen": "ct_abdomen subjects are deformations of one abdominal CT slab, so novelty and utility measured "
+    "here are a lower bound of what real, varied anatomy needs.",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes under this folder")
+    p.add_argument(
+        "--dataset", choices=tuple(DATASET_NOTES), default="mni152", help="embedded dataset (experiments <name>_*_cpu)"
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="embedded dataset cache (default: <out>/data_cache)")
     p.add_argument("--vqgan-minutes", type=float, default=4.0, help="wall-clock training budget of stage 1")
     p.add_argument("--diffusion-minutes", type=float, default=5.0, help="wall-clock training budget of stage 2")
@@ -173,15 +188,18 @@ def train_label_generator(
     common: list[str],
     commands: list[str],
     output: Path | None = None,
+    dataset: str = "mni152",
 ) -> None:
     """The label autoencoder, then the label diffusion on its best checkpoint, into ``out/label_{ae,diffusion}``.
 
-    ``common``: Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`.
+    ``common``: Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`; ``dataset``:
+    the embedded dataset whose experiments ``<dataset>_labels_{ae,diffusion}_cpu`` run.
     """
     py = sys.executable
-    run([py, "-m", "train.train_label_ae", "experiment=mni152_labels_ae_cpu", f"paths.output_dir={out / 'label_ae'}",
-         f"trainer.max_time={max_time(ae_minutes)}", *common], commands, output)  # fmt: skip
-    run([py, "-m", "train.train_label_diffusion", "experiment=mni152_labels_diffusion_cpu",
+    run([py, "-m", "train.train_label_ae", f"experiment={dataset}_labels_ae_cpu",
+         f"paths.output_dir={out / 'label_ae'}", f"trainer.max_time={max_time(ae_minutes)}", *common],
+        commands, output)  # fmt: skip
+    run([py, "-m", "train.train_label_diffusion", f"experiment={dataset}_labels_diffusion_cpu",
          f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
          f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
          *common], commands, output)  # fmt: skip
@@ -208,21 +226,39 @@ class Background:
             raise self.error
 
 
-def dataset_config(data_dir: Path) -> DictConfig:
+def dataset_config(data_dir: Path, dataset: str = "mni152") -> DictConfig:
     """The embedded dataset's config, as the training stages compose it."""
     from hydra import compose, initialize_config_dir
 
     config_dir = str(Path(__file__).resolve().parents[1] / "config")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("vqgan", overrides=["dataset=mni152", f"paths.data_dir={data_dir}"])
+        cfg = compose("vqgan", overrides=[f"dataset={dataset}", f"paths.data_dir={data_dir}"])
     return cfg.dataset
 
 
+def figure_window(dataset_cfg: DictConfig) -> tuple[float, float]:
+    """Grey-level window of the demo's figures: the config's ``display_window``, else that of the exported units."""
+    from dataset.visualization import display_window
+    from diffusion.generation.pipeline import output_units
+
+    if dataset_cfg.get("display_window") is not None:
+        lo, hi = (float(v) for v in dataset_cfg.display_window)
+        return lo, hi
+    intensity = dataset_cfg.get("intensity")
+    units = "data" if output_units(intensity)["units"] != "model" else "model"
+    return display_window(intensity, units)
+
+
 def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
-    """Write the split's real images and label maps as NIfTI (what a user would have on disk)."""
+    """Write the split's real images and label maps as NIfTI (what a user would have on disk).
+
+    Images are written in the units generation writes (HU for a ``ct_window`` dataset, else the model's [-1, 1]),
+    so real and synthetic volumes compare like with like.
+    """
     from omegaconf import OmegaConf
 
     from dataset.files import check_name, write_run_record
+    from dataset.intensity import invert
     from dataset.nifti import save_nifti
     from dataset.registry import build_split, plain_data_info
     from diffusion.generation.pipeline import RECORD_NAME, output_units
@@ -230,17 +266,19 @@ def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
     # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
     info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
     ds = build_split(info, split)
+    units = output_units(info.get("intensity"))
     ids = []
     for i in range(len(ds)):
         s = ds[i]
         vid = check_name(str(s["id"]), f"{split}[{i}] id")
-        save_nifti(out / "images" / f"{vid}.nii.gz", s["image"], s["affine"])
+        image = invert(s["image"], info.get("intensity")) if units["units"] != "model" else s["image"]
+        save_nifti(out / "images" / f"{vid}.nii.gz", image, s["affine"])
         save_nifti(out / "labels" / f"{vid}.nii.gz", s["label"], s["affine"])
         ids.append(vid)
-    # The images are dataset samples in the model's [-1, 1]: recorded, so evaluation reads the range, never assumes it
+    # The images' units and range are recorded, so evaluation reads the range, never assumes it
     write_run_record(
         out / "images" / RECORD_NAME,
-        {"command": "demo export", "split": split, **output_units(info.get("intensity")),
+        {"command": "demo export", "split": split, **units,
          "outputs": [f"{v}.nii.gz" for v in ids]},
     )  # fmt: skip
     return ids
@@ -261,8 +299,17 @@ def available_metrics() -> str:
     return ",".join(metrics)
 
 
-def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | None = None) -> list[str]:
-    """Per-subject montages and GIFs, one summary figure and the training curves; returns the report's lines."""
+def montages(
+    out: Path,
+    ids: list[str],
+    label_nc: int,
+    class_names: list[str] | None = None,
+    window: tuple[float, float] = (-1.0, 1.0),
+) -> list[str]:
+    """Per-subject montages and GIFs, one summary figure and the training curves; returns the report's lines.
+
+    ``window``: the grey-level window of every image (:func:`figure_window`).
+    """
     import torch
 
     from dataset.nifti import load_image, load_label
@@ -281,12 +328,13 @@ def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | 
             ("synthetic", torch.from_numpy(fake)),
         ]
         save_montage(report / f"{vid}_montage.png", rows, num_slices=8, label_nc=label_nc, affine=affine,
-                     class_names=class_names)  # fmt: skip
+                     class_names=class_names, window=window)  # fmt: skip
         for name, vol in (("real", real), ("synthetic", fake)):
             save_gif(report / f"{vid}_{name}.gif", torch.from_numpy(vol)[None], label=torch.from_numpy(label)[None],
-                     affine=affine)  # fmt: skip
+                     affine=affine, window=window)  # fmt: skip
         subjects.append(Subject(vid, real, label, fake, affine))
-    save_summary_figure(report / "summary.png", subjects, num_slices=6, label_nc=label_nc, class_names=class_names)
+    save_summary_figure(report / "summary.png", subjects, num_slices=6, label_nc=label_nc, class_names=class_names,
+                        window=window)  # fmt: skip
     lines = ["## Summary (every test subject: real | label | synthetic)", "", "![summary](summary.png)", "",
              "## Training curves", ""]  # fmt: skip
     for stage in ("vqgan", "diffusion"):
@@ -298,9 +346,17 @@ def montages(out: Path, ids: list[str], label_nc: int, class_names: list[str] | 
 
 
 def labels_stage(
-    args: argparse.Namespace, out: Path, stage2: Path, class_names: list[str], commands: list[str]
+    args: argparse.Namespace,
+    out: Path,
+    stage2: Path,
+    class_names: list[str],
+    commands: list[str],
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    window: tuple[float, float] = (-1.0, 1.0),
 ) -> tuple[list[str], list[str]]:
     """The labels stage after its training (:func:`train_label_generator`): new pairs, mask quality, utility.
+
+    ``data_range``: the intensity range of the exported and generated images (HU for CT); ``window``: the figures'.
 
     Returns:
         (Markdown tables, Markdown lines of the (label | image) montages) for the report.
@@ -315,22 +371,25 @@ def labels_stage(
          "--condition-from", str(test / "labels")], commands)  # fmt: skip
     run([py, "-m", "evaluation.label_metrics", "--fake", str(pairs / "labels"), "--real", str(test / "labels"),
          "--train", str(train / "labels"), "--segmenter", str(out / "segmenter" / "real.pt"), "--fake-images",
-         str(pairs / "images"), "--real-images", str(test / "images"), "--data-range", "-1", "1",
+         str(pairs / "images"), "--real-images", str(test / "images"), "--data-range", *map(str, data_range),
          "--out", str(report / "labels.json")], commands)  # fmt: skip
     run([py, "-m", "evaluation.utility", "--train-images", str(train / "images"), "--train-labels",
          str(train / "labels"), "--test-images", str(test / "images"), "--test-labels", str(test / "labels"),
          "--synth-images", str(out / "synthetic_train"), "--new-images", str(pairs / "images"), "--new-labels",
-         str(pairs / "labels"), "--class-names", *class_names, "--data-range", "-1", "1",
+         str(pairs / "labels"), "--class-names", *class_names, "--data-range", *map(str, data_range),
          "--regimes", *map(str, args.utility_regimes), "--seeds", *map(str, args.utility_seeds),
          "--steps", str(args.utility_steps), "--jobs", str(usable_cores()),
          "--out", str(report / "utility.json")], commands)  # fmt: skip
     tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
+    note = DATASET_NOTES[getattr(args, "dataset", "mni152")]
     montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
-                     MNI152_NOTE, "", *pair_montages(pairs, report, class_names)]  # fmt: skip
-    return [*tables, MNI152_NOTE + "\n"], montage_lines
+                     note, "", *pair_montages(pairs, report, class_names, window=window)]  # fmt: skip
+    return [*tables, note + "\n"], montage_lines
 
 
-def pair_montages(pairs: Path, report: Path, class_names: list[str], count: int = 4) -> list[str]:
+def pair_montages(
+    pairs: Path, report: Path, class_names: list[str], count: int = 4, window: tuple[float, float] = (-1.0, 1.0)
+) -> list[str]:
     """(label | image) montages of the first ``count`` generated pairs in ``pairs/{labels,images}``.
 
     Returns:
@@ -348,7 +407,7 @@ def pair_montages(pairs: Path, report: Path, class_names: list[str], count: int 
         image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
         rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
         save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names),
-                     affine=affine, class_names=class_names)  # fmt: skip
+                     affine=affine, class_names=class_names, window=window)  # fmt: skip
         shown.append(f"![{vid}](pair_{vid}_montage.png)")
     return shown
 
@@ -387,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     # Every stage is a subprocess and inherits the thread count (torch reads OMP_NUM_THREADS at start-up).
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    vqgan_experiment = f"experiment={'mni152_vqgan_spade_cpu' if args.decoder == 'spade' else 'mni152_vqgan_cpu'}"
+    vqgan_experiment = f"experiment={args.dataset}_{'vqgan_spade' if args.decoder == 'spade' else 'vqgan'}_cpu"
     commands: list[str] = []
     t0 = time.time()
 
@@ -398,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     # the embedded dataset is built once, under a file lock, by whichever training comes first
     label_training = None if args.no_labels else Background(
         lambda: train_label_generator(out, args.label_ae_minutes, args.label_diffusion_minutes, common,
-                                      label_commands, out / "label_generator.log")
+                                      label_commands, out / "label_generator.log", args.dataset)
     )  # fmt: skip
     run(
         [
@@ -419,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             py,
             "-m",
             "train.train_diffusion",
-            "experiment=mni152_diffusion_cpu",
+            f"experiment={args.dataset}_diffusion_cpu",
             *stage2_model,
             f"model.first_stage_ckpt={stage1}",
             f"paths.output_dir={out / 'diffusion'}",
@@ -432,8 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     stage2 = out / "diffusion" / "checkpoints" / "last.ckpt"
 
     # 3. the training and held-out subjects as files (what a user would have on disk)
-    dataset_cfg = dataset_config(data_dir)
+    from diffusion.generation.pipeline import output_units
+
+    dataset_cfg = dataset_config(data_dir, args.dataset)
     class_names = [str(c) for c in dataset_cfg.class_names]
+    data_range = tuple(output_units(dataset_cfg.get("intensity"))["data_range"])
+    window = figure_window(dataset_cfg)
     ids = export_split(dataset_cfg, out / "data" / "test", "test")
     train_ids = export_split(dataset_cfg, out / "data" / "train", "train")
     log.info("exported %d test and %d training subjects to %s", len(ids), len(train_ids), out / "data")
@@ -472,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
         commands,
     )
+    run([py, "-m", "evaluation.class_intensity", "--real", str(test / "images"), "--fake", str(out / "synthetic"),
+         "--labels", str(test / "labels"), "--class-names", *class_names,
+         "--out", str(report / "class_intensity.json")], commands)  # fmt: skip
     seg = ["--num-classes", str(len(class_names)), "--steps", str(args.seg_steps), "--seed", "0"]
     run(
         [
@@ -542,14 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     if label_training is not None:
         label_training.wait()
         commands += label_commands
-        label_tables, pair_lines = labels_stage(args, out, stage2, class_names, commands)
+        label_tables, pair_lines = labels_stage(args, out, stage2, class_names, commands, data_range, window)
 
     # 6. report
-    figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names))
-    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "dice", "augment")] + label_tables
+    figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names), window=window)
+    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "class_intensity", "dice", "augment")]
+    tables += label_tables
     elapsed = time.time() - t0
     lines = [
-        "# Med-LSDM demo report (embedded MNI152 dataset, CPU)",
+        f"# Med-LSDM demo report (embedded {args.dataset} dataset, CPU)",
         "",
         f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, training subjects: {len(train_ids)}.",
         "",

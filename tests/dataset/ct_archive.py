@@ -27,21 +27,22 @@ ORGANS = {"liver": (5, 60), "spleen": (1, 45), "vertebrae_L1": (31, 300), "lung_
 RUN_MARKER = "ARCHIVE_CODE_RAN"
 
 
-def phantom() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(I, J, K) int16 HU, uint8 organ ids and the three tissue-type masks of the phantom."""
-    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in SHAPE], indexing="ij")
+def phantom(depth: int = SHAPE[2]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(I, J, K) int16 HU, uint8 organ ids and the three tissue-type masks of the phantom, ``depth`` slices."""
+    shape = (*SHAPE[:2], depth)
+    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
     r = np.sqrt(((i - 13.5) / 12.0) ** 2 + ((j - 12.0) / 9.0) ** 2)
     body = r < 1.0
-    hu = np.full(SHAPE, -1000.0)
+    hu = np.full(shape, -1000.0)
     hu[body] = 20.0  # unlabelled soft tissue
     subcut = body & (r >= 0.8)
     hu[subcut] = -100.0
     torso_fat = body & (r < 0.8) & (np.abs(i - 13.5) < 3) & (j > 15)
     hu[torso_fat] = -90.0
-    organs = np.zeros(SHAPE, dtype=np.uint8)
+    organs = np.zeros(shape, dtype=np.uint8)
     boxes = {"liver": (slice(4, 11), slice(8, 17), slice(None)), "spleen": (slice(18, 23), slice(8, 14), slice(None)),
              "vertebrae_L1": (slice(12, 16), slice(5, 8), slice(None)),
-             "lung_lower_lobe_left": (slice(17, 23), slice(14, 19), slice(8, 12)),
+             "lung_lower_lobe_left": (slice(17, 23), slice(14, 19), slice(depth - 4, depth)),
              "autochthon_left": (slice(16, 20), slice(4, 7), slice(None)),
              "rib_left_9": (slice(23, 24), slice(10, 12), slice(None))}  # fmt: skip
     for name, box in boxes.items():
@@ -67,7 +68,7 @@ def phantom() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     muscle |= organs == ORGANS["autochthon_left"][0]  # the organ map wins where they overlap
     hu[12:15, 9:12, 3:6] = -900.0  # gas inside the body, no label: other_tissue, not background
     hu[8:20, 22:24, :] = 0.0  # the scanner table: dense, but not connected to the body
-    hu += np.random.default_rng(0).normal(0.0, 5.0, SHAPE)
+    hu += np.random.default_rng(0).normal(0.0, 5.0, shape)
     tissues = {"subcutaneous_fat": subcut, "torso_fat": torso_fat, "skeletal_muscle": muscle}
     return np.rint(hu).astype(np.int16), organs, {k: v.astype(np.uint8) for k, v in tissues.items()}
 
@@ -98,6 +99,7 @@ def write_archive(
     rename: dict[int, str] | None = None,
     symlink_ct: bool = False,
     omit: tuple[str, ...] = (),
+    depth: int = SHAPE[2],
 ) -> Path:
     """Write the fake ``totalsegmentator-2.18.0.tar.gz`` at ``path``.
 
@@ -106,11 +108,12 @@ def write_archive(
         rename: class ids whose name in the class map differs from the label table's.
         symlink_ct: store the CT as a symlink (to /etc/passwd) instead of a file.
         omit: members (below the prefix) left out.
+        depth: slices of the phantom (the demo's 24-slice blocks need at least 24).
 
     Besides the wanted members it carries entries extraction must ignore: ``../escape.txt``, an absolute path and
     a symlink to ``/``.
     """
-    hu, organs, tissues = phantom()
+    hu, organs, tissues = phantom(depth)
     files = {
         f"{REFERENCE}example_ct_sm.nii.gz": _gz(nib.Nifti1Image(hu, AFFINE)),
         f"{REFERENCE}example_seg.nii.gz": _gz(nib.Nifti1Image(organs, AFFINE)),
