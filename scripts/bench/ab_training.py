@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from scripts.bench.common import MODELS, RandomVolumes, error_reason, not_available, ratio, size_str, summary
+from scripts.bench.common import MODELS, error_reason, not_available, ratio, size_str, summary, training_volumes
 from scripts.bench.machine import free_memory
 from scripts.bench.switches import SWITCHES, VARIANTS, build_variant, constants_of, differing, resolve_all
 from scripts.bench.training import fit_steps
@@ -28,11 +28,14 @@ log = logging.getLogger("benchmark")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def output_difference(models: dict[str, torch.nn.Module], size: tuple[int, ...], seed: int) -> dict[str, float]:
+def output_difference(
+    models: dict[str, torch.nn.Module], size: tuple[int, ...], seed: int, label_files: list[str] | None = None
+) -> dict[str, float]:
     """Largest relative error of each variant's encoder latent and decoded image against "before"'s."""
     from scripts.bench.fastpaths import forward_outputs
 
-    batch = {k: v[None] for k, v in RandomVolumes(1, size, int(models["before"].hparams.label_nc), seed)[0].items()}
+    label_nc = int(models["before"].hparams.label_nc)
+    batch = {k: v[None] for k, v in training_volumes(1, size, label_nc, seed, label_files)[0].items()}
     with torch.no_grad():
         ref = forward_outputs(models["before"].train(), "vqgan", batch)
         out = {}
@@ -49,13 +52,14 @@ def time_variants(
     models = {
         name: build_variant(config, name, resolved, args.seed, args.ab_label_nc)[0].to(device) for name in VARIANTS
     }
-    diff = output_difference(models, size, args.seed) if device.type == "cpu" else {}
+    diff = output_difference(models, size, args.seed, args.ab_labels) if device.type == "cpu" else {}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     names = list(VARIANTS)
     for r in range(args.ab_rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             with constants_of(name, resolved):
-                timer = fit_steps(models[name], "vqgan", size, args.warmup + args.repeats, 1, args.seed + r, device)
+                timer = fit_steps(models[name], "vqgan", size, args.warmup + args.repeats, 1, args.seed + r, device,
+                                  label_files=args.ab_labels)  # fmt: skip
             times[name] += timer.times[args.warmup :]
             log.info(
                 "before/after %s %s round %d: %.3f s/step",
@@ -80,6 +84,7 @@ def child_memory(
         "steps": args.ab_memory_steps,
         "seed": args.seed,
         "label_nc": args.ab_label_nc,
+        "label_files": list(args.ab_labels or []),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "resolved": {k: {"how": v["how"], "name": v["name"]} for k, v in resolved.items()},
@@ -110,6 +115,7 @@ def bench_ab_training(args: argparse.Namespace, device: torch.device) -> dict[st
         "status": "ok",
         "size": size_str(size),
         "label_nc": args.ab_label_nc,
+        "label_maps": list(args.ab_labels) if args.ab_labels else "random blocky label maps",
         "rounds": args.ab_rounds,
         "steps_per_turn": f"{args.warmup} warm-up + {args.repeats} timed",
         "memory_kind": "peak RSS of the fit in a child process per variant (VmHWM reset once the model and its "

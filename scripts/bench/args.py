@@ -62,6 +62,13 @@ def _add_ab_args(p: argparse.ArgumentParser) -> None:
         help="VQ-GANs (vqgan_normal vqgan_spade: paper widths; quick: the tiny ones)",
     )
     g.add_argument("--ab-label-nc", type=int, default=37, help="label classes of the VQ-GANs (37: AutoPET)")
+    g.add_argument(
+        "--ab-labels",
+        nargs="+",
+        default=None,
+        help="real label maps (NIfTI) as the training batches of the before/after training, e.g. a demo's "
+        "data/test/labels/*.nii.gz; --ab-size becomes their shape (default: random blocky maps)",
+    )
     g.add_argument("--ab-rounds", type=int, default=None, help="alternation rounds (3; quick 2)")
     g.add_argument("--ab-memory-steps", type=int, default=None, help="batches per memory child (2)")
     g.add_argument("--ab-diffusion", choices=DIFFUSION_MODELS, default=None, help="sampling model (diffusion)")
@@ -149,6 +156,16 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p = build_parser(description)
     args = p.parse_args(argv)
     q = int(args.quick)
+    if args.ab_labels:  # the before/after training runs on these maps: their (D, H, W) is the size
+        from dataset.nifti import load_label
+
+        try:
+            shape = tuple(load_label(args.ab_labels[0])[0].shape)
+        except (ValueError, OSError) as err:
+            p.error(f"--ab-labels: {err}")
+        if args.ab_size is not None and tuple(args.ab_size) != shape:
+            p.error(f"--ab-size {size_str(args.ab_size)} differs from the --ab-labels maps' {size_str(shape)}")
+        args.ab_size = shape
     for key, values in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, values[q])
@@ -216,6 +233,7 @@ def settings_record(args: argparse.Namespace, device: torch.device) -> dict[str,
             "models": args.ab_models,
             "rounds": args.ab_rounds,
             "label_nc": args.ab_label_nc,
+            "label_maps": args.ab_labels,
             "memory_steps": args.ab_memory_steps,
             "diffusion": args.ab_diffusion,
             "sample_steps": args.ab_sample_steps,

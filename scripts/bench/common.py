@@ -156,6 +156,44 @@ class RandomVolumes(torch.utils.data.Dataset):
         return {"image": image.clamp(-1, 1), "label": label}
 
 
+class LabelFileVolumes(torch.utils.data.Dataset):
+    """Batches built on real label maps (NIfTI files, taken in turn), with an image derived from each as in
+    :class:`RandomVolumes`. For the SPADE lookup, whose work grows with the number of distinct label
+    neighbourhoods, the content of the label map does change the cost: anatomy is the case that decides it."""
+
+    def __init__(self, n: int, files: Sequence[str], label_nc: int, seed: int = 0) -> None:
+        from dataset.nifti import load_label
+
+        if not files:
+            raise ValueError("no label files")
+        self.n, self.label_nc, self.seed = n, label_nc, seed
+        self.labels = [torch.from_numpy(load_label(f, label_nc)[0]).long()[None] for f in files]
+        if len({tuple(t.shape) for t in self.labels}) != 1:
+            raise ValueError(f"label files of different shapes: {sorted({tuple(t.shape) for t in self.labels})}")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        label = self.labels[i % len(self.labels)]
+        g = torch.Generator().manual_seed(self.seed + i)
+        image = (label.float() / max(self.label_nc - 1, 1)) * 1.6 - 0.8 + 0.1 * torch.randn(label.shape, generator=g)
+        return {"image": image.clamp(-1, 1), "label": label}
+
+
+def training_volumes(
+    n: int, size: Sequence[int], label_nc: int, seed: int = 0, label_files: Sequence[str] | None = None
+) -> torch.utils.data.Dataset:
+    """:class:`LabelFileVolumes` on ``label_files`` when given (their shape must be ``size``), else
+    :class:`RandomVolumes`."""
+    if not label_files:
+        return RandomVolumes(n, size, label_nc, seed)
+    data = LabelFileVolumes(n, label_files, label_nc, seed)
+    if tuple(data.labels[0].shape[1:]) != tuple(size):
+        raise ValueError(f"label files are {tuple(data.labels[0].shape[1:])}, the benchmark size is {tuple(size)}")
+    return data
+
+
 def random_label(size: Sequence[int], label_nc: int, seed: int = 0) -> np.ndarray:
     """A blocky (D, H, W) int64 label map (content does not change the cost)."""
     return RandomVolumes(1, size, label_nc, seed)[0]["label"][0].numpy()

@@ -56,7 +56,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with constants_of(variant, resolved):
-        timer = fit_steps(model, spec.stage, size, int(request["steps"]), 1, int(request["seed"]), device)
+        files = [str(f) for f in request.get("label_files") or []]  # label maps the parent was given
+        timer = fit_steps(model, spec.stage, size, int(request["steps"]), 1, int(request["seed"]), device,
+                          label_files=files or None)  # fmt: skip
     fit = memory.result()
     out = {
         "peak_mb": fit["peak_mb"] if memory.resettable else round(max_rss_mb(), 1),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from scripts.bench.build import build_model, build_trainer, latent_shape, trainable_params, validity_error
-from scripts.bench.common import MODELS, RandomVolumes, error_reason, size_str, summary
+from scripts.bench.common import MODELS, error_reason, size_str, summary, training_volumes
 from scripts.bench.machine import PeakMemory, free_memory, synchronize
 from scripts.bench.profiling import start_profiler, write_profile
 
@@ -67,12 +67,16 @@ def fit_steps(
     device: torch.device,
     precision: str = "32-true",
     profile: bool = False,
+    label_files: Sequence[str] | None = None,
 ) -> StepTimer:
-    """Train ``n`` (+1 profiled) batches of random volumes with a ``Trainer`` from ``config/trainer``."""
+    """Train ``n`` (+1 profiled) batches of random volumes with a ``Trainer`` from ``config/trainer``.
+
+    ``label_files``: real label maps instead of random ones (:func:`scripts.bench.common.training_volumes`).
+    """
     import pytorch_lightning as pl
 
     timer = StepTimer(device, "train/rec_loss" if stage == "vqgan" else "train/loss", n if profile else None)
-    data = RandomVolumes(n + int(profile), size, int(model.hparams.label_nc), seed=seed)
+    data = training_volumes(n + int(profile), size, int(model.hparams.label_nc), seed, label_files)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=0)
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
         trainer = build_trainer(device, precision, Path(root), [timer.callback()])

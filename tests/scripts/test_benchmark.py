@@ -494,3 +494,33 @@ def test_fmt_of_report_cells() -> None:
     assert report.fmt(None) == "–" and report.fmt(True) == "yes" and report.fmt(False) == "NO"
     assert report.fmt(0.123456) == "0.123" and report.fmt(123456.7) == "123457"
     assert report.note({"status": "ok"}) == "" and report.note({"status": "error", "reason": "a|b"}) == "error: a/b"
+
+
+def test_before_after_training_on_real_label_maps(tmp_path: Path) -> None:
+    """``--ab-labels``: the batches carry the given maps (their shape becomes --ab-size); a mismatch is refused."""
+    from dataset.nifti import save_nifti
+
+    files = []
+    for i in range(2):
+        label = np.zeros((8, 16, 12), dtype=np.uint8)
+        label[2:6, 3 + i : 10, 2:9] = 3
+        label[:, :4] = 1
+        files.append(str(save_nifti(tmp_path / f"s{i}.nii.gz", label, np.eye(4))))
+    args = parse_args(["--out", "x.json", "--quick", "--ab-labels", *files, "--ab-label-nc", "4"])
+    assert args.ab_size == (8, 16, 12) and args.ab_labels == files
+    data = common.training_volumes(3, args.ab_size, 4, 0, files)
+    batches = [data[i] for i in range(3)]
+    assert torch.equal(batches[1]["label"][0], torch.from_numpy(np.asarray(stored_label(files[1]))))
+    assert torch.equal(batches[2]["label"], batches[0]["label"])  # the maps are taken in turn
+    assert float(batches[0]["image"].min()) >= -1.0 and float(batches[0]["image"].max()) <= 1.0
+    with pytest.raises(SystemExit) as err:
+        parse_args(["--out", "x.json", "--ab-labels", *files, "--ab-size", "8x16x16"])
+    assert err.value.code == 2
+    with pytest.raises(ValueError, match="benchmark size"):
+        common.training_volumes(1, (8, 8, 8), 4, 0, files)
+
+
+def stored_label(path: str) -> np.ndarray:
+    from dataset.nifti import load_label
+
+    return load_label(path)[0].astype(np.int64)
