@@ -140,8 +140,19 @@ def sample_latent(
     for g in generators:
         if g.device.type != device.type:
             raise ValueError(f"generator is on {g.device}, the sampling runs on {device}: create it there")
-    noise = torch.cat([torch.randn((1, *shape), device=device, generator=g) for g in generators])
+    noise = initial_noise(shape, generators, device)
     return schedule.sample(denoise, noise, sampler, steps, eta, generators[0], progress)
+
+
+def initial_noise(
+    shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The sampling loop's starting point: (B, *shape) standard normal noise, item i from ``generators[i]`` alone.
+
+    The one place this draw happens, so a caller that needs the noise a sampling run started from (the reflow pairs
+    of :mod:`diffusion.distill`) re-draws it from generators seeded the same way and gets the same tensor.
+    """
+    return torch.cat([torch.randn((1, *shape), device=device, generator=g) for g in generators])
 
 
 # ---------------------------------------------------------------------------------------------------- label windows

@@ -156,7 +156,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume_path(cfg.get("ckpt_path"), output_dir)  # before anything is built: it can refuse
 
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.dataset.datamodule, _convert_="all")
+    # a stage may wrap the dataset's data module in its own (``datamodule`` node, e.g. the distillation's pairs)
+    node = cfg.get("datamodule") or cfg.dataset.datamodule
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(node, _convert_="all")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     # first: the RNG states of a checkpoint are back before any other callback sees the first resumed batch
     callbacks = [ResumeRNGState(), *instantiate_nodes(cfg.get("callbacks"))]

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffusion.denoisers import DENOISERS
+from diffusion.distill import DistillationModule
 from diffusion.label_diffusion import LabelLatentDiffusion
 from diffusion.module import LatentDiffusionModule
 from vq_gan_3d.label_autoencoder import LabelAutoencoder
@@ -31,6 +32,7 @@ TARGETS = {
     "diffusion.module.LatentDiffusionModule": LatentDiffusionModule,
     "vq_gan_3d.label_autoencoder.LabelAutoencoder": LabelAutoencoder,
     "diffusion.label_diffusion.LabelLatentDiffusion": LabelLatentDiffusion,
+    "diffusion.distill.DistillationModule": DistillationModule,
 }
 # Constructor arguments that are not hyperparameters a config sets (filled by the code).
 NOT_CONFIG = {"self"}
@@ -45,7 +47,7 @@ def _compose(primary: str, overrides: list[str]):
 
 def _primary(model_name: str) -> str:
     """The primary config (config/<primary>.yaml) whose stage a model config belongs to."""
-    for primary in ("label_ae", "label_diffusion", "diffusion"):
+    for primary in ("label_ae", "label_diffusion", "diffusion", "distill"):
         if model_name.startswith(primary):
             return primary
     return "vqgan"

@@ -33,6 +33,8 @@ def test_experiment_composes_and_model_instantiates(name: str, tmp_path: Path) -
         primary, needs = "label_ae", None
     elif "labels_diffusion" in name:
         primary, needs = "label_diffusion", "label_ae_ckpt"
+    elif "distill" in name:
+        primary, needs = "distill", "teacher_ckpt"
     cfg = _compose(primary, [f"experiment={name}"], tmp_path)
     assert cfg.trainer.default_root_dir == f"{tmp_path}/out"
     if needs:
