@@ -88,14 +88,20 @@ def build_vqgan(config: str, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, 
 
 
 def build_diffusion(
-    config: str, first_stage: str, block: Sequence[int], **kwargs: Any
+    config: str, first_stage: str, block: Sequence[int], label_nc: int | None = None, **kwargs: Any
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A LatentDiffusionModule from its config on an *untrained* first stage built from a VQ-GAN config."""
+    """A LatentDiffusionModule from its config on an *untrained* first stage built from a VQ-GAN config.
+
+    ``label_nc``: classes of both stages (default: the embedded dataset's, 5).
+    """
     import hydra
 
     from diffusion.first_stage import architecture_hparams
 
-    vq, _ = build_vqgan(first_stage, inference_only=True)
+    classes: dict[str, Any] = {} if label_nc is None else {"label_nc": label_nc}
+    vq, _ = build_vqgan(first_stage, inference_only=True, **classes)
+    if label_nc is not None:  # not the embedded dataset's classes: its data_info (class names) does not apply
+        kwargs = {"data_info": None, **classes, **kwargs}
     cfg = compose_model_config("diffusion", config, ("model.first_stage_ckpt=null",))
     changes: dict[str, Any] = {"block_size": list(block), "latent_stats_batches": 1, **kwargs}
     model = hydra.utils.instantiate(
