@@ -58,6 +58,7 @@ from dataset.intensity import percentile_normalize
 from dataset.nifti import ijk_to_dhw, save_nifti
 from dataset.nifti_pairs import NiftiPairsDataset
 from dataset.preprocess import MANIFEST_NAME
+from dataset.resample import box, index_map, resample
 from dataset.splits import check_split, split_by_count
 
 log = logging.getLogger(__name__)
@@ -207,17 +208,10 @@ def crop_and_resample(
     nonzero = np.argwhere(label > 0)
     lo = nonzero.min(0) - margin / voxel
     hi = nonzero.max(0) + 1 + margin / voxel  # box edges in voxel-edge coordinates
-    scale = (hi - lo) / out_shape  # source voxels per output voxel
-    # Output voxel centre o sits at source index lo - 0.5 + (o + 0.5) * scale (voxel centres at integers).
-    offset = lo - 0.5 + 0.5 * scale
-    coords = np.meshgrid(*[offset[a] + scale[a] * np.arange(out_shape[a]) for a in range(3)], indexing="ij")
-    sigma = np.maximum(0.0, (scale - 1.0) / 2.0)
-    smoothed = ndi.gaussian_filter(image, sigma)
-    out_image = ndi.map_coordinates(smoothed, coords, order=1, mode="constant", cval=cval).astype(np.float32)
-    out_label = ndi.map_coordinates(label, coords, order=0, mode="constant", cval=0).astype(np.uint8)
-    index_map = np.diag([*scale, 1.0])
-    index_map[:3, 3] = offset
-    return out_image, out_label, affine @ index_map
+    grids = [box(lo[a], hi[a], int(out_shape[a])) for a in range(3)]
+    out_image = resample(image, grids, order=1, mode="constant", cval=cval, antialias=True).astype(np.float32)
+    out_label = resample(label, grids, order=0, mode="constant").astype(np.uint8)
+    return out_image, out_label, affine @ index_map(grids)
 
 
 def augment_subject(

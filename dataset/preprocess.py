@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -61,6 +60,7 @@ from dataset.files import PRODUCER, atomic_write_json, check_name, check_output_
 from dataset.intensity import normalize, validate_intensity
 from dataset.label_table import LabelTable, remap_labels
 from dataset.nifti import AFFINE_ATOL, load_pair, save_nifti, shift_affine, voxel_size_dhw
+from dataset.resample import index_map, resample, same_extent, same_extent_shape
 from dataset.splits import SPLITS, split_ids
 
 log = logging.getLogger(__name__)
@@ -186,23 +186,14 @@ def resample_to_spacing(
     Returns:
         ``(image, label, affine)`` on the new grid.
     """
-    current = voxel_size_dhw(affine)
-    new_shape = [max(1, round(n * c / s)) for n, c, s in zip(image.shape, current, spacing)]
-    zoom = [ns / n for ns, n in zip(new_shape, image.shape)]
-    if all(abs(z - 1.0) < 1e-9 for z in zoom):
+    new_shape = same_extent_shape(image.shape, voxel_size_dhw(affine), spacing)
+    if tuple(new_shape) == tuple(image.shape):
         return image, label, affine
-    sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) for z in zoom]  # anti-aliasing as in skimage.transform.resize
-    smoothed = ndi.gaussian_filter(image, sigma) if any(s > 0 for s in sigma) else image
-    # grid_mode=True: voxel edges (not centres) are aligned, so the field of view is preserved exactly.
-    new_image = ndi.zoom(smoothed, zoom, order=1, mode="nearest", grid_mode=True).astype(np.float32)
-    new_label = ndi.zoom(label, zoom, order=0, mode="nearest", grid_mode=True).astype(np.int64)
-    scale = [1.0 / z for z in zoom]  # old voxels per new voxel, (D, H, W)
-    # New voxel i sits at old index (i + 0.5) * scale - 0.5; build that map in (I, J, K) = (H, W, D) order.
-    index_map = np.eye(4)
-    for col, axis in zip(range(3), (1, 2, 0)):
-        index_map[col, col] = scale[axis]
-        index_map[col, 3] = 0.5 * scale[axis] - 0.5
-    return new_image, new_label, np.asarray(affine, dtype=np.float64) @ index_map
+    grids = [same_extent(n, m) for n, m in zip(image.shape, new_shape)]
+    new_image = resample(image, grids, order=1, antialias=True).astype(np.float32)
+    new_label = resample(label, grids, order=0).astype(np.int64)
+    # The affine is of the stored (I, J, K) array: its columns are the (H, W, D) axes of the arrays.
+    return new_image, new_label, np.asarray(affine, dtype=np.float64) @ index_map([grids[1], grids[2], grids[0]])
 
 
 def _case_rng(seed: int, case_id: str) -> np.random.Generator:

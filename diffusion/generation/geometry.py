@@ -1,4 +1,4 @@
-"""Resampling a label map to the training grid and back, and padding to sizes the model can sample.
+"""Padding a label map to sizes the model can sample (its resampling is :mod:`dataset.resample`).
 
 Shapes are (D, H, W) = NIfTI (K, I, J), as everywhere in the project; voxel sizes are given in the same order.
 """
@@ -9,28 +9,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-
-def resampled_shape(
-    shape: tuple[int, int, int], voxel: tuple[float, float, float], target: tuple[float, float, float]
-) -> tuple[int, int, int]:
-    """Shape covering the same field of view at voxel size ``target`` (at least 1 voxel per axis)."""
-    return tuple(max(1, int(round(n * v / t))) for n, v, t in zip(shape, voxel, target))  # type: ignore[return-value]
-
-
-def resample_label(label: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Nearest-neighbour resampling of an integer label map (D, H, W) to ``shape`` (voxel centres aligned)."""
-    if tuple(label.shape) == tuple(shape):
-        return label
-    out = F.interpolate(label[None, None].float(), size=shape, mode="nearest-exact")
-    return out[0, 0].round().to(label.dtype)
-
-
-def resample_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinear resampling of an image (D, H, W) to ``shape`` (voxel centres aligned, no corner pinning)."""
-    if tuple(image.shape) == tuple(shape):
-        return image
-    return F.interpolate(image[None, None], size=shape, mode="trilinear", align_corners=False)[0, 0]
 
 
 def padded_shape(

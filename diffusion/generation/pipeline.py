@@ -19,7 +19,8 @@ from dataset.files import check_name, read_run_record, recorded_outputs, write_r
 from dataset.intensity import invert, validate_intensity
 from dataset.label_table import LabelTable, load_class_ids
 from dataset.nifti import load_label, save_nifti, voxel_size_dhw
-from diffusion.generation.geometry import pad_label, padded_shape, resample_image, resample_label, resampled_shape
+from dataset.resample import resample_to_shape, same_extent_shape
+from diffusion.generation.geometry import pad_label, padded_shape
 from diffusion.sampling import WINDOW_MODES, SamplerSettings, resolve_sampler, sample_images
 
 if TYPE_CHECKING:
@@ -126,12 +127,12 @@ def _prepare(
     ``multiple``: image sizes the sampler takes (the latent factor, times the denoiser's size multiple in-plane
     when whole planes are denoised at once).
     """
-    label = torch.from_numpy(vol.label)
+    label = vol.label
     work_shape = tuple(label.shape)
     if resample and voxel is not None:
         own = voxel_size_dhw(vol.affine)
         if not np.allclose(own, voxel, rtol=1e-3):
-            work_shape = resampled_shape(tuple(label.shape), own, tuple(voxel))
+            work_shape = same_extent_shape(label.shape, own, tuple(voxel))
             log.info(
                 "%s: voxel size %s mm -> training %s mm (shape %s -> %s)",
                 vol.source,
@@ -140,9 +141,9 @@ def _prepare(
                 tuple(label.shape),
                 work_shape,
             )
-            label = resample_label(label, work_shape)
+            label = resample_to_shape(label, work_shape, order=0)
     target = padded_shape(work_shape, multiple, block)
-    padded, crop = pad_label(label, target)
+    padded, crop = pad_label(torch.from_numpy(label), target)
     return padded, crop, work_shape  # type: ignore[return-value]
 
 
@@ -164,12 +165,10 @@ def _finish(x: torch.Tensor, job: _Job, intensity: dict | None) -> np.ndarray:
     Returns:
         (D, H, W) float32 with the input label map's shape: HU for a CT window, else the [-1, 1] scale.
     """
-    image = x.float()[job.crop]
-    if tuple(image.shape) != tuple(job.vol.label.shape):
-        image = resample_image(image, tuple(job.vol.label.shape))
+    image = resample_to_shape(x.float()[job.crop].cpu().numpy(), job.vol.label.shape, order=1)
     if tuple(image.shape) != tuple(job.vol.label.shape):
         raise RuntimeError(f"{job.vol.source}: output shape {tuple(image.shape)} != input {job.vol.label.shape}")
-    image = image.clamp(-1, 1).cpu().numpy()
+    image = np.clip(image, -1, 1)
     try:
         return invert(image, intensity).astype(np.float32)
     except ValueError:  # percentile / per-block normalisation: no way back to scanner units

@@ -1,4 +1,4 @@
-"""Windows, blend weights, resampling and padding used by block-wise generation."""
+"""Windows, blend weights and padding used by block-wise generation."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ import pytest
 import torch
 
 from dataset.nifti import voxel_size_dhw
-from diffusion.generation.geometry import (
-    pad_label,
-    padded_shape,
-    resample_image,
-    resample_label,
-    resampled_shape,
-)
+from diffusion.generation.geometry import pad_label, padded_shape
 from diffusion.generation.tiling import blend_weight, window_starts, windows
 
 
@@ -59,21 +53,6 @@ def test_voxel_size_of_an_oblique_affine() -> None:
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([0.8, 1.2, 3.0])  # I, J, K voxel sizes
     assert voxel_size_dhw(affine) == pytest.approx((3.0, 0.8, 1.2))
-
-
-def test_resampling_round_trip_keeps_labels_and_shape() -> None:
-    label = torch.zeros(23, 41, 37, dtype=torch.long)
-    label[5:15, 10:30, 8:30] = 2
-    label[8:12, 15:25, 12:20] = 1
-    shape = resampled_shape(tuple(label.shape), (3.0, 0.8, 1.2), (1.5, 1.6, 1.2))
-    assert shape == (46, 20, 37)
-    small = resample_label(label, shape)
-    assert small.dtype == torch.long and set(small.unique().tolist()) == {0, 1, 2}
-    back = resample_label(small, tuple(label.shape))
-    assert back.shape == label.shape
-    assert (back == label).float().mean() > 0.9
-    img = resample_image(torch.rand(23, 41, 37), shape)
-    assert img.shape == shape
 
 
 def test_padding_to_multiples_and_crop_back() -> None:
