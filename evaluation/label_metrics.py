@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dataset import DataError
+from dataset.dice import mean_dice
 from dataset.files import read_run_record
 from dataset.label_table import LabelTable, load_class_ids, parse_label_table
 from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
@@ -103,17 +105,6 @@ def adjacent_pairs(label: np.ndarray) -> set[tuple[int, int]]:
     return pairs
 
 
-def mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean foreground Dice of two maps over the classes present in either (1.0 if neither has any)."""
-    scores = []
-    for c in range(1, num_classes):
-        x, y = a == c, b == c
-        denom = int(x.sum()) + int(y.sum())
-        if denom:
-            scores.append(2.0 * int((x & y).sum()) / denom)
-    return float(np.mean(scores)) if scores else 1.0
-
-
 def nearest_dice(queries: list[LabelMap], train: list[LabelMap], num_classes: int) -> list[tuple[float, str]]:
     """For each query map, (Dice to its nearest training map, that map's id); maps of another shape are skipped."""
     out = []
@@ -121,7 +112,7 @@ def nearest_dice(queries: list[LabelMap], train: list[LabelMap], num_classes: in
         best = (-1.0, "")
         for t in train:
             if t.label.shape == q.label.shape:
-                best = max(best, (mean_dice(q.label, t.label, num_classes), t.id))
+                best = max(best, (mean_dice(torch.from_numpy(q.label), torch.from_numpy(t.label), num_classes), t.id))
         if best[0] < 0:
             raise DataError(f"{q.id}: no training map has its shape {q.label.shape}")
         out.append(best)

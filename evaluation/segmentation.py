@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
+from dataset.dice import per_class_dice
 from dataset.files import (
     atomic_torch_save,
     check_name,
@@ -42,7 +43,7 @@ from dataset.files import (
 )
 from dataset.nifti import load_pair, save_nifti, strip_nifti_suffix
 from evaluation.cli_common import HelpFormatter, add_range_arguments, check_output_files, run_cli
-from evaluation.dice import per_class_dice, summarise_dice
+from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.pairing import pair_folders
 from evaluation.report import dice_markdown, header, report_paths, write_report
