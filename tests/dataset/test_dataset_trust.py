@@ -11,13 +11,13 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 import dataset.nifti_pairs as nifti_pairs
 from dataset.contract import DataError
 from dataset.datamodule import VolumeDataModule
 from dataset.nifti_pairs import CACHE_ENV, NiftiPairsDataset, label_cache_path
 from tests.dataset.fakes import write_nifti
+from tests.train.helpers import compose_config
 
 CT = {"kind": "ct_window", "hu_min": -1000, "hu_max": 1000}
 SHAPE = (6, 5, 4)
@@ -141,7 +141,6 @@ def test_class_names_must_match_label_nc(tmp_path: Path) -> None:
 
 def test_config_class_names_of_the_wrong_length_fail_when_the_dataset_is_built(tmp_path: Path) -> None:
     _pairs(tmp_path, n=3)
-    config_dir = Path(__file__).resolve().parents[2] / "config"
     overrides = [
         "dataset=nifti_pairs",
         f"dataset.root={tmp_path}",
@@ -149,8 +148,7 @@ def test_config_class_names_of_the_wrong_length_fail_when_the_dataset_is_built(t
         "dataset.class_names=[bg,a]",
         "dataset.intensity={kind: ct_window, hu_min: -1000, hu_max: 1000}",
     ]
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name="vqgan", overrides=overrides)
+    cfg = compose_config("vqgan", overrides)
     factory = hydra.utils.instantiate(cfg.dataset.datamodule.dataset, _convert_="all")
     with pytest.raises(ValueError, match=r"label_nc=3 but 2 class_names \['bg', 'a'\]"):
         factory("all")

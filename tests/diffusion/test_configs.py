@@ -6,13 +6,13 @@ from pathlib import Path
 
 import hydra
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffusion.module import LatentDiffusionModule
 from tests.diffusion.helpers import IMAGE, LABEL_NC
+from tests.train.helpers import CONFIG_DIR, compose_config
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
+MODEL_DIR = CONFIG_DIR / "model"
 CONFIGS = sorted(p.stem for p in MODEL_DIR.glob("diffusion*.yaml"))
 
 
@@ -22,8 +22,7 @@ def test_all_expected_configs_exist() -> None:
 
 
 def test_first_stage_ckpt_is_mandatory() -> None:
-    with initialize_config_dir(config_dir=str(MODEL_DIR), version_base="1.3"):
-        cfg = compose(config_name="diffusion", overrides=[f"+dataset.label_nc={LABEL_NC}", "+dataset.block_size=null"])
+    cfg = compose_config("diffusion", [f"+dataset.label_nc={LABEL_NC}", "+dataset.block_size=null"], MODEL_DIR)
     assert cfg._get_node("first_stage_ckpt")._is_missing()
 
 
@@ -34,8 +33,7 @@ def test_config_instantiates(name: str, vq_ckpt: Path) -> None:
                  f"first_stage_ckpt={vq_ckpt}"]  # fmt: skip
     if not name.endswith("_tiny"):
         overrides.append("denoiser_kwargs.dim=32")  # same keys, a smaller net: the test checks wiring, not size
-    with initialize_config_dir(config_dir=str(MODEL_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
+    cfg = compose_config(name, overrides, MODEL_DIR)
     node = OmegaConf.to_container(cfg, resolve=True)
     node.pop("dataset")  # only there to resolve ${dataset.*}; in a run it is a sibling of model
     model = hydra.utils.instantiate(node, _convert_="all")

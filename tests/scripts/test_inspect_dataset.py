@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from dataset.nifti_pairs import NiftiPairsDataset
 from scripts.inspect_dataset import main
 from tests.dataset.fakes import oblique_affine, write_nifti
 from tests.scripts.own_data import SHAPES, ZOOMS, write_own_ct_folder, write_sparse_ct_folder
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+from tests.train.helpers import compose_config
 
 
 def test_ct_folder_gives_a_config_that_loads_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,11 +36,7 @@ def test_ct_folder_gives_a_config_that_loads_it(tmp_path: Path, capsys: pytest.C
     # the config is a dataset config: put it in a config folder of one's own, compose, load every split
     (tmp_path / "my_configs" / "dataset").mkdir(parents=True)
     (tmp_path / "my_configs" / "dataset" / "mydata.yaml").write_text(text)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        composed = compose(
-            config_name="vqgan",
-            overrides=["dataset=mydata", f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"],
-        )
+    composed = compose_config("vqgan", ["dataset=mydata", f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"])
     node = composed.dataset.datamodule.dataset
     ds = NiftiPairsDataset(
         split="all", root=node.root, label_nc=node.label_nc, intensity=node.intensity, block_size=node.block_size
@@ -117,10 +111,7 @@ def test_sparse_ids_get_a_compacted_named_table_beside_the_config(tmp_path: Path
     assert cfg["label_nc"] == 4 and cfg["label_table"] == str(cfg_dir / "ts_labels.yaml")  # 4 classes, not 118
     assert cfg["class_names"] == table["classes"] == ["background", "liver", "heart", "costal_cartilages"]
     assert table["remap"] == {0: "background", 5: "liver", 51: "heart", 117: "costal_cartilages"}
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        composed = compose(
-            config_name="vqgan", overrides=["dataset=ts", f"hydra.searchpath=[file://{cfg_dir.parent}]"]
-        )
+    composed = compose_config("vqgan", ["dataset=ts", f"hydra.searchpath=[file://{cfg_dir.parent}]"])
     ds = instantiate(composed.dataset.datamodule.dataset)(split="all")
     assert sorted(torch.cat([ds[i]["label"].flatten() for i in range(len(ds))]).unique().tolist()) == [0, 1, 2, 3]
     names = tmp_path / "names.json"

@@ -1,11 +1,17 @@
-"""Helpers for tests that drive the real Hydra entry points in subprocesses."""
+"""Helpers for tests of the Hydra configs and of the real entry points (run in subprocesses)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from train.run import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +33,12 @@ TINY_DIFFUSION = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def compose_config(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """Config ``name`` of ``config_dir`` (the repository's config/ by default) composed with ``overrides``."""
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 def run_entry(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 
+from tests.train.helpers import compose_config
 from train.checkpointing import AtomicCheckpointIO, UnreadableCheckpoints, checkpoint_problem
 from train.run import CONFIG_DIR, USER_ERRORS, build_trainer, resolve_resume_path
 
@@ -32,8 +32,7 @@ def _step(path: Path) -> int:
 
 @pytest.mark.parametrize("name", TRAINER_CONFIGS)
 def test_every_trainer_config_writes_checkpoints_atomically(name: str, tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="vqgan", overrides=[f"trainer={name}", f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("vqgan", [f"trainer={name}", f"paths.output_dir={tmp_path}"])
     # accelerator/strategy/devices are not what this test is about: build every config on one CPU process
     cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.num_nodes = "cpu", 1, "auto", 1
     cfg.trainer.precision = "32-true"

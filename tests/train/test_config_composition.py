@@ -12,17 +12,16 @@ import inspect
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffusion.denoisers import DENOISERS
 from diffusion.distill import DistillationModule
 from diffusion.label_diffusion import LabelLatentDiffusion
 from diffusion.module import LatentDiffusionModule
+from tests.train.helpers import CONFIG_DIR, compose_config
 from vq_gan_3d.label_autoencoder import LabelAutoencoder
 from vq_gan_3d.module import VQGANModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DENOISER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model" / "denoiser").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -39,10 +38,7 @@ NOT_CONFIG = {"self"}
 
 
 def _compose(primary: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            config_name=primary, overrides=[*overrides, "paths.output_dir=/nonexistent/out", "paths.data_dir=data"]
-        )
+    return compose_config(primary, [*overrides, "paths.output_dir=/nonexistent/out", "paths.data_dir=data"])
 
 
 def _primary(model_name: str) -> str:

@@ -6,23 +6,17 @@ from pathlib import Path
 
 import hydra
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.train.helpers import CONFIG_DIR, compose_config
 from train.run import ConfigError, resolve_resume_path, validate_config
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "config")
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 
 
 def _compose(primary: str, overrides: list[str], tmp_path: Path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            config_name=primary,
-            overrides=[*overrides, f"paths.output_dir={tmp_path}/out", f"paths.data_dir={tmp_path}/data"],
-            return_hydra_config=False,
-        )
+    return compose_config(primary, [*overrides, f"paths.output_dir={tmp_path}/out", f"paths.data_dir={tmp_path}/data"])
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

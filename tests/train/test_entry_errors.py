@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.train.helpers import TINY_DIFFUSION, TINY_VQGAN, run_entry
-from train.run import CONFIG_DIR, ConfigError, check_machine, user_error, validate_config
+from tests.train.helpers import TINY_DIFFUSION, TINY_VQGAN, compose_config, run_entry
+from train.run import ConfigError, check_machine, user_error, validate_config
 
 
 def test_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -73,9 +72,9 @@ def test_user_errors_exit_2_with_one_line(
 
 
 def _cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="vqgan", overrides=["dataset=synthetic", "model=vq_gan_3d_tiny",
-                                                       f"paths.output_dir={tmp_path}", *overrides])  # fmt: skip
+    return compose_config(
+        "vqgan", ["dataset=synthetic", "model=vq_gan_3d_tiny", f"paths.output_dir={tmp_path}", *overrides]
+    )
 
 
 @pytest.mark.parametrize(

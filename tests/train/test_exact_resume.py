@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 
-from train.run import CONFIG_DIR, train
+from tests.train.helpers import compose_config
+from train.run import train
 
 COMMON = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false",
           "trainer.log_every_n_steps=1", "seed=5"]  # fmt: skip
@@ -25,12 +25,11 @@ COMMON = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_prog
 
 def _train(primary: str, out: Path, max_steps: int, extra: list[str]) -> None:
     model = "vq_gan_3d_tiny" if primary == "vqgan" else "diffusion_tiny"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name=primary,
-            overrides=[*COMMON, f"model={model}", f"trainer.max_steps={max_steps}", f"paths.output_dir={out}",
-                       f"paths.data_dir={out.parent / 'data'}", *extra],
-        )  # fmt: skip
+    cfg = compose_config(
+        primary,
+        [*COMMON, f"model={model}", f"trainer.max_steps={max_steps}", f"paths.output_dir={out}",
+         f"paths.data_dir={out.parent / 'data'}", *extra],
+    )  # fmt: skip
     train(cfg)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.label_checkpoints import TINY_LABELS, TinyLabelModel
-from tests.train.helpers import run_entry
+from tests.train.helpers import compose_config, run_entry
 
 
 def diffusion_run(model: TinyLabelModel, out: Path, steps: int) -> dict:
@@ -47,13 +47,10 @@ def test_label_diffusion_resumes_exactly(tiny_label_model: TinyLabelModel, tmp_p
     ],
 )
 def test_experiment_configs_compose(entry: str, overrides: list[str]) -> None:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    config_dir = str(Path(__file__).resolve().parents[2] / "config")
     name = "label_ae" if entry == "train_label_ae" else "label_diffusion"
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
+    cfg = compose_config(name, overrides)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert model["label_nc"] == len(model["class_names"]) == cfg.dataset.label_nc
     assert model["_target_"].endswith("LabelAutoencoder" if name == "label_ae" else "LabelLatentDiffusion")

@@ -6,23 +6,21 @@ The variants inherit from vq_gan_3d.yaml through Hydra defaults lists, so they a
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from tests.train.helpers import CONFIG_DIR, compose_config
 from vq_gan_3d.module import VQGANModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "model"
+MODEL_DIR = CONFIG_DIR / "model"
 NAMES = ["vq_gan_3d", "vq_gan_spade", "vq_gan_3d_tiny", "vq_gan_spade_tiny"]
 
 
 def _model_cfg(name: str, label_nc: int = 5):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[f"+dataset.label_nc={label_nc}"])
+    cfg = compose_config(name, [f"+dataset.label_nc={label_nc}"], MODEL_DIR)
     return OmegaConf.create({"dataset": cfg.dataset, "model": {k: v for k, v in cfg.items() if k != "dataset"}}).model
 
 
