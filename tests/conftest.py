@@ -28,5 +28,4 @@ def _seed() -> None:
 
 
 # The tiny trained checkpoints, registered here once so that the tests of every package share them.
-from tests.label_checkpoints import tiny_label_model  # noqa: E402, F401
-from tests.tiny_checkpoints import tiny_model  # noqa: E402, F401
+from tests.tiny_checkpoints import tiny_label_model, tiny_model  # noqa: E402, F401

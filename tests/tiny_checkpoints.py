@@ -1,6 +1,6 @@
-"""The tiny trained stage-1/stage-2 checkpoint pair that generation, labels-stage and benchmark tests share.
+"""The tiny trained checkpoints the tests share: the stage-1/stage-2 pair and the labels-stage pair.
 
-Registered once, in ``tests/conftest.py``, so a session trains it once whichever folders' tests ask for it.
+Registered once, in ``tests/conftest.py``, so a session trains each once whichever folders' tests ask for it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.helpers import TINY_DIFFUSION, TINY_VQGAN, run_entry
+from tests.train.helpers import TINY_DIFFUSION, TINY_LABELS, TINY_VQGAN, run_entry
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
         voxel_dhw=tuple(float(v) for v in info["voxel_size"]),
         data_info=info,
     )
+
+
+@dataclass(frozen=True)
+class TinyLabelModel:
+    """Checkpoints of the labels stage trained on the synthetic dataset (16^3 maps, 4 classes)."""
+
+    label_ae: Path
+    label_diffusion: Path
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_label_model(tmp_path_factory: pytest.TempPathFactory) -> TinyLabelModel:
+    """Label autoencoder (4 steps) then label diffusion (4 steps) through the real Hydra entry points."""
+    root = tmp_path_factory.mktemp("labels_ckpt")
+    data = root / "data"
+    run_entry(
+        "train_label_ae",
+        [*TINY_LABELS, "model=label_ae_tiny", "trainer.max_steps=4", f"paths.output_dir={root / 'ae'}",
+         f"paths.data_dir={data}", "seed=1"],
+    )  # fmt: skip
+    ae = root / "ae" / "checkpoints" / "last.ckpt"
+    run_entry(
+        "train_label_diffusion",
+        [*TINY_LABELS, "model=label_diffusion_tiny", "trainer.max_steps=4", "model.stats_batches=2",
+         "model.centroid_classes=[inner]", f"model.label_ae_ckpt={ae}", f"paths.output_dir={root / 'diffusion'}",
+         f"paths.data_dir={data}", "seed=1"],
+    )  # fmt: skip
+    ckpt = root / "diffusion" / "checkpoints" / "last.ckpt"
+    assert ae.is_file() and ckpt.is_file()
+    return TinyLabelModel(ae, ckpt, data)

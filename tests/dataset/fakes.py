@@ -10,13 +10,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+#: Header fields an input file carries that no output may inherit (every file written here has them).
+PRIVATE_HEADER = {"descrip": b"patient 0815 (private)", "aux_file": b"private.lut", "intent_name": b"labels"}
+
 
 def oblique_affine(
-    degrees: tuple[float, float, float] = (12.0, -7.0, 25.0),
     zooms: tuple[float, float, float] = (0.9, 1.3, 2.5),
     origin: tuple[float, float, float] = (-20.5, 14.25, 31.0),
+    degrees: tuple[float, float, float] = (12.0, -7.0, 25.0),
 ) -> np.ndarray:
-    """A rotated, anisotropic voxel-to-world affine (I, J, K zooms)."""
+    """A voxel-to-world affine rotated about all three axes, whose I, J, K columns have lengths ``zooms``."""
     ax, ay, az = np.deg2rad(degrees)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
@@ -30,12 +33,19 @@ def oblique_affine(
 AFFINE = oblique_affine()
 
 
-def write_nifti(path: Path, array_ijk: np.ndarray, affine: np.ndarray = AFFINE, dtype: type | None = None) -> Path:
-    """Write an (I, J, K[, S]) array with nibabel (independent of dataset.nifti.save_nifti)."""
+def write_nifti(
+    path: Path,
+    array_ijk: np.ndarray,
+    affine: np.ndarray = AFFINE,
+    dtype: type | None = None,
+    header: dict[str, bytes] = PRIVATE_HEADER,
+) -> Path:
+    """Write an (I, J, K[, S]) array with nibabel (independent of dataset.nifti.save_nifti), ``header`` fields set."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = array_ijk.astype(dtype) if dtype is not None else array_ijk
     img = nib.Nifti1Image(data, affine)
-    img.header["descrip"] = b"scanner secret"  # must never reach outputs
+    for key, value in header.items():
+        img.header[key] = value
     nib.save(img, str(path))
     return path
 

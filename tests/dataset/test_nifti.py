@@ -57,7 +57,7 @@ def test_sample_contract(pair) -> None:
 
 
 def test_round_trip_oblique_affine_is_exact(tmp_path: Path) -> None:
-    affine = oblique_affine((33.0, 11.0, -48.0), (0.7, 1.9, 3.3), (101.5, -7.25, 12.0))
+    affine = oblique_affine((0.7, 1.9, 3.3), (101.5, -7.25, 12.0), degrees=(33.0, 11.0, -48.0))
     data = np.random.default_rng(1).normal(size=SHAPE_IJK).astype(np.float32)
     src = write_nifti(tmp_path / "src.nii.gz", data, affine)
     dhw, aff1 = load_image(src)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
+
+from dataset.nifti import save_nifti
+from dataset.synthetic import SyntheticPhantomDataset
+from tests.dataset.fakes import write_nifti as write_ijk
 
 # Oblique, anisotropic, translated: catches any code that assumes an identity or diagonal affine.
 AFFINE = np.array(
@@ -21,9 +24,7 @@ AFFINE = np.array(
 
 def write_nifti(path: Path, volume_dhw: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
     """Write a (D, H, W) array as NIfTI in the stored (I, J, K) = (H, W, D) order the loaders expect."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.transpose(volume_dhw, (1, 2, 0)), affine), str(path))
-    return path
+    return write_ijk(path, np.transpose(volume_dhw, (1, 2, 0)), affine)
 
 
 def smooth_volume(seed: int, shape: tuple[int, int, int] = (16, 16, 16)) -> np.ndarray:
@@ -55,3 +56,12 @@ def volume():
 def affine():
     """The non-identity affine :func:`write_nifti` uses by default."""
     return AFFINE.copy()
+
+
+def export_phantoms(split: str, folder: Path, n: int, suffix: str = "", seed: int = 0) -> None:
+    """``n`` 8^3 synthetic phantoms (4 classes) as ``folder/images/<id><suffix>.nii.gz`` + ``folder/labels/<id>``."""
+    ds = SyntheticPhantomDataset(split=split, num_samples=n, size=(8, 8, 8), label_nc=4, seed=seed)
+    for i in range(n):
+        s = ds[i]
+        save_nifti(folder / "images" / f"{s['id']}{suffix}.nii.gz", s["image"], s["affine"])
+        save_nifti(folder / "labels" / f"{s['id']}.nii.gz", s["label"], s["affine"])

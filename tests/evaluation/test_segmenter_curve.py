@@ -13,7 +13,7 @@ from PIL import Image
 from evaluation.intensity import IntensityRange
 from evaluation.segmentation import SegConfig, dice_of_cases, load_cases, train_segmenter
 from evaluation.segmenter_curve import levelled_step, main, mean_curve
-from tests.label_checkpoints import export_phantoms
+from tests.evaluation.conftest import export_phantoms
 
 NAMES = ["background", "outer", "middle", "inner"]
 

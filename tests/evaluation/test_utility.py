@@ -12,7 +12,7 @@ import torch
 
 from evaluation.segmentation import Case
 from evaluation.utility import main, t_interval, training_sets
-from tests.label_checkpoints import export_phantoms
+from tests.evaluation.conftest import export_phantoms
 
 NAMES = ["background", "outer", "middle", "inner"]
 

@@ -6,26 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.tiny_checkpoints import TinyModel  # noqa: F401  (re-exported for the tests that import it from here)
+from tests.dataset.fakes import PRIVATE_HEADER, oblique_affine, write_nifti
 
-#: Header fields that an input may carry and an output must not inherit.
-LEAKY_HEADER = {"descrip": b"patient 0815 (private)", "aux_file": b"private.lut", "intent_name": b"labels"}
+#: Rotation of the label maps' grids (any oblique one: the tests compare outputs with their inputs).
+DEGREES = (20.0, -11.5, 34.5)
 
 
-def oblique_affine(voxel_ijk: tuple[float, float, float], translation=(12.5, -40.0, 7.25)) -> np.ndarray:
-    """A rotated (about all three axes), translated affine whose I, J, K columns have lengths ``voxel_ijk``."""
-    ax, ay, az = 0.35, -0.2, 0.6
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rz @ ry @ rx @ np.diag(voxel_ijk)
-    affine[:3, 3] = translation
-    return affine
+def label_affine(voxel_ijk: tuple[float, float, float], origin=(12.5, -40.0, 7.25)) -> np.ndarray:
+    """An oblique affine of the label-map fixtures whose I, J, K columns have lengths ``voxel_ijk``."""
+    return oblique_affine(voxel_ijk, origin, DEGREES)
 
 
 def nested_labels(shape_ijk: tuple[int, ...], label_nc: int = 4) -> np.ndarray:
@@ -39,22 +31,12 @@ def nested_labels(shape_ijk: tuple[int, ...], label_nc: int = 4) -> np.ndarray:
     return label
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, header: dict | None = None) -> Path:
-    """Write a stored (I, J, K[, ...]) array with nibabel, setting extra header fields."""
-    img = nib.Nifti1Image(array, affine)
-    for key, value in (header or {}).items():
-        img.header[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
-
-
 @pytest.fixture
 def write_label() -> Callable[..., Path]:
     """``write_label(path, array, affine=..., header=...)`` for tests that need their own (bad) label files."""
 
-    def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None, header: dict | None = None) -> Path:
-        return write_nifti(path, array, oblique_affine((1.5, 1.5, 2.0)) if affine is None else affine, header)
+    def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None, header: dict = PRIVATE_HEADER) -> Path:
+        return write_nifti(path, array, label_affine((1.5, 1.5, 2.0)) if affine is None else affine, header=header)
 
     return _write
 
@@ -73,20 +55,16 @@ class LabelMaps:
 def label_maps(tmp_path_factory: pytest.TempPathFactory) -> LabelMaps:
     folder = tmp_path_factory.mktemp("labels")
     # Training voxel (D, H, W) = (2.0, 1.5, 1.5) mm is (I, J, K) = (1.5, 1.5, 2.0) in the stored array.
-    large = write_nifti(
-        folder / "large_oblique.nii.gz", nested_labels((23, 41, 37)), oblique_affine((1.5, 1.5, 2.0)), LEAKY_HEADER
-    )
+    large = write_nifti(folder / "large_oblique.nii.gz", nested_labels((23, 41, 37)), label_affine((1.5, 1.5, 2.0)))
     small = write_nifti(
         folder / "small_oblique.nii.gz",
         nested_labels((11, 13, 7)),
-        oblique_affine((1.5, 1.5, 2.0), (-3.0, 5.5, 100.0)),
-        LEAKY_HEADER,
+        label_affine((1.5, 1.5, 2.0), (-3.0, 5.5, 100.0)),
     )
     aniso = write_nifti(
         folder / "aniso_oblique.nii",  # uncompressed .nii is accepted too
         nested_labels((9, 30, 13)),
-        oblique_affine((1.5, 0.8, 2.0), (0.0, 0.0, -17.0)),
-        LEAKY_HEADER,
+        label_affine((1.5, 0.8, 2.0), (0.0, 0.0, -17.0)),
     )
     (folder / "notes.txt").write_text("not a label map; --labels FOLDER must skip it\n")
     return LabelMaps(folder, large, small, aniso)

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.scripts.conftest import LEAKY_HEADER, LabelMaps, TinyModel, nested_labels, oblique_affine
+from tests.dataset.fakes import PRIVATE_HEADER
+from tests.scripts.conftest import LabelMaps, label_affine, nested_labels
+from tests.tiny_checkpoints import TinyModel
 from tests.train.helpers import REPO
 
 FAST = ["--device", "cpu", "--sampler", "ddim", "--steps", "2"]
@@ -97,7 +99,7 @@ def test_one_file_per_label_map_and_sample_and_nothing_else(folder_run: FolderRu
 def test_outputs_have_the_input_grid_and_a_geometry_only_header(folder_run: FolderRun, label_maps: LabelMaps) -> None:
     for src in (label_maps.large, label_maps.small, label_maps.aniso):
         label, affine, header_in = load(src)
-        assert header_in["descrip"].item() == LEAKY_HEADER["descrip"]  # the input really carries them
+        assert header_in["descrip"].item() == PRIVATE_HEADER["descrip"]  # the input really carries them
         stem = src.name.split(".")[0]
         for k in range(2):
             image, out_affine, header = load(folder_run.out / f"{stem}_s{k}.nii.gz")
@@ -106,7 +108,7 @@ def test_outputs_have_the_input_grid_and_a_geometry_only_header(folder_run: Fold
             assert image.dtype == np.float32
             assert np.isfinite(image).all()
             assert image.std() > 0
-            for key in LEAKY_HEADER:
+            for key in PRIVATE_HEADER:
                 assert header[key].item() == b"", f"{src.name}: {key} copied into the output"
             assert header["intent_code"] == 0
             assert int(header["sform_code"]) == 1 and int(header["qform_code"]) == 1
@@ -358,7 +360,7 @@ def test_script_reports_a_missing_label_file(tiny_model: TinyModel, tmp_path: Pa
 
 def test_oblique_affines_really_are_oblique() -> None:
     # guard for the fixtures: rotated (off-diagonal terms), non-isotropic, translated
-    affine = oblique_affine((1.5, 0.8, 2.0))
+    affine = label_affine((1.5, 0.8, 2.0))
     assert np.abs(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))).max() > 0.1
     np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), (1.5, 0.8, 2.0))
     assert np.abs(affine[:3, 3]).max() > 0

@@ -12,7 +12,7 @@ import torch
 
 from dataset.nifti import load_label, save_nifti, voxel_size_dhw
 from scripts.generate_labels import default_affine, main, parse_condition, repair
-from tests.label_checkpoints import TinyLabelModel
+from tests.tiny_checkpoints import TinyLabelModel
 
 
 def run(model: TinyLabelModel, out: Path, *extra: str) -> int:

@@ -19,8 +19,10 @@ import torch
 
 from dataset import DataError
 from dataset.files import file_sha256
-from tests.scripts.conftest import LabelMaps, TinyModel, nested_labels, write_nifti
+from tests.dataset.fakes import write_nifti
+from tests.scripts.conftest import LabelMaps, nested_labels
 from tests.scripts.test_generate import EXIT_ERROR, cli, names, outputs
+from tests.tiny_checkpoints import TinyModel
 from tests.train.helpers import REPO
 
 

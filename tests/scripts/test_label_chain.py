@@ -13,7 +13,7 @@ from evaluation import label_metrics
 from evaluation.intensity import IntensityRange
 from evaluation.segmentation import SegConfig, load_cases, save_checkpoint, train_segmenter
 from scripts import generate_pairs
-from tests.label_checkpoints import TinyLabelModel
+from tests.tiny_checkpoints import TinyLabelModel
 
 
 def export(split: str, out: Path, n: int) -> None:

@@ -25,6 +25,7 @@ TINY_VQGAN = [
     "trainer.enable_progress_bar=false",
     "callbacks.volume_logger.every_n_val_epochs=1",
 ]
+TINY_LABELS = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false"]
 TINY_DIFFUSION = [
     "dataset=synthetic",
     "model=diffusion_tiny",

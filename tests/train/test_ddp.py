@@ -61,7 +61,7 @@ def test_diffusion_ddp_ranks_agree(ddp_vqgan: Path, tmp_path: Path) -> None:
 
 def test_labels_stage_ddp_ranks_agree(tmp_path: Path) -> None:
     """The label autoencoder, then the label diffusion on it (attribute statistics included), on two ranks."""
-    from tests.label_checkpoints import TINY_LABELS
+    from tests.train.helpers import TINY_LABELS
 
     ae = tmp_path / "label_ae"
     d0, d1 = _ddp("train_label_ae", [*TINY_LABELS, "model=label_ae_tiny"], ae, [])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.label_checkpoints import TINY_LABELS, TinyLabelModel
-from tests.train.helpers import compose_config, run_entry
+from tests.tiny_checkpoints import TinyLabelModel
+from tests.train.helpers import TINY_LABELS, compose_config, run_entry
 
 
 def diffusion_run(model: TinyLabelModel, out: Path, steps: int) -> dict:

@@ -83,7 +83,7 @@ def test_sbatch_vqgan_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> N
 
 def test_sbatch_labels_ae_then_diffusion(slurm: dict[str, str], tmp_path: Path) -> None:
     """scripts/labels.sh, the labels stage's launcher: both parts as real jobs, the second on the first's output."""
-    from tests.label_checkpoints import TINY_LABELS
+    from tests.train.helpers import TINY_LABELS
 
     ae_out, diff_out = tmp_path / "label_ae", tmp_path / "label_diffusion"
     data = f"paths.data_dir={tmp_path / 'data'}"
