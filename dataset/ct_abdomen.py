@@ -66,8 +66,8 @@ from dataset.label_table import LabelTable, load_label_table, remap_labels
 from dataset.mni152 import apply_seeded, crop_and_resample, ensure_built, subject_seed
 from dataset.nifti import ijk_to_dhw, save_nifti
 from dataset.nifti_pairs import NiftiPairsDataset
-from dataset.preprocess import MANIFEST_NAME
 from dataset.splits import check_split, split_by_count
+from dataset.transaction import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 

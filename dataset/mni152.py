@@ -57,9 +57,9 @@ from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import percentile_normalize
 from dataset.nifti import ijk_to_dhw, save_nifti
 from dataset.nifti_pairs import NiftiPairsDataset
-from dataset.preprocess import MANIFEST_NAME
 from dataset.resample import box, index_map, resample
 from dataset.splits import check_split, split_by_count
+from dataset.transaction import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 

@@ -59,8 +59,9 @@ from dataset.nifti import (
     shift_affine,
     strip_nifti_suffix,
 )
-from dataset.preprocess import MANIFEST_NAME, read_manifest
+from dataset.preprocess import read_manifest
 from dataset.splits import SPLITS, check_split, split_ids
+from dataset.transaction import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 

@@ -19,19 +19,10 @@ sorted patient ids. Output layout::
     DST/blocks-<id>/{train,val,test}/images/<case>_b<k>.nii.gz
     DST/blocks-<id>/{train,val,test}/labels/<case>_b<k>.nii.gz
 
-All-or-nothing commit (SPEC section 10): the blocks and the new manifest are written into a hidden staging
-folder ``DST/.staging-<id>/`` (with a marker file naming this process), which is renamed to ``DST/blocks-<id>/``;
-then one rename moves the new manifest over ``DST/manifest.json``, the single step that makes the new dataset
-live. Only after it are the old blocks removed. A kill at any moment leaves ``DST/manifest.json`` describing a
-complete dataset, the old one or the new one; what a killed run left behind (staging folders, unreferenced
-``blocks-*`` folders whose marker names a process that is gone) is removed by the next run, and a SIGTERM
-removes the staging folder at once (the CLIs call :func:`dataset.files.install_signal_cleanup`).
-
-What is ours: ``overwrite=True`` replaces only a dataset this project wrote, recognised by its manifest
-(``"producer": "med-lsdm"``; manifests of format 1, written before that key existed, by their schema keys).
-Only files our manifest lists or our naming pattern covers are ever deleted, never a folder that merely has the
-right name (a foreign ``DST/train/`` is left alone), and a run whose source data lies inside ``dst`` (or the
-reverse) is refused before anything is written.
+The output is written all or nothing (:mod:`dataset.transaction`): a kill at any moment leaves ``DST/manifest.json``
+describing a complete dataset, the old one or the new one, and ``overwrite=True`` replaces only a dataset this
+project wrote. A run whose source data lies inside ``dst`` (or the reverse) is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -39,11 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
-import socket
-import time
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,34 +42,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dataset.blocks import BLOCK_SAMPLERS, block_starts, extract_block
 from dataset.contract import DataError
-from dataset.files import PRODUCER, atomic_write_json, check_name, check_output_dir, fsync_dir
+from dataset.files import PRODUCER, check_name, check_output_dir
 from dataset.intensity import normalize, validate_intensity
 from dataset.label_table import LabelTable, remap_labels
 from dataset.nifti import AFFINE_ATOL, load_pair, save_nifti, shift_affine, voxel_size_dhw
 from dataset.resample import index_map, resample, same_extent, same_extent_shape
 from dataset.splits import SPLITS, split_ids
+from dataset.transaction import StagedDataset, clean_stale, live_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
+#: Version of the manifest schema preprocessing writes.
 MANIFEST_VERSION = 2
-#: Hidden folder a run builds its dataset in; renamed to ``blocks-<id>`` when complete.
-STAGING_PREFIX = ".staging-"
-#: Folder holding one committed dataset's blocks; the live manifest's ``data_dir`` names it.
-DATA_PREFIX = "blocks-"
-#: Marker file inside a staging / blocks folder: who made it (producer, pid, host), so stale ones are recognised.
-MARKER_NAME = ".med-lsdm-blocks.json"
-_DATA_DIR_RE = re.compile(r"^blocks-[0-9a-f]{12}$")
-_STAGING_RE = re.compile(r"^\.staging-[0-9a-f]{12}$")
-#: Files preprocessing writes inside a staging or blocks folder (relative POSIX paths); nothing else is deleted.
-_OUR_FILE_RE = re.compile(
-    r"^(\.med-lsdm-blocks\.json|manifest\.json|\.manifest\.json\.[^/]*\.tmp|\.\.med-lsdm-blocks\.json\.[^/]*\.tmp"
-    r"|(train|val|test)/(images|labels)/[^/]+\.nii\.gz)$"
-)
-#: Temporary files of an interrupted marker write (``dataset.files.temp_path_beside`` naming).
-_MARKER_TEMP_RE = re.compile(r"^\.\.med-lsdm-blocks\.json\.[^/]*\.tmp$")
-#: Keys every format-1 manifest (written before ``producer`` existed) has; how such a manifest is recognised.
-_V1_KEYS = frozenset({"format_version", "dataset", "label_nc", "class_names", "options", "splits", "cases", "entries"})
 
 
 @dataclass(frozen=True)
@@ -265,187 +235,6 @@ def _space_estimate(cases: Sequence[Case]) -> int:
     return total // 2
 
 
-def manifest_is_ours(manifest: object) -> bool:
-    """Whether a parsed manifest was written by this project's preprocessing.
-
-    Ours: ``"producer": "med-lsdm"``, or a format-1 manifest (written before that key existed) carrying all of
-    its schema keys (``format_version`` 1, ``dataset``, ``label_nc``, ``class_names``, ``options``, ``splits``,
-    ``cases``, ``entries``).
-    """
-    if not isinstance(manifest, dict):
-        return False
-    if manifest.get("producer") == PRODUCER:
-        return True
-    return (
-        manifest.get("format_version") == 1 and _V1_KEYS <= manifest.keys() and isinstance(manifest["entries"], list)
-    )
-
-
-def _live_manifest(dst: Path, overwrite: bool) -> dict[str, Any] | None:
-    """The manifest an overwrite may replace (None if there is none); refuse what is not ours."""
-    path = dst / MANIFEST_NAME
-    if not path.exists():
-        return None
-    if not overwrite:
-        raise FileExistsError(f"{dst} already holds a preprocessed dataset; pass --overwrite to replace it")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = None
-    if not manifest_is_ours(manifest):
-        raise DataError(
-            f'{path} was not written by med-lsdm preprocessing (no "producer": "{PRODUCER}"); refusing to '
-            "replace it; choose another --dst"
-        )
-    return manifest
-
-
-def _our_relpath(value: object) -> str | None:
-    """A manifest path as a relative POSIX path inside the folder, or None (absolute, '..', hidden, empty)."""
-    if not isinstance(value, str) or not value or value.startswith("/") or "\\" in value:
-        return None
-    parts = value.split("/")
-    if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        return None
-    return value
-
-
-def _remove_our_tree(folder: Path) -> bool:
-    """Delete the files preprocessing writes in a staging/blocks folder (:data:`_OUR_FILE_RE`), then empty folders.
-
-    Anything else is kept (and the folder with it), with a warning. The marker goes last, so a kill midway
-    leaves a folder the next run still recognises. Returns True when the folder is gone.
-    """
-    if not folder.is_dir() or folder.is_symlink():
-        return not folder.exists()
-    foreign: list[str] = []
-    for here, dirs, files in os.walk(folder, topdown=False):
-        base = Path(here)
-        for name in files:
-            rel = (base / name).relative_to(folder).as_posix()
-            if rel == MARKER_NAME:
-                continue
-            if _OUR_FILE_RE.match(rel) and not (base / name).is_symlink():
-                (base / name).unlink(missing_ok=True)
-            else:
-                foreign.append(rel)
-        for name in dirs:
-            sub = base / name
-            if sub.is_symlink():
-                foreign.append(sub.relative_to(folder).as_posix())
-                continue
-            try:
-                sub.rmdir()
-            except OSError:  # not empty: it holds something we did not write
-                pass
-    if foreign or any(p.name != MARKER_NAME for p in folder.iterdir()):
-        log.warning("%s: kept, it holds files preprocessing did not write: %s", folder, foreign[:5])
-        return False
-    (folder / MARKER_NAME).unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        log.warning("%s: kept, it holds files preprocessing did not write: %s", folder, foreign[:5])
-        return False
-    return True
-
-
-def _remove_v1_blocks(dst: Path, manifest: dict[str, Any]) -> None:
-    """Remove the blocks a format-1 manifest lists (``DST/<split>/...``), then its folders if left empty."""
-    for entry in manifest.get("entries", []):
-        if not isinstance(entry, dict):
-            continue
-        for key in ("image", "label"):
-            rel = _our_relpath(entry.get(key))
-            if rel is not None and rel.endswith(".nii.gz") and rel.split("/")[0] in SPLITS:
-                (dst / rel).unlink(missing_ok=True)
-    for split in SPLITS:
-        for folder in (dst / split / "images", dst / split / "labels", dst / split):
-            try:
-                folder.rmdir()  # only succeeds when empty: a foreign file keeps its folder
-            except OSError:
-                pass
-
-
-def _remove_old(dst: Path, old: dict[str, Any] | None, keep: str) -> None:
-    """Remove the dataset ``old`` described, now that another manifest is live (never ``keep``)."""
-    if old is None:
-        return
-    data_dir = old.get("data_dir")
-    if isinstance(data_dir, str) and _DATA_DIR_RE.match(data_dir) and data_dir != keep:
-        _remove_our_tree(dst / data_dir)
-    elif old.get("format_version") == 1:
-        _remove_v1_blocks(dst, old)
-
-
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and marker.get("producer") == PRODUCER else None
-
-
-def _process_gone(marker: dict[str, Any]) -> bool:
-    """Whether the run a marker names is over: its process has ended, or it is this process (which is here,
-    not committing). Only decidable on the same host."""
-    if marker.get("host") != socket.gethostname() or not isinstance(marker.get("pid"), int):
-        return False
-    if marker["pid"] == os.getpid():
-        return True
-    try:
-        os.kill(marker["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists but belongs to someone else
-        return False
-    return False
-
-
-def _live_data_dir(dst: Path) -> str | None:
-    """The ``data_dir`` the live manifest of ``dst`` points at (None: no manifest of ours, or format 1)."""
-    try:
-        manifest = json.loads((dst / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest.get("data_dir") if manifest_is_ours(manifest) else None
-
-
-def clean_stale(dst: str | Path) -> list[Path]:
-    """Remove what killed runs left in ``dst``: staging folders and ``blocks-*`` folders no manifest uses.
-
-    A folder is removed only when its marker says we wrote it and the process that wrote it is gone (a run
-    still working on the same ``dst`` keeps its folders); a marker-less ``.staging-*`` folder that is empty or
-    holds only the marker's temporary file (a kill right after ``mkdir``) is removed too. Returns the removed
-    folders.
-    """
-    dst = Path(dst)
-    if not dst.is_dir():
-        return []
-    live = _live_data_dir(dst)
-    removed = []
-    for folder in sorted(dst.iterdir()):
-        staging = bool(_STAGING_RE.match(folder.name))
-        if not (staging or _DATA_DIR_RE.match(folder.name)) or folder.name == live or not folder.is_dir():
-            continue
-        marker = _read_marker(folder)
-        if marker is None:
-            # A kill between mkdir and the marker's rename leaves an empty folder or one holding only the
-            # marker's temporary file: ours by name and content. Anything else without a marker is kept.
-            if staging and all(p.is_file() and _MARKER_TEMP_RE.match(p.name) for p in folder.iterdir()):
-                for tmp in folder.iterdir():
-                    tmp.unlink()
-                folder.rmdir()
-                removed.append(folder)
-            continue
-        if not _process_gone(marker):
-            log.warning("%s: left in place, the run that wrote it (%s) may still be working", folder, marker)
-        elif _remove_our_tree(folder):
-            log.info("removed %s, left behind by an interrupted run (pid %s)", folder, marker.get("pid"))
-            removed.append(folder)
-    return removed
-
-
 def preprocess(
     name: str,
     cases: Sequence[Case],
@@ -481,35 +270,29 @@ def preprocess(
     dst = Path(dst)
     src_root = Path(src_root) if src_root is not None else None
     check_src_dst(src_root, cases, dst)
-    old = _live_manifest(dst, options.overwrite)
+    old = live_manifest(dst, options.overwrite)
     patient_split = split_ids([c.patient for c in cases], options.val_frac, options.test_frac, options.seed)
     check_output_dir(dst, min_free_bytes=_space_estimate(cases), what="--dst")
     clean_stale(dst)
 
-    token = uuid.uuid4().hex[:12]
-    staging = dst / f"{STAGING_PREFIX}{token}"
-    data_dir = f"{DATA_PREFIX}{token}"
-    staging.mkdir()
-    manifest: dict[str, Any] = {
-        "producer": PRODUCER,
-        "format_version": MANIFEST_VERSION,
-        "data_dir": data_dir,
-        "dataset": name,
-        "modality": modality,
-        "label_nc": table.label_nc,
-        "class_names": list(table.class_names),
-        "intensity": options.intensity,
-        "images_normalized": True,
-        "voxel_size": list(options.spacing) if options.spacing else None,
-        "options": {k: v for k, v in asdict(options).items() if k not in ("overwrite", "progress")},
-        "splits": {s: sorted(p for p, sp in patient_split.items() if sp == s) for s in SPLITS},
-        "cases": {},
-        "entries": [],
-        "skipped": {"all_background": 0},
-    }
-    try:
-        marker = {"producer": PRODUCER, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        atomic_write_json(staging / MARKER_NAME, marker)
+    with StagedDataset(dst, old) as staged:
+        manifest: dict[str, Any] = {
+            "producer": PRODUCER,
+            "format_version": MANIFEST_VERSION,
+            "data_dir": staged.data_dir,
+            "dataset": name,
+            "modality": modality,
+            "label_nc": table.label_nc,
+            "class_names": list(table.class_names),
+            "intensity": options.intensity,
+            "images_normalized": True,
+            "voxel_size": list(options.spacing) if options.spacing else None,
+            "options": {k: v for k, v in asdict(options).items() if k not in ("overwrite", "progress")},
+            "splits": {s: sorted(p for p, sp in patient_split.items() if sp == s) for s in SPLITS},
+            "cases": {},
+            "entries": [],
+            "skipped": {"all_background": 0},
+        }
         with logging_redirect_tqdm():
             for case in tqdm(
                 sorted(cases, key=lambda c: c.case_id),
@@ -518,7 +301,9 @@ def preprocess(
                 disable=None if options.progress else True,  # None: no bar when stderr is not a terminal
             ):
                 split = patient_split[case.patient]
-                record, entries = _process_case(case, split, staging, data_dir, table, options, load_case, src_root)
+                record, entries = _process_case(
+                    case, split, staged.staging, staged.data_dir, table, options, load_case, src_root
+                )
                 manifest["cases"][case.case_id] = record
                 manifest["entries"].extend(entries)
                 manifest["skipped"]["all_background"] += record["skipped"]["all_background"]
@@ -526,17 +311,7 @@ def preprocess(
         for split in SPLITS:
             if manifest["splits"][split] and manifest["counts"][split] == 0:
                 log.warning("split %s has patients but no blocks (all skipped as background)", split)
-        _commit(staging, dst, manifest)
-    finally:
-        # A failed or interrupted run (SIGTERM included) removes its own work; after the commit's rename the
-        # staging folder is gone, and blocks the live manifest points at are never touched.
-        _remove_our_tree(staging)
-        if _live_data_dir(dst) != data_dir:
-            _remove_our_tree(dst / data_dir)
-    try:
-        _remove_old(dst, old, keep=data_dir)
-    except OSError as err:  # the new dataset is live; leftovers of the old one are removed by the next run
-        log.warning("could not remove the previous dataset's blocks in %s: %s", dst, err)
+        staged.commit(manifest)
     log.info(
         "wrote %d blocks (%s) to %s; skipped %d all-background blocks",
         len(manifest["entries"]),
@@ -624,23 +399,6 @@ def _process_case(
         "skipped": {"all_background": len(skipped), "offsets": skipped},
     }
     return record, entries
-
-
-def _commit(staging: Path, dst: Path, manifest: dict[str, Any]) -> None:
-    """Make a finished staging folder the live dataset of ``dst``; the manifest rename is the one live step.
-
-    1. the new manifest is written (atomically) inside the staging folder;
-    2. the staging folder is renamed to ``dst/<data_dir>`` (complete, but no manifest points at it yet);
-    3. ``<data_dir>/manifest.json`` is renamed over ``dst/manifest.json``: before this the old dataset is live,
-       after it the new one.
-    """
-    atomic_write_json(staging / MANIFEST_NAME, manifest, overwrite=False)
-    target = dst / manifest["data_dir"]
-    os.rename(staging, target)
-    fsync_dir(dst)
-    os.replace(target / MANIFEST_NAME, dst / MANIFEST_NAME)
-    fsync_dir(dst)
-    fsync_dir(target)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

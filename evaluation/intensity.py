@@ -152,7 +152,7 @@ def _from_generation(folder: Path) -> tuple[float, float, str] | None:
 
 
 def _from_manifest(folder: Path) -> tuple[float, float, str] | None:
-    from dataset.preprocess import manifest_is_ours
+    from dataset.transaction import manifest_is_ours
 
     for record_dir in (folder, folder.parent, folder.parent.parent, folder.parent.parent.parent):
         path = record_dir / MANIFEST
@@ -181,10 +181,9 @@ def recorded_range(folder: Path) -> tuple[float, float, str] | None:
     - generation's run record ``generation.json`` (``scripts/generate.py``) in the folder, or in its parent
       when the record lists outputs in the folder: its ``data_range`` ``[lo, hi]``, else its ``intensity``
       spec (:func:`range_of_intensity`);
-    - preprocessing's ``manifest.json`` (``dataset.preprocess.manifest_is_ours``) in the folder or up to three
-      levels above it
-      (``DST/blocks-<id>/<split>/images``; format 1 had ``DST/<split>/images``)
-      when one of its entries lies in the folder: its ``data_range``, else [-1, 1] when ``images_normalized``.
+    - preprocessing's ``manifest.json`` (``dataset.transaction.manifest_is_ours``) in the folder or up to three
+      levels above it (``DST/blocks-<id>/<split>/images``) when one of its entries lies in the folder: its
+      ``data_range``, else [-1, 1] when ``images_normalized``.
 
     Only plain values are read from the records.
     """

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import dataset.preprocess as pp
+import dataset.transaction as tr
 from dataset.autopet import discover_autopet, warn_ungrouped_studies
 from dataset.contract import DataError
 from dataset.nifti import load_pair
@@ -251,41 +252,18 @@ def test_foreign_train_folder_and_foreign_manifest_are_never_deleted(raw, tmp_pa
     assert json.loads((other / "manifest.json").read_text())["note"] == "another tool's manifest"
 
 
-def test_format1_dataset_is_recognised_and_only_its_listed_blocks_removed(raw, old_dataset, tmp_path: Path) -> None:
-    # A dataset as format 1 wrote it: DST/<split>/{images,labels}, a manifest without "producer".
-    dst = tmp_path / "dst"
-    shutil.copytree(old_dataset, dst)
-    manifest = _manifest(dst)
-    prefix = manifest.pop("data_dir") + "/"
-    for split in ("train", "val", "test"):
-        shutil.move(str(dst / prefix / split), str(dst / split))
-    shutil.rmtree(dst / prefix)
-    del manifest["producer"]
-    manifest["format_version"] = 1
-    for entry in manifest["entries"]:
-        entry["image"], entry["label"] = entry["image"].removeprefix(prefix), entry["label"].removeprefix(prefix)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    (dst / "train" / "images" / "mine.txt").write_text("a file preprocessing did not write")
-    assert pp.manifest_is_ours(manifest)
-
-    assert _run(raw, dst, "--overwrite", "--seed", "5") == 0
-    _consistent(dst)
-    assert (dst / "train" / "images" / "mine.txt").read_text() == "a file preprocessing did not write"
-    assert not list((dst / "train").rglob("*.nii.gz")) and not (dst / "val").exists() and not (dst / "test").exists()
-
-
 def test_stale_staging_of_a_live_process_is_kept(old_dataset, tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     shutil.copytree(old_dataset, dst)
     alive = dst / ".staging-0123456789ab"
     alive.mkdir()
-    (alive / pp.MARKER_NAME).write_text(  # a run in another process of this host, still working
+    (alive / tr.MARKER_NAME).write_text(  # a run in another process of this host, still working
         json.dumps({"producer": "med-lsdm", "pid": os.getppid(), "host": socket.gethostname()})
     )
     foreign = dst / ".staging-ba9876543210"  # right name, no marker, not empty: not provably ours
     foreign.mkdir()
     (foreign / "x").write_text("?")
-    assert pp.clean_stale(dst) == []
+    assert tr.clean_stale(dst) == []
     assert alive.is_dir() and foreign.is_dir()
 
 
@@ -354,7 +332,7 @@ def test_leftovers_of_a_kill_at_the_first_or_last_instant_are_recognised(old_dat
     # Killed while writing the marker: the staging folder holds only the marker's temporary file.
     early = dst / ".staging-00000000000a"
     early.mkdir()
-    (early / f".{pp.MARKER_NAME}.k2j4x.tmp").write_text("{")
+    (early / f".{tr.MARKER_NAME}.k2j4x.tmp").write_text("{")
     # Killed while removing a folder: the marker goes last, so what is left is still recognisably ours.
     late = dst / "blocks-00000000000b"
     (late / "train" / "images").mkdir(parents=True)
@@ -362,13 +340,13 @@ def test_leftovers_of_a_kill_at_the_first_or_last_instant_are_recognised(old_dat
     gone = subprocess.Popen(["true"])
     gone.wait()  # a process of this host that has ended
     marker = {"producer": "med-lsdm", "pid": gone.pid, "host": socket.gethostname()}
-    (late / pp.MARKER_NAME).write_text(json.dumps(marker))
+    (late / tr.MARKER_NAME).write_text(json.dumps(marker))
     (late / "notes.txt").write_text("not ours")
-    assert not pp._remove_our_tree(late)  # a foreign file keeps the folder, and the marker with it
-    assert (late / pp.MARKER_NAME).is_file() and (late / "notes.txt").is_file()
+    assert not tr._remove_our_tree(late)  # a foreign file keeps the folder, and the marker with it
+    assert (late / tr.MARKER_NAME).is_file() and (late / "notes.txt").is_file()
     assert not (late / "train").exists()
     (late / "notes.txt").unlink()
-    assert sorted(p.name for p in pp.clean_stale(dst)) == [early.name, late.name]
+    assert sorted(p.name for p in tr.clean_stale(dst)) == [early.name, late.name]
     _clean(dst)
 
 
