@@ -68,7 +68,7 @@ def read_header(path: Path) -> Header:
 
     Raises:
         DataError: unreadable, not NIfTI, a declared size the file cannot hold or above the voxel limit
-            (:func:`dataset.nifti.check_declared_size`), or not a 3D volume (a trailing singleton 4th axis is
+            (:func:`dataset.nifti_size.check_declared_size`), or not a 3D volume (a trailing singleton 4th axis is
             allowed).
     """
     path = Path(path)

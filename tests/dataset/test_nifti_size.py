@@ -12,7 +12,8 @@ from nibabel.arrayproxy import ArrayProxy
 
 from dataset.contract import DataError
 from dataset.describe import log_split_summary
-from dataset.nifti import MAX_VOXELS_ENV, load_label, read_nifti
+from dataset.nifti import load_label, read_nifti
+from dataset.nifti_size import MAX_VOXELS_ENV
 from evaluation.nifti_io import read_header
 from tests.dataset.fakes import write_nifti
 
