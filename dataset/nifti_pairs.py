@@ -43,8 +43,8 @@ from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
-from dataset.blocks import center_crop_or_pad_start, extract_block
 from dataset.contract import DataError, Sample, check_class_names, validate_sample
+from dataset.crops import center_crop_or_pad_start, extract_block
 from dataset.describe import log_split_summary
 from dataset.files import PRODUCER, atomic_write_json, check_name
 from dataset.intensity import normalize, validate_intensity

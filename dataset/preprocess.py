@@ -6,7 +6,7 @@ Per case (one raw image with its labels), in this order:
    dataset's explicit table (:mod:`dataset.label_table`; an unknown value is an error naming file and value);
 2. optionally resample to a fixed voxel size (``spacing``; image linear with anti-aliasing, labels nearest);
 3. normalise intensities over the whole volume (:mod:`dataset.intensity`; ``reference`` works per block);
-4. cut blocks (:mod:`dataset.blocks`: ``grid`` covers the volume, ``random`` draws seeded starts; volumes
+4. cut blocks (:mod:`dataset.crops`: ``grid`` covers the volume, ``random`` draws seeded starts; volumes
    smaller than a block are padded, image with -1 and labels with background, never dropped);
 5. skip a block whose labels are all background (when ``skip_background``), logging the reason and
    counting it in the manifest;
@@ -40,8 +40,8 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dataset.blocks import BLOCK_SAMPLERS, block_starts, extract_block
 from dataset.contract import DataError
+from dataset.crops import BLOCK_SAMPLERS, block_starts, extract_block
 from dataset.files import PRODUCER, check_name, check_output_dir
 from dataset.intensity import normalize, validate_intensity
 from dataset.label_table import LabelTable, remap_labels
@@ -94,7 +94,7 @@ class PreprocessOptions:
 
     Args:
         block_size: (D, H, W) block size; default the paper's 32x256x256.
-        sampler: ``grid`` or ``random`` (see :mod:`dataset.blocks`).
+        sampler: ``grid`` or ``random`` (see :mod:`dataset.crops`).
         blocks_per_volume: number of blocks per case for ``random`` (default: the grid's count).
         seed: seeds the patient split and the random sampler.
         val_frac, test_frac: patient fractions of the val and test splits.

@@ -7,8 +7,8 @@ Samplers:
 - ``grid`` (default): along each axis the fewest blocks that cover the whole axis, their starts spread
   evenly from 0 to ``size - block`` (neighbours overlap as little as possible); an axis shorter than the block
   gets one centred, padded block. Deterministic; every voxel lands in at least one block.
-- ``random``: ``count`` blocks with starts drawn uniformly from the valid range by a seeded generator
-  (the reference drew ``depth // 4`` unseeded depth offsets); an axis shorter than the block is padded as above.
+- ``random``: ``count`` blocks with starts drawn uniformly from the valid range by a seeded generator, so a
+  rerun cuts the same blocks; an axis shorter than the block is padded as above.
 """
 
 from __future__ import annotations
