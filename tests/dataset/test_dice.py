@@ -1,15 +1,13 @@
-"""Dice of label maps (dataset.dice): per-class known answers, the absent-class conventions of its callers."""
+"""Dice of label maps (dataset.dice): per-class known answers and mean_dice's absent-class convention."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from dataset.dice import mean_dice, per_class_dice
-from vq_gan_3d.label_autoencoder import hard_dice
 
 
 def test_perfect_prediction_gives_dice_one():
@@ -48,14 +46,3 @@ def test_mean_dice_averages_the_classes_present_in_either() -> None:
     assert mean_dice(two, one, 3) == pytest.approx(2 / 3)
     assert mean_dice(two, apart, 3) == pytest.approx((2 * 128 / (128 + 192) + 0.0) / 2)  # class 2 missed: 0
     assert mean_dice(torch.zeros(4, 4, 4, dtype=torch.int64), torch.zeros(4, 4, 4, dtype=torch.int64), 3) == 1.0
-
-
-def test_hard_dice_pools_the_batch_and_counts_absent_classes_as_one() -> None:
-    target = torch.zeros(2, 4, 4, 4, dtype=torch.int64)
-    target[0, :2] = 1  # 32 voxels of class 1, in volume 0 only
-    pred = torch.zeros_like(target)
-    pred[0, :1] = 1  # 16 of them
-    pred[1, :1] = 1  # and 16 false positives in volume 1
-    # pooled class 1: 2 * 16 / (32 + 32) = 0.5; class 2 absent from both: 1; mean 0.75
-    assert hard_dice(pred, target, 3).item() == pytest.approx(0.75)
-    assert np.isclose(hard_dice(target, target, 3).item(), 1.0)

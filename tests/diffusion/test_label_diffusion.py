@@ -1,4 +1,4 @@
-"""Label autoencoder and label latent diffusion: shapes, attributes with known answers, dropout, guidance, --like."""
+"""Label latent diffusion: attributes with known answers, dropout, guidance, partial sampling, --like."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dataset.contract import one_hot
-from dataset.synthetic import SyntheticPhantomDataset
 from diffusion.label_diffusion import (
     AttributeEmbedding,
     LabelLatentDiffusion,
@@ -18,55 +17,13 @@ from diffusion.label_diffusion import (
     voxel_volume_ml,
 )
 from diffusion.schedulers import NoiseSchedule
-from vq_gan_3d.label_autoencoder import LabelAutoencoder, architecture_hparams, hard_dice
+from tests.vq_gan_3d.helpers import LABEL_NAMES as NAMES
+from tests.vq_gan_3d.helpers import label_phantoms as phantoms
+from tests.vq_gan_3d.helpers import tiny_label_ae as tiny_ae
+from vq_gan_3d.label_autoencoder import architecture_hparams
 
-NAMES = ["background", "outer", "middle", "inner"]
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2], "attn_heads": 1, "attn_dim_head": 8, "resnet_groups": 4,
              "init_kernel_size": 3}  # fmt: skip
-
-
-def tiny_ae() -> LabelAutoencoder:
-    return LabelAutoencoder(4, n_hiddens=8, downsample=(4, 4, 4), latent_channels=4, num_groups=8, class_names=NAMES)
-
-
-def phantoms(n: int = 2) -> dict[str, torch.Tensor]:
-    ds = SyntheticPhantomDataset(num_samples=n, size=(16, 16, 16), label_nc=4, voxel_size=(2.0, 1.5, 1.5), seed=0)
-    samples = [ds[i] for i in range(n)]
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("label", "affine")}
-
-
-def test_autoencoder_shapes_and_logits() -> None:
-    ae = tiny_ae()
-    seg = one_hot(phantoms()["label"], 4)
-    z = ae.encode(seg)
-    assert z.shape == (2, 4, 4, 4, 4)
-    logits = ae.decode(z)
-    assert logits.shape == (2, 4, 16, 16, 16)
-    assert ae.decode_labels(z).dtype == torch.int64
-    with pytest.raises(ValueError, match="one-hot"):
-        ae.encode(seg[:, :3])
-
-
-def test_autoencoder_learns_to_reconstruct() -> None:
-    # Overfitting two 8^3 phantoms: CE + Dice must reach a near-perfect hard Dice, which a tanh-bounded output or a
-    # broken loss would not.
-    torch.manual_seed(0)
-    ae = LabelAutoencoder(4, n_hiddens=8, downsample=(2, 2, 2), latent_channels=4, num_groups=8, class_names=NAMES)
-    ds = SyntheticPhantomDataset(num_samples=2, size=(8, 8, 8), label_nc=4, seed=0)
-    label = torch.stack([ds[i]["label"] for i in range(2)])
-    opt = torch.optim.Adam(ae.parameters(), lr=5e-3)
-    first = None
-    for _ in range(60):
-        losses, _ = ae._losses(label, sample=True)
-        first = float(losses["loss"].detach()) if first is None else first
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
-    with torch.no_grad():
-        rec = ae.decode_labels(ae.encode(one_hot(label, 4)))
-    assert hard_dice(rec[:, 0], label[:, 0], 4) > 0.9
-    assert float(losses["loss"]) < 0.3 * first
-    assert architecture_hparams(ae)["class_names"] == NAMES
 
 
 def test_label_attributes_known_answer() -> None:

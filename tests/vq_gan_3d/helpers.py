@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dataset.synthetic import SyntheticPhantomDataset
+from vq_gan_3d.label_autoencoder import LabelAutoencoder
 from vq_gan_3d.module import VQGANModule
 
 LABEL_NC = 3
@@ -147,3 +149,21 @@ def state_digest(model: torch.nn.Module) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+#: Class names of the 4-class label phantoms.
+LABEL_NAMES = ["background", "outer", "middle", "inner"]
+
+
+def tiny_label_ae() -> LabelAutoencoder:
+    """A label autoencoder for 16^3 maps of 4 classes (latent (4, 4, 4, 4))."""
+    return LabelAutoencoder(
+        4, n_hiddens=8, downsample=(4, 4, 4), latent_channels=4, num_groups=8, class_names=LABEL_NAMES
+    )
+
+
+def label_phantoms(n: int = 2) -> dict[str, torch.Tensor]:
+    """``n`` seeded 16^3 synthetic phantoms: label (n, 1, 16, 16, 16) int64 and affine (n, 4, 4)."""
+    ds = SyntheticPhantomDataset(num_samples=n, size=(16, 16, 16), label_nc=4, voxel_size=(2.0, 1.5, 1.5), seed=0)
+    samples = [ds[i] for i in range(n)]
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("label", "affine")}
