@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from diffusion.module import LatentDiffusionModule
 from tests.diffusion.helpers import IMAGE, LABEL_NC
-from tests.train.helpers import CONFIG_DIR, compose_config
+from tests.train.helpers import compose_config
+from train.run import CONFIG_DIR
 
 MODEL_DIR = CONFIG_DIR / "model"
 CONFIGS = sorted(p.stem for p in MODEL_DIR.glob("diffusion*.yaml"))

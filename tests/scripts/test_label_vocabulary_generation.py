@@ -17,10 +17,9 @@ import torch
 
 from dataset.nifti import save_nifti
 from scripts import generate_labels, generate_pairs
-from tests.label_checkpoints import TinyLabelModel
 from tests.scripts.own_data import SPARSE_IDS
 from tests.scripts.test_generate import EXIT_ERROR, cli
-from tests.tiny_checkpoints import TinyModel
+from tests.tiny_checkpoints import TinyLabelModel, TinyModel
 
 REMAP = [[int(v), k] for k, v in enumerate(SPARSE_IDS)]
 

@@ -11,8 +11,6 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from train.run import CONFIG_DIR
-
 REPO = Path(__file__).resolve().parents[2]
 
 # Tiny, fast settings shared by the entry-point tests (16^3 synthetic phantoms, CPU, csv logger only).
@@ -36,9 +34,12 @@ TINY_DIFFUSION = [
 ]
 
 
-def compose_config(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
-    """Config ``name`` of ``config_dir`` (the repository's config/ by default) composed with ``overrides``."""
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+def compose_config(name: str, overrides: Sequence[str] = (), config_dir: Path | None = None) -> DictConfig:
+    """Config ``name`` of ``config_dir`` (``train.run.CONFIG_DIR`` by default) composed with ``overrides``."""
+    # Imported here: train.run imports Lightning, which must not load when tests/conftest.py imports this module.
+    from train.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
 
 

@@ -18,7 +18,8 @@ from diffusion.denoisers import DENOISERS
 from diffusion.distill import DistillationModule
 from diffusion.label_diffusion import LabelLatentDiffusion
 from diffusion.module import LatentDiffusionModule
-from tests.train.helpers import CONFIG_DIR, compose_config
+from tests.train.helpers import compose_config
+from train.run import CONFIG_DIR
 from vq_gan_3d.label_autoencoder import LabelAutoencoder
 from vq_gan_3d.module import VQGANModule
 

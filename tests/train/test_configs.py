@@ -8,8 +8,8 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from tests.train.helpers import CONFIG_DIR, compose_config
-from train.run import ConfigError, resolve_resume_path, validate_config
+from tests.train.helpers import compose_config
+from train.run import CONFIG_DIR, ConfigError, resolve_resume_path, validate_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))

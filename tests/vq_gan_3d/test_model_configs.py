@@ -12,7 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.train.helpers import CONFIG_DIR, compose_config
+from tests.train.helpers import compose_config
+from train.run import CONFIG_DIR
 from vq_gan_3d.module import VQGANModule
 
 MODEL_DIR = CONFIG_DIR / "model"
