@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from tests.tiny_checkpoints import TinyModel
-from tests.train.helpers import TINY_DIFFUSION, run_entry
-from train.run import CONFIG_DIR, train
+from tests.train.helpers import TINY_DIFFUSION, compose_config, run_entry
+from train.run import train
 
 COMMON = ["dataset=synthetic", "trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false",
           "trainer.log_every_n_steps=1", "seed=5", "datamodule.per_map=1", "datamodule.maps=3",
@@ -36,12 +35,11 @@ def teacher(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _distill(teacher: Path, out: Path, max_steps: int, extra: list[str] = ()) -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="distill",
-            overrides=[*COMMON, f"model.teacher_ckpt={teacher}", f"trainer.max_steps={max_steps}",
-                       f"paths.output_dir={out}", f"paths.data_dir={out.parent / 'data'}", *extra],
-        )  # fmt: skip
+    cfg = compose_config(
+        "distill",
+        [*COMMON, f"model.teacher_ckpt={teacher}", f"trainer.max_steps={max_steps}", f"paths.output_dir={out}",
+         f"paths.data_dir={out.parent / 'data'}", *extra],
+    )  # fmt: skip
     train(cfg)
 
 
