@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vq_gan_3d.module import VQGANModule
 
 
@@ -40,3 +42,18 @@ def build_first_stage(hparams: dict[str, Any]) -> VQGANModule:
 def architecture_hparams(model: VQGANModule) -> dict[str, Any]:
     """The primitive hyperparameters that rebuild ``model``'s architecture (see :func:`build_first_stage`)."""
     return model.first_stage_state()["hparams"]
+
+
+def decode_first_stage(first_stage: VQGANModule, z: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
+    """Quantise and decode latents z (B, E, d, h, w); a SPADE decoder also gets seg (B, K, D, H, W) one-hot.
+
+    Returns:
+        (B, 1, D, H, W) in [-1, 1].
+
+    Raises:
+        ValueError: a SPADE decoder without a label map.
+    """
+    spade = first_stage.decoder_type == "spade"
+    if spade and seg is None:
+        raise ValueError("the SPADE decoder needs the label map")
+    return first_stage.decode(z, seg.to(z.dtype) if spade else None).clamp(-1, 1)

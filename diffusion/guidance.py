@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.denoiser import Denoiser
+from diffusion.denoiser_base import Denoiser
 
 
 def cond_scale_to_guidance(cond_scale: float) -> float:

@@ -35,7 +35,7 @@ from dataset.registry import plain_data_info
 from diffusion.ema import EMA
 from diffusion.guidance import combine
 from diffusion.latent_norm import LatentNormalizer
-from diffusion.sampling import resolve_sampler, sample_latent
+from diffusion.sampling import SamplerDefaults, sample_latent
 from diffusion.schedulers import NoiseSchedule
 from diffusion.unet3d import Unet3D
 from vq_gan_3d.label_autoencoder import (
@@ -407,6 +407,12 @@ class LabelLatentDiffusion(pl.LightningModule):
         return {"label": label.cpu(), "label_sample": fake.cpu()}
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def sampler_defaults(self) -> SamplerDefaults:
+        """This model's sampler defaults (its hyperparameters) and the samplers its objective allows."""
+        hp = self.hparams
+        return SamplerDefaults(hp.sampler, hp.sample_steps, hp.guidance, hp.ddim_eta, self.schedule.samplers)
+
     def condition(self, requested: Mapping[str, float], batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw attribute values (B, A) float64 and mask (B, A) from ``{attribute name: value}``.
 
@@ -456,7 +462,7 @@ class LabelLatentDiffusion(pl.LightningModule):
         if not (bool(self.attr_fitted) and self.latent_norm.is_fitted):
             raise RuntimeError("statistics are not set: train this model (or load a trained checkpoint) first")
         # sampler defaults and checks live in one place, the same as for image diffusion
-        chosen = resolve_sampler(self, sampler, steps, guidance, eta, use_ema)
+        chosen = self.sampler_defaults.resolve(sampler, steps, guidance, eta, use_ema)
         sampler, steps, guidance, eta = chosen.sampler, chosen.steps, chosen.guidance, chosen.eta
         values = self.normalize_attributes(values.to(self.device))
         mask = mask.to(self.device, torch.float32)

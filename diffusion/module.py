@@ -20,6 +20,7 @@ image: the ceiling of ``val/psnr``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import islice
@@ -32,11 +33,19 @@ import torch.nn.functional as F
 
 from dataset.contract import one_hot
 from dataset.registry import plain_data_info
-from diffusion.denoisers import build_denoiser
+from diffusion.denoiser_factory import build_denoiser
 from diffusion.ema import EMA
-from diffusion.first_stage import architecture_hparams, build_first_stage, load_first_stage
+from diffusion.first_stage import architecture_hparams, build_first_stage, decode_first_stage, load_first_stage
 from diffusion.guidance import drop_labels
 from diffusion.latent_norm import LatentNormalizer
+from diffusion.sampling import (
+    DEFAULT_MAX_PLANE,
+    SamplerDefaults,
+    SamplerSettings,
+    decode_windows,
+    latent_window,
+    sample_windows,
+)
 from diffusion.schedulers import NoiseSchedule
 from vq_gan_3d.losses import psnr
 
@@ -365,19 +374,77 @@ class LatentDiffusionModule(pl.LightningModule):
         use_ema: bool,
         latents: bool,
     ) -> torch.Tensor:
-        from diffusion.sampling import resolve_sampler, sample_images
-
         self.check_seg(seg)
         if not self.latent_norm.is_fitted:
             raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator is on {generator.device}, the model on {self.device}: create it there")
-        settings = resolve_sampler(self, sampler, steps, guidance, eta, use_ema)
+        settings = self.sampler_defaults.resolve(sampler, steps, guidance, eta, use_ema)
         if generator is None:  # global RNG: one fresh generator seeded from it
             generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(0, 2**62, ()).item()))
         # One generator for the whole batch, as a single noise draw: the items' noise comes from it in order.
         gens = [generator] * seg.shape[0]
-        return sample_images(self, seg, gens, settings, progress=progress, return_latents=latents)
+        return self.sample_images(seg, gens, settings, progress=progress, return_latents=latents)
+
+    @property
+    def sampler_defaults(self) -> SamplerDefaults:
+        """This model's sampler defaults (its hyperparameters) and the samplers its objective allows."""
+        hp = self.hparams
+        return SamplerDefaults(hp.sampler, hp.sample_steps, hp.guidance, hp.ddim_eta, self.schedule.samplers)
+
+    @torch.no_grad()
+    def sample_images(
+        self,
+        labels: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        settings: SamplerSettings,
+        *,
+        train_window: Sequence[int] | None = None,
+        window_mode: str = "auto",
+        overlap: float = 0.5,
+        max_plane: int = DEFAULT_MAX_PLANE,
+        progress: bool = False,
+        return_latents: bool = False,
+    ) -> torch.Tensor:
+        """Generate images for label maps of one shape, whole latent or windows (:mod:`diffusion.sampling`).
+
+        The one sampling path of this model: :meth:`sample`, validation, montages and ``scripts/generate.py``.
+
+        Args:
+            labels: (B, D, H, W) integer or (B, K, D, H, W) one-hot label maps; D, H, W multiples of the latent factor.
+            generators: B generators on the model's device (item i's noise comes from ``generators[i]``).
+            settings: ``self.sampler_defaults.resolve(...)``.
+            train_window: training block (D, H, W) in image voxels; None treats the whole map as one block.
+            window_mode: "auto" (whole plane, training depth) or "block" (training window on every axis).
+            overlap: window overlap along tiled axes, denoising and decoding.
+            max_plane: in-plane latent voxels above which "auto" tiles in-plane too.
+            progress: progress bar over the steps.
+            return_latents: return the de-normalised latents (B, E, d, h, w) instead of decoding.
+
+        Returns:
+            (B, 1, D, H, W) images in [-1, 1] (or latents, see ``return_latents``).
+        """
+        if not self.latent_norm.is_fitted:
+            raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
+        if len(generators) != labels.shape[0]:
+            raise ValueError(f"need one generator per label map: {len(generators)} for a batch of {labels.shape[0]}")
+        if labels.dim() == 5:
+            self.check_seg(labels)
+        net = self.ema.module if settings.use_ema else self.denoiser
+        window = latent_window(
+            labels.shape[-3:], self.latent_factor, train_window, window_mode, max_plane, net.size_multiple
+        )
+        labels = labels.to(self.device)
+        z = sample_windows(net, self.schedule, labels, self.label_nc, generators, settings,
+                           self.first_stage.embedding_dim, self.latent_factor, window, overlap, progress)  # fmt: skip
+        z = self.latent_norm.denormalize(z)
+        if return_latents:
+            return z
+        # the VQ-GAN decoder is convolutional: it decodes the same windows (whole planes by default); the normal
+        # decoder never sees labels, so no one-hot map is made for it
+        spade = self.first_stage.decoder_type == "spade"
+        decode = functools.partial(decode_first_stage, self.first_stage)
+        return decode_windows(decode, z, labels if spade else None, self.label_nc, self.latent_factor, window, overlap)
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
@@ -386,10 +453,7 @@ class LatentDiffusionModule(pl.LightningModule):
         Returns:
             (B, 1, D, H, W) in [-1, 1].
         """
-        spade = self.first_stage.decoder_type == "spade"
-        if spade and seg is None:
-            raise ValueError("the SPADE decoder needs the label map")
-        return self.first_stage.decode(z, seg.to(z.dtype) if spade else None).clamp(-1, 1)
+        return decode_first_stage(self.first_stage, z, seg)
 
     @torch.no_grad()
     def sample(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.nets import SPADEDiffusionModelUNet
 
-from diffusion.denoiser import Denoiser
+from diffusion.denoiser_base import Denoiser
 
 
 class MonaiSPADEUNet(Denoiser):

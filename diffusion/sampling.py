@@ -1,22 +1,21 @@
-"""The one sampling path of stage 2: noise, sampler defaults, guidance, EMA choice, windows, denormalisation, decoding.
+"""The one sampling path of the latent diffusions: sampler settings, the loop, windows and their blending, guidance,
+the SPADE cache. Model-agnostic: it takes networks, a schedule and tensors, never a LightningModule.
 
-Two layers:
-
-* :func:`sample_latent` is generic: a denoiser callable ``denoise(x, t)``, a latent shape, a
+* :func:`sample_latent` is the generic loop: a denoiser callable ``denoise(x, t)``, a latent shape, a
   :class:`~diffusion.schedulers.NoiseSchedule` and one generator per item. It knows nothing about label maps, so
-  other latent diffusions (unconditional, attribute-conditioned) reuse it as is.
-* :func:`sample_images` is the label-map-conditioned client of it that both :meth:`LatentDiffusionModule.sample
-  <diffusion.module.LatentDiffusionModule.sample>` (validation, montages) and the generation pipeline
-  (``scripts/generate.py``) call: it resolves the model's sampler defaults (:func:`resolve_sampler`), builds a
-  :class:`WindowedGuidedDenoiser` over the latent, runs :func:`sample_latent`, de-normalises and decodes
-  (:func:`decode_latents`).
+  every latent diffusion (label-map conditioned, attribute conditioned) runs it.
+* :func:`sample_windows` is the label-map-conditioned loop over a whole latent: a :class:`WindowedGuidedDenoiser`
+  over windows chosen by :func:`latent_window`, inside :func:`spade_cache`; :func:`decode_windows` decodes the
+  same windows with the caller's decoder. Each model owns its sampler defaults (:class:`SamplerDefaults`), its
+  latent statistics and its decoder, and calls these (``LatentDiffusionModule.sample_images``).
 
 Windows (MultiDiffusion, Bar-Tal et al. 2023, https://arxiv.org/abs/2302.08113): at every step the denoiser runs on
-overlapping latent windows and the predictions are blended (:mod:`diffusion.generation.tiling`) before one scheduler
-step on the whole latent. Which window: :func:`denoise_window`. The pseudo-3D U-Net is convolutional in-plane (its
-attention there has no position term), so in-plane a window can be as large as the latent; along depth its T5
-relative position bias has only been trained on distances below the training depth, so windows along depth never
-exceed it. Hence by default one window spans the whole plane and windows overlap only along depth.
+overlapping latent windows and the predictions are averaged with smooth weights (:func:`blend_weight`) before one
+scheduler step on the whole latent; every window sees the same noisy latent, so the windows agree with each other
+instead of being stitched afterwards. Which window: :func:`denoise_window`. The pseudo-3D U-Net is convolutional
+in-plane (its attention there has no position term), so in-plane a window can be as large as the latent; along
+depth its T5 relative position bias has only been trained on distances below the training depth, so windows along
+depth never exceed it. Hence by default one window spans the whole plane and windows overlap only along depth.
 
 Step-invariant work is done once per window, not per step: each window's label map is one-hot encoded from the
 integer map (so memory grows with the window, not with volume x classes), run through the label encoder once (for
@@ -29,21 +28,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dataset.contract import one_hot
-from diffusion.generation.tiling import blend_weight, windows
 from diffusion.guidance import GuidedDenoiser
 from diffusion.schedulers import DenoiseFn, NoiseSchedule
-
-if TYPE_CHECKING:
-    from diffusion.label_diffusion import LabelLatentDiffusion
-    from diffusion.module import LatentDiffusionModule
+from vq_gan_3d.spade import SPADE, modulation_cache
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +46,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PLANE = 128 * 128
 WINDOW_MODES = ("auto", "block")
 
+#: ``decode(z (B, E, d, h, w), seg (B, K, D, H, W) one-hot or None) -> (B, 1, D, H, W)``: a model's latent decoder.
+LatentDecoder = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
+
+# ---------------------------------------------------------------------------------------------- sampler settings
 @dataclass(frozen=True)
 class SamplerSettings:
     """A fully resolved sampling run: nothing left to default.
@@ -77,34 +75,52 @@ class SamplerSettings:
                 "ema": self.use_ema}  # fmt: skip
 
 
-def resolve_sampler(
-    model: LatentDiffusionModule | LabelLatentDiffusion,
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    eta: float | None = None,
-    use_ema: bool = True,
-) -> SamplerSettings:
-    """Fill unset sampling options from the model's hyperparameters (the only place these defaults live).
+@dataclass(frozen=True)
+class SamplerDefaults:
+    """A model's default sampling options (from its hyperparameters) and the samplers its objective allows.
 
-    Raises:
-        ValueError: a sampler that does not fit the model's objective, steps < 1, guidance or eta < 0.
+    Attributes:
+        sampler: default sampler.
+        steps: default steps of the ddim/rflow samplers (ddpm always runs T).
+        guidance: default w of ``u + w·(c − u)``.
+        eta: default DDIM η.
+        samplers: the samplers that fit the model's objective (:attr:`NoiseSchedule.samplers`).
     """
-    hp = model.hparams
-    sampler = sampler or hp.sampler
-    if sampler not in model.schedule.samplers:
-        raise ValueError(f"sampler {sampler!r} does not fit this model; use one of {model.schedule.samplers}")
-    if steps is None and sampler != "ddpm":
-        steps = hp.sample_steps
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    guidance = float(hp.guidance if guidance is None else guidance)
-    eta = float(hp.ddim_eta if eta is None else eta)
-    if guidance < 0 or eta < 0:
-        raise ValueError(f"guidance and eta must be >= 0, got {guidance}, {eta}")
-    return SamplerSettings(sampler, steps, guidance, eta, use_ema)
+
+    sampler: str
+    steps: int
+    guidance: float
+    eta: float
+    samplers: tuple[str, ...]
+
+    def resolve(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        eta: float | None = None,
+        use_ema: bool = True,
+    ) -> SamplerSettings:
+        """Fill unset sampling options from these defaults.
+
+        Raises:
+            ValueError: a sampler that does not fit the model's objective, steps < 1, guidance or eta < 0.
+        """
+        sampler = sampler or self.sampler
+        if sampler not in self.samplers:
+            raise ValueError(f"sampler {sampler!r} does not fit this model; use one of {self.samplers}")
+        if steps is None and sampler != "ddpm":
+            steps = self.steps
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        guidance = float(self.guidance if guidance is None else guidance)
+        eta = float(self.eta if eta is None else eta)
+        if guidance < 0 or eta < 0:
+            raise ValueError(f"guidance and eta must be >= 0, got {guidance}, {eta}")
+        return SamplerSettings(sampler, steps, guidance, eta, use_ema)
 
 
+# ------------------------------------------------------------------------------------------------------- the loop
 def sample_latent(
     denoise: DenoiseFn,
     schedule: NoiseSchedule,
@@ -155,7 +171,56 @@ def initial_noise(
     return torch.cat([torch.randn((1, *shape), device=device, generator=g) for g in generators])
 
 
-# ---------------------------------------------------------------------------------------------------- label windows
+# -------------------------------------------------------------------------------------------- windows and blending
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start indices of windows of length ``window`` covering ``[0, size)`` with at least ``overlap`` overlap.
+
+    The last window is aligned to the end, so every index is covered and no window leaves the volume.
+
+    Args:
+        size: axis length (>= 1).
+        window: window length; windows longer than the axis are clipped to it.
+        overlap: fraction of ``window`` shared by neighbours, in [0, 1).
+    """
+    if size < 1 or window < 1:
+        raise ValueError(f"size and window must be >= 1, got {size}, {window}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    window = min(window, size)
+    if window == size:
+        return [0]
+    stride = max(1, int(window * (1.0 - overlap)))
+    n = math.ceil((size - window) / stride) + 1
+    starts = [min(i * stride, size - window) for i in range(n)]
+    return sorted(set(starts))
+
+
+def windows(shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float) -> list[tuple[slice, ...]]:
+    """All 3-D windows (as slice triples over (d, h, w)) tiling ``shape``; see :func:`window_starts`."""
+    axes = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
+    win = [min(w, s) for s, w in zip(shape, window)]
+    return [
+        (slice(a, a + win[0]), slice(b, b + win[1]), slice(c, c + win[2]))
+        for a in axes[0]
+        for b in axes[1]
+        for c in axes[2]
+    ]
+
+
+def blend_weight(window: tuple[int, int, int], border: float = 0.25) -> torch.Tensor:
+    """Separable weight (d, h, w) in (0, 1]: 1 in the middle, falling linearly over ``border`` of each side.
+
+    Never exactly 0, so a voxel covered by a single window keeps its value after normalisation.
+    """
+    parts = []
+    for n in window:
+        ramp = max(1, int(round(n * border)))
+        idx = torch.arange(n, dtype=torch.float32)
+        dist = torch.minimum(idx + 1, n - idx)  # 1 at the edges, growing inwards
+        parts.append(torch.clamp(dist / ramp, max=1.0))
+    return parts[0][:, None, None] * parts[1][None, :, None] * parts[2][None, None, :]
+
+
 def _image_slices(win: tuple[slice, ...], factor: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(s.start * f, s.stop * f) for s, f in zip(win, factor))
 
@@ -192,7 +257,7 @@ def denoise_window(
 
     ``"block"``: the training window on every axis. ``"auto"``: the training depth, and the whole plane when the
     latent's plane has at most ``max_plane`` voxels (else the training window in-plane too), rounded down to the
-    network's ``multiple`` (:attr:`Denoiser.size_multiple <diffusion.denoiser.Denoiser.size_multiple>`; pad the
+    network's ``multiple`` (:attr:`Denoiser.size_multiple <diffusion.denoiser_base.Denoiser.size_multiple>`; pad the
     map to such multiples to get one window in-plane). See the module docstring for why depth is never widened.
     """
     if mode not in WINDOW_MODES:
@@ -203,6 +268,36 @@ def denoise_window(
         _, mh, mw = (int(m) for m in multiple)
         return wd, max(wh, h // mh * mh), max(ww, w // mw * mw)
     return wd, wh, ww
+
+
+def latent_window(
+    image_shape: Sequence[int],
+    latent_factor: Sequence[int],
+    train_window: Sequence[int] | None,
+    mode: str = "auto",
+    max_plane: int = DEFAULT_MAX_PLANE,
+    multiple: Sequence[int] = (1, 1, 1),
+) -> tuple[int, int, int]:
+    """Check a label map's (D, H, W) against the latent factor and the training block; its :func:`denoise_window`.
+
+    Args:
+        image_shape: (D, H, W) of the label maps, multiples of ``latent_factor``.
+        latent_factor: image voxels per latent voxel along (D, H, W).
+        train_window: training block (D, H, W) in image voxels; None treats the whole map as one block.
+        mode, max_plane, multiple: see :func:`denoise_window`.
+
+    Raises:
+        ValueError: a size not divisible by the latent factor, or a map smaller than the block.
+    """
+    spatial, factor = tuple(int(s) for s in image_shape), tuple(int(f) for f in latent_factor)
+    if any(s % f for s, f in zip(spatial, factor)):
+        raise ValueError(f"label map size {spatial} is not divisible by {factor}")
+    latent_shape = tuple(s // f for s, f in zip(spatial, factor))
+    block = tuple(train_window) if train_window is not None else spatial
+    if any(s < b for s, b in zip(spatial, block)):
+        raise ValueError(f"label map {spatial} is smaller than the block {block}: pad it first")
+    train_latent = tuple(b // f for b, f in zip(block, factor))
+    return denoise_window(latent_shape, train_latent, mode, max_plane, multiple)
 
 
 class WindowedGuidedDenoiser:
@@ -258,153 +353,29 @@ class WindowedGuidedDenoiser:
         return out / self.norm
 
 
+# ------------------------------------------------------------------------------------------------- the SPADE cache
 @contextlib.contextmanager
 def spade_cache(denoiser: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Cache every SPADE scale and shift of ``denoiser`` per label-feature tensor while sampling.
 
     The label features of each window are fixed tensors for the whole run (:class:`WindowedGuidedDenoiser`), so
-    the cache computes each SPADE's gamma/beta once per window instead of once per step; the result is bit-identical.
-    Uses :func:`vq_gan_3d.spade.modulation_cache` when the installed ``vq_gan_3d`` has it, else does nothing.
+    the cache (:func:`vq_gan_3d.spade.modulation_cache`) computes each SPADE's gamma/beta once per window instead
+    of once per step; the result is bit-identical.
     """
-    from vq_gan_3d import spade
-
-    cache = getattr(spade, "modulation_cache", None)
-    if not enabled or cache is None:
+    if not enabled:
         yield
         return
-    with cache(denoiser):
+    with modulation_cache(denoiser):
         yield
 
 
 def spade_cache_bytes(denoiser: nn.Module, latent_numel: int, batch: int) -> int:
     """Rough size of the SPADE cache for ``latent_numel`` latent voxels (both guidance branches, float32)."""
-    from vq_gan_3d.spade import SPADE
-
     total = 0
     for m in denoiser.modules():
         if isinstance(m, SPADE):
             total += 2 * m.norm.num_channels  # gamma and beta at that block's resolution (upper bound: latent res)
     return 4 * 2 * batch * total * latent_numel
-
-
-# ---------------------------------------------------------------------------------------------------------- decoding
-def decode_latents(
-    model: LatentDiffusionModule,
-    z: torch.Tensor,
-    labels: torch.Tensor,
-    latent_window: Sequence[int] | None = None,
-    overlap: float = 0.25,
-) -> torch.Tensor:
-    """Quantise and decode latents z (B, E, d, h, w), whole or in gaussian-blended windows.
-
-    Windows use MONAI's ``sliding_window_inference``; the label map travels as its ``condition``: the integer map
-    is folded onto the latent grid (each latent voxel carries its fd·fh·fw image labels as channels), so MONAI's
-    window slicing of the condition cuts exactly the image window that belongs to the latent window, and the
-    one-hot map of that window alone is made inside the predictor.
-
-    Args:
-        model: the diffusion model (its first stage decodes).
-        z: de-normalised latents of whole volumes.
-        labels: (B, D, H, W) integer or (B, K, D, H, W) one-hot label maps (used by a SPADE decoder).
-        latent_window: window in latent voxels; None or a window covering ``z`` decodes at once.
-        overlap: fraction of a window shared by neighbours.
-
-    Returns:
-        (B, 1, D, H, W) images in [-1, 1].
-    """
-    factor = tuple(model.latent_factor)
-    # the normal decoder never sees labels: no one-hot at all; stand-ins without a first stage get labels
-    spade = getattr(getattr(model, "first_stage", None), "decoder_type", "spade") == "spade"
-    if latent_window is None or all(w >= s for w, s in zip(latent_window, z.shape[2:])):
-        return model.decode_latents(z, window_seg(labels, model.label_nc) if spade else None)
-    from monai.inferers import sliding_window_inference
-
-    if labels.dim() == 5:  # one-hot in: fold the class index, not K channels
-        labels = labels.argmax(1)
-    b, (fd, fh, fw) = z.shape[0], factor
-    d, h, w = z.shape[2:]
-    folded = labels.reshape(b, d, fd, h, fh, w, fw).permute(0, 2, 4, 6, 1, 3, 5).reshape(b, fd * fh * fw, d, h, w)
-
-    def predictor(zw: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        n, _, wd, wh, ww = condition.shape
-        lab = condition.reshape(n, fd, fh, fw, wd, wh, ww).permute(0, 4, 1, 5, 2, 6, 3)
-        lab = lab.reshape(n, wd * fd, wh * fh, ww * fw).long()
-        return model.decode_latents(zw, window_seg(lab, model.label_nc) if spade else None).float()
-
-    window = tuple(min(int(a), s) for a, s in zip(latent_window, z.shape[2:]))
-    out = sliding_window_inference(
-        z, window, 1, predictor, overlap=overlap, mode="gaussian", condition=folded.to(z.dtype)
-    )
-    return out.clamp(-1, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def sample_images(
-    model: LatentDiffusionModule,
-    labels: torch.Tensor,
-    generators: Sequence[torch.Generator],
-    settings: SamplerSettings,
-    *,
-    train_window: Sequence[int] | None = None,
-    window_mode: str = "auto",
-    overlap: float = 0.5,
-    max_plane: int = DEFAULT_MAX_PLANE,
-    cache: bool = True,
-    progress: bool = False,
-    return_latents: bool = False,
-) -> torch.Tensor:
-    """Generate images for label maps of one shape (whole latent or windows; see the module docstring).
-
-    Args:
-        model: trained diffusion model (its device is used).
-        labels: (B, D, H, W) integer or (B, K, D, H, W) one-hot label maps; D, H, W multiples of the latent factor.
-        generators: B generators on the model's device.
-        settings: :func:`resolve_sampler` output.
-        train_window: training block (D, H, W) in image voxels; None treats the whole map as one block.
-        window_mode: "auto" (whole plane, training depth) or "block" (training window on every axis).
-        overlap: window overlap along tiled axes, denoising and decoding.
-        max_plane: in-plane latent voxels above which "auto" tiles in-plane too.
-        cache: cache SPADE scales and shifts per window across steps.
-        progress: progress bar over the steps.
-        return_latents: return the de-normalised latents (B, E, d, h, w) instead of decoding.
-
-    Returns:
-        (B, 1, D, H, W) images in [-1, 1] (or latents, see ``return_latents``).
-    """
-    if not model.latent_norm.is_fitted:
-        raise RuntimeError("latent statistics are not set: train this model (or load a trained checkpoint) first")
-    if len(generators) != labels.shape[0]:
-        raise ValueError(f"need one generator per label map: {len(generators)} for a batch of {labels.shape[0]}")
-    factor = tuple(model.latent_factor)
-    spatial = tuple(labels.shape[-3:])
-    if labels.dim() == 5:
-        model.check_seg(labels)
-    elif any(s % f for s, f in zip(spatial, factor)):
-        raise ValueError(f"label map size {spatial} is not divisible by {factor}")
-    latent_shape = tuple(s // f for s, f in zip(spatial, factor))
-    block = tuple(train_window) if train_window is not None else spatial
-    if any(s < b for s, b in zip(spatial, block)):
-        raise ValueError(f"label map {spatial} is smaller than the block {block}: pad it first")
-    train_latent = tuple(b // f for b, f in zip(block, factor))
-    net = model.ema.module if settings.use_ema else model.denoiser
-    window = denoise_window(latent_shape, train_latent, window_mode, max_plane, net.size_multiple)
-    labels = labels.to(model.device)
-    denoise = WindowedGuidedDenoiser(net, labels, model.label_nc, settings.guidance, window, factor, overlap)
-    batch = labels.shape[0] * (2 if 0.0 < settings.guidance != 1.0 else 1)
-    cached_numel = len(denoise.windows) * math.prod(s.stop - s.start for s in denoise.windows[0])
-    fits = spade_cache_bytes(net, cached_numel, batch) <= _cache_budget(model.device)
-    if cache and not fits:
-        log.info("SPADE cache off: it would exceed the memory budget for %d window(s)", len(denoise.windows))
-    shape = (model.first_stage.embedding_dim, *latent_shape)
-    with spade_cache(net, enabled=cache and fits):
-        z = sample_latent(denoise, model.schedule, shape, generators, settings.sampler, settings.steps, settings.eta,
-                          model.device, progress)  # fmt: skip
-    z = model.latent_norm.denormalize(z)
-    if return_latents:
-        return z
-    # the VQ-GAN decoder is convolutional: it decodes the same windows (whole planes by default)
-    return decode_latents(model, z, labels, window, overlap)
 
 
 def _cache_budget(device: torch.device) -> int:
@@ -413,3 +384,107 @@ def _cache_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return free // 4
     return 4 * 2**30
+
+
+# ------------------------------------------------------------------------------------------ label-map conditioning
+@torch.no_grad()
+def sample_windows(
+    denoiser: nn.Module,
+    schedule: NoiseSchedule,
+    labels: torch.Tensor,
+    label_nc: int,
+    generators: Sequence[torch.Generator],
+    settings: SamplerSettings,
+    latent_channels: int,
+    latent_factor: Sequence[int],
+    window: Sequence[int],
+    overlap: float,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample normalised latents for label maps, denoising guided windows with the SPADE cache where it fits.
+
+    Args:
+        denoiser: the network to sample with (EMA or training weights: the caller's choice).
+        schedule: the model's noise schedule.
+        labels: (B, D, H, W) integer or (B, K, D, H, W) one-hot label maps on the sampling device.
+        label_nc: K.
+        generators: B generators on that device.
+        settings: sampler, steps, guidance and η (:meth:`SamplerDefaults.resolve`).
+        latent_channels: E.
+        latent_factor: image voxels per latent voxel along (D, H, W).
+        window: latent window (d, h, w) (:func:`latent_window`).
+        overlap: window overlap along tiled axes.
+        progress: progress bar over the steps.
+
+    Returns:
+        (B, E, D/fd, H/fh, W/fw) float32 latents in the diffusion's (normalised) space.
+    """
+    if len(generators) != labels.shape[0]:
+        raise ValueError(f"need one generator per label map: {len(generators)} for a batch of {labels.shape[0]}")
+    factor = tuple(latent_factor)
+    latent_shape = tuple(s // f for s, f in zip(labels.shape[-3:], factor))
+    denoise = WindowedGuidedDenoiser(denoiser, labels, label_nc, settings.guidance, window, factor, overlap)
+    batch = labels.shape[0] * (2 if 0.0 < settings.guidance != 1.0 else 1)
+    cached_numel = len(denoise.windows) * math.prod(s.stop - s.start for s in denoise.windows[0])
+    fits = spade_cache_bytes(denoiser, cached_numel, batch) <= _cache_budget(labels.device)
+    if not fits:
+        log.info("SPADE cache off: it would exceed the memory budget for %d window(s)", len(denoise.windows))
+    with spade_cache(denoiser, enabled=fits):
+        return sample_latent(denoise, schedule, (latent_channels, *latent_shape), generators, settings.sampler,
+                             settings.steps, settings.eta, labels.device, progress)  # fmt: skip
+
+
+@torch.no_grad()
+def decode_windows(
+    decode: LatentDecoder,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    label_nc: int,
+    latent_factor: Sequence[int],
+    latent_window: Sequence[int] | None = None,
+    overlap: float = 0.25,
+) -> torch.Tensor:
+    """Decode latents z (B, E, d, h, w) with ``decode``, whole or in gaussian-blended windows.
+
+    Windows use MONAI's ``sliding_window_inference``; the label map travels as its ``condition``: the integer map
+    is folded onto the latent grid (each latent voxel carries its fd·fh·fw image labels as channels), so MONAI's
+    window slicing of the condition cuts exactly the image window that belongs to the latent window, and the
+    one-hot map of that window alone is made inside the predictor.
+
+    Args:
+        decode: the model's latent decoder.
+        z: de-normalised latents of whole volumes.
+        labels: (B, D, H, W) integer or (B, K, D, H, W) one-hot label maps for a decoder that takes them (SPADE);
+            None for one that does not (no one-hot map is made at all).
+        label_nc: K.
+        latent_factor: image voxels per latent voxel along (D, H, W).
+        latent_window: window in latent voxels; None or a window covering ``z`` decodes at once.
+        overlap: fraction of a window shared by neighbours.
+
+    Returns:
+        (B, 1, D, H, W) images in [-1, 1].
+    """
+    if latent_window is None or all(w >= s for w, s in zip(latent_window, z.shape[2:])):
+        return decode(z, window_seg(labels, label_nc) if labels is not None else None)
+    from monai.inferers import sliding_window_inference
+
+    b, (fd, fh, fw) = z.shape[0], tuple(latent_factor)
+    d, h, w = z.shape[2:]
+    folded = None
+    if labels is not None:
+        if labels.dim() == 5:  # one-hot in: fold the class index, not K channels
+            labels = labels.argmax(1)
+        folded = labels.reshape(b, d, fd, h, fh, w, fw).permute(0, 2, 4, 6, 1, 3, 5).reshape(b, fd * fh * fw, d, h, w)
+
+    def predictor(zw: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is None:
+            return decode(zw, None).float()
+        n, _, wd, wh, ww = condition.shape
+        lab = condition.reshape(n, fd, fh, fw, wd, wh, ww).permute(0, 4, 1, 5, 2, 6, 3)
+        lab = lab.reshape(n, wd * fd, wh * fh, ww * fw).long()
+        return decode(zw, window_seg(lab, label_nc)).float()
+
+    window = tuple(min(int(a), s) for a, s in zip(latent_window, z.shape[2:]))
+    condition = {"condition": folded.to(z.dtype)} if folded is not None else {}
+    out = sliding_window_inference(z, window, 1, predictor, overlap=overlap, mode="gaussian", **condition)
+    return out.clamp(-1, 1)

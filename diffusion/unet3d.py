@@ -1,4 +1,4 @@
-"""Pseudo-3D U-Net denoisers: ``Unet3DSPADE`` (Med-LSDM's ``Unet3D_SPADE``) and the plain ``Unet3D``.
+"""Pseudo-3D U-Net denoisers: ``Unet3DSPADE`` (the reference's ``Unet3D_SPADE``) and the plain ``Unet3D``.
 
 Architecture of reference-notes §2.1, a video U-Net with depth D as the frame axis:
 
@@ -34,7 +34,7 @@ from diffusion.attention import (
     SpatialLinearAttention,
 )
 from diffusion.blocks import ResBlock, SinusoidalPosEmb, downsample, upsample
-from diffusion.denoiser import Denoiser
+from diffusion.denoiser_base import Denoiser
 
 
 class Unet3D(Denoiser):
@@ -47,7 +47,7 @@ class Unet3D(Denoiser):
         dim: base width (reference: 64).
         dim_mults: width multipliers per level; ``len(dim_mults) - 1`` in-plane downsamplings, so the latent H and W
             must be divisible by ``2 ** (len(dim_mults) - 1)``.
-        conditioning: "spade", "concat" or "none" (see :class:`~diffusion.denoiser.Denoiser`).
+        conditioning: "spade", "concat" or "none" (see :class:`~diffusion.denoiser_base.Denoiser`).
         init_dim: width after the init conv (default ``dim``).
         init_kernel_size: in-plane kernel of the init conv (odd; reference: 7).
         attn_heads: heads of every attention layer (reference: 8).
@@ -262,6 +262,3 @@ class Unet3DSPADE(Unet3D):
         if "conditioning" in kwargs:
             raise ValueError("Unet3DSPADE always uses conditioning='spade'; use Unet3D for the others")
         super().__init__(channels, label_nc, latent_factor, conditioning="spade", **kwargs)
-
-
-Unet3D_SPADE = Unet3DSPADE  # noqa: N816 — the reference's class name

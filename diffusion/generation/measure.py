@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.generation.tiling import window_starts
+from diffusion.sampling import window_starts
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def measure_step(steps: int = 12, label_nc: int = 37) -> dict:
     """
     import yaml
 
-    from diffusion.denoisers import build_denoiser
+    from diffusion.denoiser_factory import build_denoiser
     from diffusion.guidance import GuidedDenoiser
     from diffusion.sampling import spade_cache
 

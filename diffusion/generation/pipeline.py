@@ -21,7 +21,7 @@ from dataset.label_table import LabelTable, load_class_ids
 from dataset.nifti import load_label, save_nifti, voxel_size_dhw
 from dataset.resample import resample_to_shape, same_extent_shape
 from diffusion.generation.geometry import pad_label, padded_shape
-from diffusion.sampling import WINDOW_MODES, SamplerSettings, resolve_sampler, sample_images
+from diffusion.sampling import WINDOW_MODES, SamplerSettings
 
 if TYPE_CHECKING:
     from diffusion.module import LatentDiffusionModule
@@ -282,7 +282,7 @@ def generate(
     paths = [(vol, k, output_path(out_dir, vol.id, k)) for vol in volumes for k in range(settings.num_samples)]
     files = [p for _, _, p in paths] + [sidecar_path(p, sfx) for _, _, p in paths for sfx in sidecar_suffixes]
     plan = plan_outputs(out_dir, files, overwrite)
-    sampler = resolve_sampler(model, settings.sampler, settings.steps, settings.guidance)
+    sampler = model.sampler_defaults.resolve(settings.sampler, settings.steps, settings.guidance)
     info = dict(model.hparams.get("data_info") or {})
     block = tuple(model.block_size) if model.block_size is not None else tuple(info.get("block_size") or ())
     if len(block) != 3:
@@ -341,15 +341,14 @@ def sample_batch(
 ) -> torch.Tensor:
     """Sample one batch of same-shape integer label maps (D, H, W) with per-item seeds → (B, 1, D, H, W) images.
 
-    The integer maps go to :func:`diffusion.sampling.sample_images` as they are: each window is one-hot encoded
+    The integer maps go to :meth:`LatentDiffusionModule.sample_images` as they are: each window is one-hot encoded
     on its own, so memory follows the window, not the volume times the classes.
     """
     gens = [torch.Generator(device=model.device).manual_seed(s) for s in seeds]
     dtype = PRECISIONS[settings.precision]
     ctx = torch.autocast(model.device.type, dtype=dtype) if dtype is not None else nullcontext()
     with ctx:
-        return sample_images(
-            model,
+        return model.sample_images(
             torch.stack(labels).to(model.device),
             gens,
             sampler,

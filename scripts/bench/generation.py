@@ -87,7 +87,7 @@ def n_windows(
 ) -> int | None:
     """Denoising windows of a label map of ``size`` (None where this checkout cannot tell)."""
     try:
-        from diffusion.generation.tiling import windows
+        from diffusion.sampling import windows
     except ImportError:
         return None
     latent = tuple(s // f for s, f in zip(size, factor))

@@ -7,8 +7,8 @@ import torch
 
 from dataset.contract import one_hot
 from diffusion.attention import RelativePositionBias, RotaryEmbedding
-from diffusion.denoisers import build_denoiser
-from diffusion.unet3d import Unet3D, Unet3D_SPADE, Unet3DSPADE
+from diffusion.denoiser_factory import build_denoiser
+from diffusion.unet3d import Unet3D, Unet3DSPADE
 
 TINY = {"dim": 8, "dim_mults": (1, 2), "attn_heads": 2, "attn_dim_head": 4, "label_channels": 4, "label_hidden": (4,)}
 VARIANTS = {
@@ -85,7 +85,6 @@ def test_anisotropic_latent_factor_and_non_square_latent() -> None:
 def test_unet3d_spade_architecture_facts() -> None:
     """Reference-notes §2.1: pseudo-3D convs, in-plane resampling, SPADE decoder, time-aware middle blocks."""
     net = Unet3DSPADE(8, 37, (4, 4, 4))  # paper configuration
-    assert Unet3D_SPADE is Unet3DSPADE
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)]
     assert all(c.kernel_size[0] == 1 and c.stride[0] == 1 for c in convs), "a conv mixes or resamples depth"
     assert net.init_conv.kernel_size == (1, 7, 7) and net.init_conv.out_channels == 64

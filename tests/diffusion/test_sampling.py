@@ -68,13 +68,16 @@ def test_spade_cache_is_bit_identical_and_computes_each_window_once(
 
     monkeypatch.setattr(SPADE, "hidden_map", counting)
     labels = _labels((16, 32, 32))  # 2 x 2 x 2 training blocks: windows along depth (whole plane)
-    settings = sampling.resolve_sampler(model, "ddim", 4)
+    settings = model.sampler_defaults.resolve("ddim", 4)
     run = {}
     for cache in (False, True):
         calls["n"] = 0
-        run[cache] = sampling.sample_images(
-            model, labels, _gens(1), settings, train_window=IMAGE, overlap=0.5, cache=cache, return_latents=True
-        )
+        with monkeypatch.context() as mp:
+            if not cache:  # no memory for the cache: the run goes without it
+                mp.setattr(sampling, "_cache_budget", lambda device: 0)
+            run[cache] = model.sample_images(
+                labels, _gens(1), settings, train_window=IMAGE, overlap=0.5, return_latents=True
+            )
         run[f"calls_{cache}"] = calls["n"]
     assert torch.equal(run[True], run[False])  # bit for bit
     n_spade = sum(isinstance(m, SPADE) for m in model.ema.module.modules())
@@ -86,7 +89,7 @@ def test_spade_cache_is_bit_identical_and_computes_each_window_once(
 @pytest.mark.parametrize("name", ["unet3d_spade", "unet3d", "monai_spade"])
 def test_both_guidance_branches_share_one_latent_pass(name: str) -> None:
     """Label features of batch 2B for latents of batch B equal the latents repeated (fp32 round-off)."""
-    from diffusion.denoisers import build_denoiser
+    from diffusion.denoiser_factory import build_denoiser
 
     torch.manual_seed(0)
     kwargs = (
@@ -115,8 +118,8 @@ def test_label_features_are_encoded_once_per_window_not_per_step(
     encoder = model.ema.module.label_encoder
     seen: list[tuple[int, ...]] = []
     monkeypatch.setattr(encoder, "forward", lambda seg, f=encoder.forward: seen.append(tuple(seg.shape)) or f(seg))
-    settings = sampling.resolve_sampler(model, "ddim", 5)
-    sampling.sample_images(model, _labels((16, 16, 16)), _gens(1), settings, train_window=IMAGE)
+    settings = model.sampler_defaults.resolve("ddim", 5)
+    model.sample_images(_labels((16, 16, 16)), _gens(1), settings, train_window=IMAGE)
     # 3 depth windows (latent depth 8, window 4, overlap 0.5), conditional + null branch each, for 5 steps
     assert seen == [(1, LABEL_NC, 8, 16, 16)] * 6
 
@@ -124,21 +127,21 @@ def test_label_features_are_encoded_once_per_window_not_per_step(
 def test_module_sample_is_the_shared_path_with_integer_or_one_hot_labels(model: LatentDiffusionModule) -> None:
     labels = _labels(IMAGE, batch=2)
     by_module = model.sample(one_hot(labels[:, None], LABEL_NC), steps=3, generator=torch.Generator().manual_seed(5))
-    settings = sampling.resolve_sampler(model, None, 3)
+    settings = model.sampler_defaults.resolve(None, 3)
     gen = torch.Generator().manual_seed(5)
-    shared = sampling.sample_images(model, labels, [gen, gen], settings)  # integer maps, the module's generator use
+    shared = model.sample_images(labels, [gen, gen], settings)  # integer maps, the module's generator use
     assert by_module.shape == (2, 1, *IMAGE)
     assert torch.equal(by_module, shared)
 
 
 def test_defaults_come_from_the_checkpoint_and_bad_values_are_refused(model: LatentDiffusionModule) -> None:
-    s = sampling.resolve_sampler(model)
+    s = model.sampler_defaults.resolve()
     assert (s.sampler, s.steps, s.guidance, s.eta, s.use_ema) == ("ddim", 3, 2.5, 0.0, True)
-    assert sampling.resolve_sampler(model, "ddpm").steps is None  # ancestral: all T
+    assert model.sampler_defaults.resolve("ddpm").steps is None  # ancestral: all T
     with pytest.raises(ValueError, match="does not fit"):
-        sampling.resolve_sampler(model, "rflow")
+        model.sampler_defaults.resolve("rflow")
     with pytest.raises(ValueError, match="guidance and eta"):
-        sampling.resolve_sampler(model, guidance=-1.0)
+        model.sampler_defaults.resolve(guidance=-1.0)
 
 
 def test_window_choice() -> None:
@@ -152,23 +155,19 @@ def test_window_choice() -> None:
         sampling.denoise_window((4, 8, 8), (4, 8, 8), "tiles")
 
 
-class _LabelEcho:
-    """A stand-in model whose decoder returns the label map (class index) it is given: tests the label plumbing."""
-
-    latent_factor = (2, 2, 2)
-    label_nc = 7
-
-    def decode_latents(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        assert seg.shape[2:] == tuple(2 * s for s in z.shape[2:])  # the image window of this latent window
-        return seg.argmax(1, keepdim=True).float() / 3 - 1  # classes 0..6 -> [-1, 1]
+def _label_echo(z: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
+    """A decoder that returns the label map (class index) it is given: tests the label plumbing."""
+    assert seg is not None and seg.shape[1] == 7
+    assert seg.shape[2:] == tuple(2 * s for s in z.shape[2:])  # the image window of this latent window
+    return seg.argmax(1, keepdim=True).float() / 3 - 1  # classes 0..6 -> [-1, 1]
 
 
 def test_windowed_decoding_gives_each_window_its_own_labels() -> None:
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 7, (2, 12, 20, 28), generator=g)
     z = torch.zeros(2, 3, 6, 10, 14)
-    whole = sampling.decode_latents(_LabelEcho(), z, labels, None)  # type: ignore[arg-type]
-    tiled = sampling.decode_latents(_LabelEcho(), z, labels, (4, 4, 4), overlap=0.5)  # type: ignore[arg-type]
+    whole = sampling.decode_windows(_label_echo, z, labels, 7, (2, 2, 2), None)
+    tiled = sampling.decode_windows(_label_echo, z, labels, 7, (2, 2, 2), (4, 4, 4), overlap=0.5)
     assert whole.shape == tiled.shape == (2, 1, 12, 20, 28)
     # a gaussian-weighted mean of windows that all return the same value there is that value
     expected = labels[:, None].float() / 3 - 1
@@ -176,12 +175,24 @@ def test_windowed_decoding_gives_each_window_its_own_labels() -> None:
     torch.testing.assert_close(whole, expected, rtol=0, atol=0)
 
 
+def test_windowed_decoding_without_labels_gives_the_decoder_none() -> None:
+    z = torch.randn(1, 3, 6, 10, 14, generator=torch.Generator().manual_seed(2))
+
+    def upsample(zw: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
+        assert seg is None
+        return torch.nn.functional.interpolate(zw[:, :1], scale_factor=2).tanh()
+
+    whole = sampling.decode_windows(upsample, z, None, 7, (2, 2, 2), None)
+    tiled = sampling.decode_windows(upsample, z, None, 7, (2, 2, 2), (4, 4, 4), overlap=0.5)
+    # a pointwise decoder: every window agrees with the whole volume where they overlap
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     import torch
     from pathlib import Path
-    from diffusion import sampling
     from diffusion.module import LatentDiffusionModule
     from tests.diffusion.helpers import save_tiny_vqgan
 
@@ -202,9 +213,9 @@ _MEMORY_SCRIPT = textwrap.dedent(
         sys.exit("the address-space limit does not bind: the test proves nothing")
     except (RuntimeError, MemoryError):
         pass
-    settings = sampling.resolve_sampler(model, "ddim", 2, guidance=1.0)
-    x = sampling.sample_images(model, labels, [torch.Generator().manual_seed(1)], settings,
-                               train_window=(8, 32, 32), window_mode="block", overlap=0.0)
+    settings = model.sampler_defaults.resolve("ddim", 2, guidance=1.0)
+    x = model.sample_images(labels, [torch.Generator().manual_seed(1)], settings,
+                            train_window=(8, 32, 32), window_mode="block", overlap=0.0)
     assert x.shape == (1, 1, *SHAPE) and bool(torch.isfinite(x).all())
     print(f"ok full_one_hot_gib={full / 2**30:.2f} headroom_gib={HEADROOM / 2**30:.2f}")
     """

@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dataset.contract import DataError, one_hot
-from diffusion.denoisers import build_denoiser
+from diffusion.denoiser_factory import build_denoiser
 from diffusion.first_stage import architecture_hparams
 from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate
 from diffusion.module import LatentDiffusionModule

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from diffusion.denoisers import DENOISERS
+from diffusion.denoiser_factory import DENOISERS
 from diffusion.distill import DistillationModule
 from diffusion.label_diffusion import LabelLatentDiffusion
 from diffusion.module import LatentDiffusionModule

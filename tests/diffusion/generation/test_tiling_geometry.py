@@ -8,7 +8,7 @@ import torch
 
 from dataset.nifti import voxel_size_dhw
 from diffusion.generation.geometry import pad_label, padded_shape
-from diffusion.generation.tiling import blend_weight, window_starts, windows
+from diffusion.sampling import blend_weight, window_starts, windows
 
 
 @pytest.mark.parametrize(

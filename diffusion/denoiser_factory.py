@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from diffusion.denoiser import Denoiser
+from diffusion.denoiser_base import Denoiser
 from diffusion.monai_unet import MonaiSPADEUNet
 from diffusion.unet3d import Unet3D, Unet3DSPADE
 
