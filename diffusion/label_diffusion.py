@@ -21,21 +21,17 @@ Logged keys: ``train/loss``; ``val/loss`` (EMA denoiser, all attributes given, s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from itertools import islice
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dataset.contract import one_hot
 from dataset.registry import plain_data_info
-from diffusion.ema import EMA
+from diffusion.base import LatentDiffusionBase
 from diffusion.guidance import combine
-from diffusion.latent_norm import LatentNormalizer
-from diffusion.sampling import SamplerDefaults, sample_latent
+from diffusion.sampling import sample_latent
 from diffusion.schedulers import NoiseSchedule
 from diffusion.unet3d import Unet3D
 from vq_gan_3d.label_autoencoder import (
@@ -164,8 +160,11 @@ def first_timestep(
 
 
 # ---------------------------------------------------------------------- the module
-class LabelLatentDiffusion(pl.LightningModule):
+class LabelLatentDiffusion(LatentDiffusionBase):
     """Latent diffusion over label-autoencoder latents, conditioned on per-class volumes (and centroids).
+
+    The hyperparameters shared with stage 2 (schedule, loss, guidance, sampler defaults, optimiser, EMA,
+    validation seed) are read by :class:`~diffusion.base.LatentDiffusionBase`; the defaults here suit label latents.
 
     Args:
         label_nc: K (``${dataset.label_nc}``).
@@ -179,20 +178,13 @@ class LabelLatentDiffusion(pl.LightningModule):
             the label table's contents, voxel size, ...).
         centroid_classes: classes whose centroid is also an attribute (default none).
         denoiser_kwargs: ``Unet3D`` arguments (``dim``, ``dim_mults``, ``attn_heads``, ...).
-        objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method: as in
-            :class:`~diffusion.module.LatentDiffusionModule`.
-        loss_type: "l1" or "l2".
-        p_drop_attribute: probability of dropping each attribute independently in training.
-        p_uncond: probability of dropping all attributes of a sample (the unconditional case).
-        guidance: default w of ``u + w·(c − u)`` (1: conditional only).
-        sampler: default sampler ("ddim", "ddpm" or "rflow").
-        sample_steps: default steps of ddim/rflow.
-        ddim_eta: default DDIM η.
-        latent_norm_per_channel: latent mean/std per channel (True) or global.
+        p_drop_attribute: probability of dropping each attribute independently in training (``p_uncond`` drops
+            all of them: the unconditional case).
         stats_batches: training batches read at fit start for the latent and attribute statistics.
-        lr, betas, weight_decay: AdamW.
-        ema_decay, ema_update_every, ema_start_step: EMA of the denoiser and the attribute embedding.
-        val_seed: seed of the validation noise and timesteps.
+        objective, num_train_timesteps, schedule, prediction_type, loss_type, clip_sample, rflow_sample_method,
+            p_uncond, guidance, sampler, sample_steps, ddim_eta, latent_norm_per_channel, lr, betas, weight_decay,
+            ema_decay, ema_update_every, ema_start_step, val_seed: shared with stage 2, see
+            :class:`~diffusion.base.LatentDiffusionBase` (EMA: of the denoiser and the attribute embedding).
     """
 
     def __init__(
@@ -237,11 +229,9 @@ class LabelLatentDiffusion(pl.LightningModule):
         unknown = [c for c in centroid_classes if c not in list(class_names)[1:]]
         if unknown:
             raise ValueError(f"centroid_classes {unknown} are not foreground classes of {list(class_names)}")
-        for key, value in (("p_drop_attribute", p_drop_attribute), ("p_uncond", p_uncond)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1], got {value}")
-        if loss_type not in ("l1", "l2") or guidance < 0 or lr <= 0 or stats_batches < 1:
-            raise ValueError("need loss_type l1|l2, guidance >= 0, lr > 0 and stats_batches >= 1")
+        if not 0.0 <= p_drop_attribute <= 1.0:
+            raise ValueError(f"p_drop_attribute must be in [0, 1], got {p_drop_attribute}")
+        self._check_diffusion_args("stats_batches")
         if block_size is None or len(block_size) != 3:
             raise ValueError(f"block_size must be (D, H, W), got {block_size}")
 
@@ -265,18 +255,12 @@ class LabelLatentDiffusion(pl.LightningModule):
         n_attr = len(self.attribute_names)
 
         channels = self.label_ae.latent_channels
-        self.denoiser = AttributeDenoiser(channels, self.label_ae.latent_factor, n_attr, dict(denoiser_kwargs or {}))
-        self.ema = EMA(self.denoiser, ema_decay, ema_update_every, ema_start_step)
-        self.latent_norm = LatentNormalizer(channels, "std", latent_norm_per_channel)
+        net = AttributeDenoiser(channels, self.label_ae.latent_factor, n_attr, dict(denoiser_kwargs or {}))
+        self._init_diffusion(net, channels, "std", compile=False)
         self.register_buffer("attr_mean", torch.zeros(n_attr))
         self.register_buffer("attr_std", torch.ones(n_attr))
         self.register_buffer("voxel_size_dhw", torch.zeros(3, dtype=torch.float64))  # median training voxel, mm
         self.register_buffer("attr_fitted", torch.tensor(False))
-        self.schedule = NoiseSchedule(
-            objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method
-        )
-        if sampler not in self.schedule.samplers:
-            raise ValueError(f"sampler {sampler!r} does not fit objective {objective!r}; use {self.schedule.samplers}")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -285,12 +269,10 @@ class LabelLatentDiffusion(pl.LightningModule):
         f = self.label_ae.latent_factor
         return (self.label_ae.latent_channels, *(s // k for s, k in zip(self.block_size, f)))
 
-    def train(self, mode: bool = True) -> LabelLatentDiffusion:
-        """As ``nn.Module.train``, but the frozen autoencoder and the EMA copy always stay in eval mode."""
-        super().train(mode)
-        self.label_ae.eval()
-        self.ema.eval()
-        return self
+    @property
+    def autoencoder(self) -> nn.Module:
+        """The frozen label autoencoder."""
+        return self.label_ae
 
     def attributes_of(self, label: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
         """Raw attributes (B, A) float64 of label maps (B, 1, D, H, W) with affines (B, 4, 4)."""
@@ -306,19 +288,24 @@ class LabelLatentDiffusion(pl.LightningModule):
         return self.latent_norm.normalize(self.label_ae.encode(one_hot(label, self.label_nc)).float())
 
     # ------------------------------------------------------------------ statistics
-    def on_fit_start(self) -> None:
-        """Measure latent, attribute and voxel statistics once (a resumed run carries them in its buffers)."""
-        if bool(self.attr_fitted) and self.latent_norm.is_fitted:
-            return
+    @property
+    def stats_batches(self) -> int:
+        return self.hparams.stats_batches
+
+    @property
+    def statistics_fitted(self) -> bool:
+        return bool(self.attr_fitted) and self.latent_norm.is_fitted
+
+    def fit_statistics(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """Latent, attribute and voxel statistics of the first training batches."""
         latents, attrs, voxels = [], [], []
-        for batch in self._stat_batches(self.hparams.stats_batches):
+        for batch in batches:
             label, affine = batch["label"].to(self.device), batch["affine"].to(self.device)
             latents.append(self.label_ae.encode(one_hot(label, self.label_nc)).float())
             attrs.append(self.attributes_of(label, affine))
             norms = torch.linalg.norm(affine[:, :3, :3].double(), dim=1)  # (B, 3) column lengths I, J, K
             voxels.append(norms[:, [2, 0, 1]])  # (D, H, W) = (K, I, J)
-        reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
-        self.latent_norm.fit_std(latents, all_reduce=(lambda t: reduce(t, reduce_op="sum")) if reduce else None)
+        self.latent_norm.fit_std(latents, all_reduce=self._all_reduce_sum if self.trainer.world_size > 1 else None)
         a, vox = torch.cat(attrs), torch.cat(voxels)
         if self.trainer.world_size > 1:  # every rank measures the same statistics over all ranks' maps
             a, vox = self.all_gather(a).flatten(0, 1), self.all_gather(vox).flatten(0, 1)
@@ -339,27 +326,7 @@ class LabelLatentDiffusion(pl.LightningModule):
             ),
         )
 
-    def _stat_batches(self, n: int) -> Iterator[Mapping[str, torch.Tensor]]:
-        loader = self.trainer.fit_loop._data_source.dataloader()
-        if isinstance(loader, Sequence):
-            loader = loader[0]
-        yield from islice(loader, n)
-
     # ------------------------------------------------------------------ training
-    def _loss(
-        self,
-        net: nn.Module,
-        z0: torch.Tensor,
-        values: torch.Tensor,
-        mask: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
-        t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
-        pred = net(self.schedule.add_noise(z0, noise, t), t, values, mask).float()
-        target = self.schedule.target(z0, noise, t)
-        return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
-
     def drop_mask(self, batch: int, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, A) float mask: each attribute kept with prob 1 − p_drop_attribute, all dropped with prob p_uncond."""
         hp = self.hparams
@@ -373,7 +340,7 @@ class LabelLatentDiffusion(pl.LightningModule):
         z0 = self.encode_labels(label)
         values = self.normalize_attributes(self.attributes_of(label, batch["affine"]))
         mask = self.drop_mask(*values.shape)
-        loss = self._loss(self.denoiser, z0, values, mask, None)
+        loss = self._loss(self.denoiser, z0, (values, mask), None)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])
         return loss
 
@@ -382,37 +349,18 @@ class LabelLatentDiffusion(pl.LightningModule):
         label = batch["label"]
         z0 = self.encode_labels(label)
         values = self.normalize_attributes(self.attributes_of(label, batch["affine"]))
-        gen = torch.Generator(device=self.device).manual_seed(self.hparams.val_seed + batch_idx)
-        loss = self._loss(self.ema.module, z0, values, torch.ones_like(values), gen)
+        loss = self._loss(self.ema.module, z0, (values, torch.ones_like(values)), self._generator(batch_idx))
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=z0.shape[0])
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step, then update the EMA (after real optimiser steps only)."""
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update(self.denoiser, self.global_step + 1)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        return torch.optim.AdamW(
-            self.denoiser.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
 
     @torch.no_grad()
     def log_volumes(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Real label maps and maps sampled with their attributes (B, 1, D, H, W) int64 for the montage callback."""
         label = batch["label"].to(self.device)
         values = self.attributes_of(label, batch["affine"].to(self.device))
-        gen = torch.Generator(device=self.device).manual_seed(self.hparams.val_seed)
-        fake = self.sample_labels(values, torch.ones_like(values), generator=gen)
+        fake = self.sample_labels(values, torch.ones_like(values), generator=self._generator())
         return {"label": label.cpu(), "label_sample": fake.cpu()}
 
     # ------------------------------------------------------------------ sampling
-    @property
-    def sampler_defaults(self) -> SamplerDefaults:
-        """This model's sampler defaults (its hyperparameters) and the samplers its objective allows."""
-        hp = self.hparams
-        return SamplerDefaults(hp.sampler, hp.sample_steps, hp.guidance, hp.ddim_eta, self.schedule.samplers)
-
     def condition(self, requested: Mapping[str, float], batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw attribute values (B, A) float64 and mask (B, A) from ``{attribute name: value}``.
 

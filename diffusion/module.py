@@ -22,40 +22,30 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from itertools import islice
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from dataset.contract import one_hot
 from dataset.registry import plain_data_info
+from diffusion.base import LatentDiffusionBase
 from diffusion.denoiser_factory import build_denoiser
-from diffusion.ema import EMA
 from diffusion.first_stage import architecture_hparams, build_first_stage, decode_first_stage, load_first_stage
 from diffusion.guidance import drop_labels
-from diffusion.latent_norm import LatentNormalizer
-from diffusion.sampling import (
-    DEFAULT_MAX_PLANE,
-    SamplerDefaults,
-    SamplerSettings,
-    decode_windows,
-    latent_window,
-    sample_windows,
-)
-from diffusion.schedulers import NoiseSchedule
+from diffusion.sampling import DEFAULT_MAX_PLANE, SamplerSettings, decode_windows, latent_window, sample_windows
 from vq_gan_3d.losses import psnr
 
 log = logging.getLogger(__name__)
 
-LOSS_TYPES = ("l1", "l2")
 
-
-class LatentDiffusionModule(pl.LightningModule):
+class LatentDiffusionModule(LatentDiffusionBase):
     """Semantic latent diffusion conditioned on one-hot label maps, with the frozen VQ-GAN inside.
+
+    The hyperparameters shared with the label diffusion (schedule, loss, guidance, sampler defaults, optimiser,
+    EMA, validation seed) are read by :class:`~diffusion.base.LatentDiffusionBase`; the defaults here are the paper's.
 
     Args:
         label_nc: K, one-hot classes (``${dataset.label_nc}``).
@@ -71,33 +61,17 @@ class LatentDiffusionModule(pl.LightningModule):
             block size, root, the dataset's plain arguments; never a ``_target_``); not used in training.
         denoiser: "unet3d_spade" (Med-LSDM), "unet3d" (no SPADE; labels concatenated or absent) or "monai_spade".
         denoiser_kwargs: constructor arguments of the chosen denoiser (``dim``, ``dim_mults``, ``attn_heads``, ...).
-        objective: "ddpm" (Gaussian diffusion) or "rflow" (rectified flow).
-        num_train_timesteps: T (500 in the paper).
-        schedule: noise schedule of the ddpm objective ("cosine" in the paper).
-        prediction_type: "epsilon" (paper), "sample" (x0) or "v_prediction"; "v_prediction" for rflow.
-        loss_type: "l1" (paper) or "l2".
-        clip_sample: clamp predicted x0 to [−c, c] while sampling (ddpm/ddim); None disables it.
-        rflow_sample_method: "uniform" or "logit-normal" training timesteps (rflow).
         rflow_timestep_transform: resolution-aware shift of rflow sampling timesteps (MAISI).
-        p_uncond: probability of replacing a training sample's label map by the null map (CFG dropout).
-        guidance: default guidance weight w of ``u + w·(c − u)`` (1 = conditional only; the reference's
-            ``cond_scale=1.5`` is w = 2.5).
-        sampler: default sampler of :meth:`sample` and validation: "ddpm", "ddim" or "rflow".
-        sample_steps: default steps of the ddim/rflow samplers (ddpm always runs T).
-        ddim_eta: default DDIM η (0 deterministic, 1 ancestral).
         latent_norm: "std" (mean/std of training latents), "codebook_minmax" (reference) or "none".
-        latent_norm_per_channel: "std" statistics per latent channel (True) or global (False).
         latent_stats_batches: training batches encoded at fit start to measure the "std" statistics.
-        lr: AdamW learning rate (paper: 1e-5).
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay (paper: 0).
-        ema_decay: EMA decay of the denoiser (paper: 0.995).
-        ema_update_every: optimiser steps between EMA updates (paper: 10).
-        ema_start_step: before this optimiser step the EMA copies the weights instead of averaging (paper: 2000).
         val_sample_every_n: sample and log ``val/psnr`` every n-th validation run (0: never).
         val_sample_batches: validation batches that are sampled in such a run.
         val_sample_steps: sampler steps for validation sampling and :meth:`log_volumes`.
-        val_seed: seed of the validation noise, timesteps and samples.
+        objective, num_train_timesteps, schedule, prediction_type, loss_type, clip_sample, rflow_sample_method,
+            p_uncond, guidance, sampler, sample_steps, ddim_eta, latent_norm_per_channel, lr, betas, weight_decay,
+            ema_decay, ema_update_every, ema_start_step, val_seed: shared with the label diffusion, see
+            :class:`~diffusion.base.LatentDiffusionBase`; the defaults are the paper's (cosine schedule, T = 500,
+            ε-prediction, L1, AdamW lr 1e-5, EMA 0.995 every 10 steps from step 2000, DDIM 50 steps, w = 2.5).
         compile: wrap the denoiser and its EMA copy with ``torch.compile`` (``nn.Module.compile``: in place, so the
             state-dict keys stay the same and checkpoints load either way). Compiles lazily on the first call.
     """
@@ -170,38 +144,15 @@ class LatentDiffusionModule(pl.LightningModule):
         clash = {"channels", "label_nc", "latent_factor"} & set(kwargs)
         if clash:
             raise ValueError(f"denoiser_kwargs must not set {sorted(clash)}: they come from the first stage")
-        self.denoiser = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs)
-        self.ema = EMA(self.denoiser, ema_decay, ema_update_every, ema_start_step)
-        if compile:  # after the EMA's deep copy: both are compiled, neither gains an ``_orig_mod.`` key prefix
-            self.denoiser.compile()
-            self.ema.module.compile()
-        self.latent_norm = LatentNormalizer(self.first_stage.embedding_dim, latent_norm, latent_norm_per_channel)
-        self.schedule = NoiseSchedule(
-            objective, num_train_timesteps, schedule, prediction_type, clip_sample, rflow_sample_method,
-            rflow_timestep_transform,
-        )  # fmt: skip
-        if sampler not in self.schedule.samplers:
-            raise ValueError(f"sampler {sampler!r} does not fit objective {objective!r}; use {self.schedule.samplers}")
-        self._val_runs = 0
+        net = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs)
+        self._init_diffusion(net, self.first_stage.embedding_dim, latent_norm, compile)
         log.info("denoiser %s: %.2fM parameters", denoiser, sum(p.numel() for p in self.denoiser.parameters()) / 1e6)
 
     def _check_args(self) -> None:
         hp = self.hparams
         if not isinstance(hp.label_nc, int) or hp.label_nc < 1:
             raise ValueError(f"label_nc must be a positive int, got {hp.label_nc!r}")
-        if hp.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {hp.loss_type!r}")
-        if not 0.0 <= hp.p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1], got {hp.p_uncond}")
-        if hp.guidance < 0 or hp.ddim_eta < 0:
-            raise ValueError(f"guidance and ddim_eta must be >= 0, got {hp.guidance}, {hp.ddim_eta}")
-        if hp.lr <= 0 or hp.weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {hp.lr}, {hp.weight_decay}")
-        if len(hp.betas) != 2 or not all(0.0 <= b < 1.0 for b in hp.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {list(hp.betas)}")
-        for key in ("sample_steps", "latent_stats_batches", "val_sample_steps"):
-            if hp[key] < 1:
-                raise ValueError(f"{key} must be >= 1, got {hp[key]}")
+        self._check_diffusion_args("latent_stats_batches", "val_sample_steps")
         if hp.val_sample_every_n < 0 or hp.val_sample_batches < 0:
             raise ValueError("val_sample_every_n and val_sample_batches must be >= 0")
         info = hp.data_info
@@ -216,12 +167,10 @@ class LatentDiffusionModule(pl.LightningModule):
         """(fd, fh, fw): image size / latent size per axis."""
         return self.first_stage.latent_factor
 
-    def train(self, mode: bool = True) -> LatentDiffusionModule:
-        """As ``nn.Module.train``, but the first stage and the EMA copy always stay in eval mode."""
-        super().train(mode)
-        self.first_stage.eval()
-        self.ema.eval()
-        return self
+    @property
+    def autoencoder(self) -> nn.Module:
+        """The frozen first stage (VQ-GAN)."""
+        return self.first_stage
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,78 +181,33 @@ class LatentDiffusionModule(pl.LightningModule):
         return one_hot(batch["label"], self.label_nc)
 
     # ------------------------------------------------------------------ training
-    def _loss(self, denoiser: torch.nn.Module, z0: torch.Tensor, seg: torch.Tensor, generator: torch.Generator | None):
-        """Diffusion loss of ``denoiser`` on clean latents z0 (B, E, d, h, w) with label maps seg (B, K, D, H, W)."""
-        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
-        t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
-        pred = denoiser(self.schedule.add_noise(z0, noise, t), t, seg).float()
-        target = self.schedule.target(z0, noise, t)
-        return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss on one batch ``{"image": (B, 1, D, H, W), "label": (B, 1, D, H, W) int64, ...}``."""
         z0 = self.encode(batch["image"])
         seg = drop_labels(self._seg(batch), self.hparams.p_uncond)
-        loss = self._loss(self.denoiser, z0, seg, None)
+        loss = self._loss(self.denoiser, z0, (seg,), None)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])
         return loss
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then update the EMA (after real steps only, so accumulation is respected)."""
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update(self.denoiser, self.global_step + 1)  # global_step counts the steps completed before this one
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the denoiser only (first stage frozen, EMA not trained)."""
-        hp = self.hparams
-        return torch.optim.AdamW(
-            self.denoiser.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
-
     # ------------------------------------------------------------------ latent statistics
-    def on_fit_start(self) -> None:
-        """Measure the latent normalisation once (skipped when a checkpoint already carries it)."""
-        if self.latent_norm.is_fitted:
-            return
+    @property
+    def stats_batches(self) -> int:
+        return self.hparams.latent_stats_batches
+
+    @property
+    def statistics_fitted(self) -> bool:
+        return self.latent_norm.is_fitted
+
+    def fit_statistics(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """The latent normalisation: the codebook's range, or the mean/std of the training batches' latents."""
         if self.latent_norm.mode == "codebook_minmax":
             self.latent_norm.fit_codebook(self.first_stage.codebook_embeddings)
             return
-        n = self.hparams.latent_stats_batches
-        self.latent_norm.fit_std(self._stat_latents(n), all_reduce=self._all_reduce_sum)
-        log.info("latent statistics from %d training batches", n)
-
-    def _stat_latents(self, n: int) -> Iterator[torch.Tensor]:
-        # a fresh loader from the same source the fit loop uses (datamodule, module or dataloader passed to fit);
-        # the fit loop has not started iterating yet at on_fit_start
-        loader = self.trainer.fit_loop._data_source.dataloader()
-        if isinstance(loader, Sequence):
-            loader = loader[0]
-        for batch in islice(loader, n):
-            yield self.first_stage.encode(batch["image"].to(self.device)).float()
-
-    def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(t, reduce_op="sum")
+        latents = (self.first_stage.encode(batch["image"].to(self.device)).float() for batch in batches)
+        self.latent_norm.fit_std(latents, all_reduce=self._all_reduce_sum)
+        log.info("latent statistics from %d training batches", self.stats_batches)
 
     # ------------------------------------------------------------------ validation
-    def on_validation_epoch_start(self) -> None:
-        if not self.trainer.sanity_checking:  # count real validation runs only
-            self._val_runs += 1
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the validation count, so a resumed run samples at the same validations as an uninterrupted one."""
-        checkpoint["val_runs"] = self._val_runs
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._val_runs = int(checkpoint.get("val_runs", 0))
-
-    def _sampling_this_run(self) -> bool:
-        n = self.hparams.val_sample_every_n
-        # the sanity check (before the first run is counted) samples too: it catches sampling errors early
-        return n > 0 and max(self._val_runs - 1, 0) % n == 0
-
-    def _generator(self, offset: int = 0) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.hparams.val_seed + offset)
-
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Seeded losses of the EMA and raw denoisers; on sampling runs PSNR of samples (and of the VQ-GAN)."""
         x = batch["image"]
@@ -311,8 +215,8 @@ class LatentDiffusionModule(pl.LightningModule):
         seg = self._seg(batch)
         # same noise and timesteps for both and for every validation run: comparable numbers
         logs = {
-            "loss": self._loss(self.ema.module, z0, seg, self._generator(batch_idx)),
-            "loss_raw": self._loss(self.denoiser, z0, seg, self._generator(batch_idx)),
+            "loss": self._loss(self.ema.module, z0, (seg,), self._generator(batch_idx)),
+            "loss_raw": self._loss(self.denoiser, z0, (seg,), self._generator(batch_idx)),
         }
         if self._sampling_this_run() and batch_idx < self.hparams.val_sample_batches:
             fake = self.sample(seg, steps=self.hparams.val_sample_steps, generator=self._generator(batch_idx))
@@ -385,12 +289,6 @@ class LatentDiffusionModule(pl.LightningModule):
         # One generator for the whole batch, as a single noise draw: the items' noise comes from it in order.
         gens = [generator] * seg.shape[0]
         return self.sample_images(seg, gens, settings, progress=progress, return_latents=latents)
-
-    @property
-    def sampler_defaults(self) -> SamplerDefaults:
-        """This model's sampler defaults (its hyperparameters) and the samplers its objective allows."""
-        hp = self.hparams
-        return SamplerDefaults(hp.sampler, hp.sample_steps, hp.guidance, hp.ddim_eta, self.schedule.samplers)
 
     @torch.no_grad()
     def sample_images(

@@ -52,3 +52,17 @@ class TinyVolumes(Dataset):
 
 def tiny_loader(n: int = 2, batch_size: int = 2) -> DataLoader:
     return DataLoader(TinyVolumes(n), batch_size=batch_size, shuffle=False)
+
+
+class TinyData(pl.LightningDataModule):
+    """:func:`tiny_loader` for training and validation, as a datamodule (the statistics are read from its loader)."""
+
+    def __init__(self, n: int = 2, batch_size: int = 2) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return tiny_loader(self.n, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return tiny_loader(self.n, self.batch_size)

@@ -10,7 +10,7 @@ import torch
 
 from dataset.contract import one_hot
 from diffusion.module import LatentDiffusionModule
-from tests.diffusion.helpers import IMAGE, LABEL_NC, save_tiny_vqgan, tiny_loader
+from tests.diffusion.helpers import IMAGE, LABEL_NC, TinyData, save_tiny_vqgan, tiny_loader
 
 DENOISER = {
     "dim": 8,
@@ -43,7 +43,7 @@ def _probe_loss(model: LatentDiffusionModule) -> float:
     batch = next(iter(tiny_loader()))
     z0, seg = model.encode(batch["image"]), one_hot(batch["label"], LABEL_NC)
     with torch.no_grad():
-        losses = [model._loss(model.denoiser, z0.repeat(4, 1, 1, 1, 1), seg.repeat(4, 1, 1, 1, 1),
+        losses = [model._loss(model.denoiser, z0.repeat(4, 1, 1, 1, 1), (seg.repeat(4, 1, 1, 1, 1),),
                               torch.Generator().manual_seed(s)) for s in range(4)]  # fmt: skip
     return float(torch.stack(losses).mean())
 
@@ -63,7 +63,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
         max_steps=FIT_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=FIT_STEPS, limit_val_batches=1,
     )  # fmt: skip
-    trainer.fit(model, tiny_loader(), tiny_loader())
+    trainer.fit(model, datamodule=TinyData())
     return {"model": model, "trainer": trainer, "vq_ckpt": ckpt, "root": root, "loss_before": loss_before,
             "first_stage_before": first_stage_before}  # fmt: skip
 
@@ -158,7 +158,7 @@ def test_rectified_flow_objective(vq_ckpt: Path) -> None:
     model = _module(vq_ckpt, objective="rflow", prediction_type="v_prediction", sampler="rflow",
                     num_train_timesteps=100, latent_norm="none")  # fmt: skip
     batch = next(iter(tiny_loader()))
-    loss = model._loss(model.denoiser, model.encode(batch["image"]), one_hot(batch["label"], LABEL_NC), None)
+    loss = model._loss(model.denoiser, model.encode(batch["image"]), (one_hot(batch["label"], LABEL_NC),), None)
     loss.backward()
     assert torch.isfinite(loss) and model.denoiser.final_conv.weight.grad is not None
     assert model.eval().sample(_seg(1), steps=3).shape == (1, 1, *IMAGE)
@@ -236,7 +236,7 @@ def test_accumulation_clipping_and_bf16_come_from_the_trainer(vq_ckpt: Path) -> 
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0,
     )  # fmt: skip
-    trainer.fit(model, tiny_loader(n=4, batch_size=1))
+    trainer.fit(model, datamodule=TinyData(n=4, batch_size=1))
     assert trainer.global_step == 2
     assert int(model.ema.averaged.n_averaged) == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
