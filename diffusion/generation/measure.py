@@ -105,7 +105,7 @@ def measure_scaling(
 
     torch.set_num_threads(1)
     model = _tiny_model(label_nc, block)
-    settings = sampling.resolve_sampler(model, "ddim", steps)
+    settings = model.sampler_defaults.resolve("ddim", steps)
     factor = model.latent_factor
     g = torch.Generator().manual_seed(0)
     results: dict = {
@@ -130,8 +130,8 @@ def measure_scaling(
         lab = labels_for(shape)
         gens = [torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))]
         out: list[torch.Tensor] = []
-        t = _cpu_time(lambda: out.append(sampling.sample_images(model, lab, gens, settings, train_window=block,
-                                                                 window_mode=mode, overlap=overlap)))  # fmt: skip
+        t = _cpu_time(lambda: out.append(model.sample_images(lab, gens, settings, train_window=block,
+                                                             window_mode=mode, overlap=overlap)))  # fmt: skip
         return t, out[0][0, 0]
 
     with torch.no_grad():
