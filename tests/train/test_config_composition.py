@@ -164,3 +164,45 @@ def test_own_data_cpu_experiments(stage: str, tmp_path: Path) -> None:
         assert cfg.model.perceptual_weight == 0.0 and cfg.model.decoder == "spade"  # no VGG weights needed
     else:
         assert cfg.model.denoiser_kwargs.dim == 16 and cfg.model.data_info.root == "/data/mine"
+
+
+# ---------------------------------------------------------------------------------------------- configs without copies
+PRIMARIES = {"vqgan": "vqgan", "diffusion": "val_loss", "label_ae": "val_loss", "label_diffusion": "val_loss"}
+
+
+@pytest.mark.parametrize("primary", sorted(PRIMARIES))
+def test_primary_configs_share_one_defaults_list(primary: str) -> None:
+    """Each primary config names its model and callbacks, then includes config/stage.yaml: nothing else."""
+    defaults = OmegaConf.load(CONFIG_DIR / f"{primary}.yaml").defaults
+    assert list(defaults) == ["_self_", {"model": primary if primary != "vqgan" else "vq_gan_3d"},
+                              {"callbacks": PRIMARIES[primary]}, "stage"]  # fmt: skip
+    cfg = _compose(primary, [])
+    assert cfg.task_name == primary and cfg.seed == 520 and cfg.ckpt_path == "last"
+    assert cfg.callbacks.model_checkpoint.monitor == ("val/rec_loss" if primary == "vqgan" else "val/loss")
+
+
+def test_an_experiment_still_picks_its_model() -> None:
+    """The model is listed before stage.yaml's experiment, so the experiment's ``override /model`` wins."""
+    assert _compose("diffusion", ["experiment=mni152_diffusion_cpu"]).model.denoiser_kwargs.dim == 16
+
+
+def test_rflow_keys_live_in_one_objective_config() -> None:
+    """diffusion_rflow*.yaml are diffusion*.yaml plus model/objective/rflow.yaml, with no key of their own."""
+    objective = OmegaConf.load(CONFIG_DIR / "model" / "objective" / "rflow.yaml")
+    for base in ("diffusion", "diffusion_tiny"):
+        variant = base.replace("diffusion", "diffusion_rflow")
+        assert set(OmegaConf.load(CONFIG_DIR / "model" / f"{variant}.yaml")) == {"defaults"}
+        added = _compose("diffusion", [f"model={base}", "+model/objective@model=rflow"]).model
+        named = _compose("diffusion", [f"model={variant}"]).model
+        assert added == named
+        assert {k: named[k] for k in objective} == OmegaConf.to_container(objective)
+
+
+def test_experiment_bases_are_not_experiments() -> None:
+    """The shared trainer blocks live outside experiment/: each is included by experiments, none is selectable."""
+    assert not [p for p in (CONFIG_DIR / "experiment").iterdir() if p.is_dir()]
+    texts = "".join((CONFIG_DIR / "experiment" / f"{e}.yaml").read_text() for e in EXPERIMENTS)
+    for base in (CONFIG_DIR / "experiment_base").glob("*.yaml"):
+        assert f"/experiment_base/{base.stem}" in texts, base.name
+        with pytest.raises(Exception, match="experiment"):
+            _compose("diffusion", [f"experiment={base.stem}"])
