@@ -146,7 +146,7 @@ def test_paper_experiments_share_one_trainer_block(name: str) -> None:
     assert {k: cfg.trainer[k] for k in shared} == shared
     assert cfg.trainer.accelerator == "gpu" and cfg.dataset.datamodule.num_workers == 4
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
-    assert "max_steps" not in text  # the trainer block lives in experiment/shared/, not in each experiment
+    assert "max_steps" not in text  # the trainer block lives in experiment_base/, not in each experiment
 
 
 @pytest.mark.parametrize("stage", ["vqgan", "diffusion"])
