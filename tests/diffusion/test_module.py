@@ -254,3 +254,17 @@ def test_validation_count_survives_a_checkpoint(vq_ckpt: Path) -> None:
         m._val_runs += 1  # the next validation
     assert resumed._val_runs == model._val_runs == 4
     assert resumed._sampling_this_run() == model._sampling_this_run() is False
+
+
+def test_statistics_come_from_the_datamodule(vq_ckpt: Path) -> None:
+    """The latent statistics are read from the datamodule's own training loader; a bare loader is refused clearly."""
+    model = _module(vq_ckpt, val_sample_every_n=0)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    with pytest.raises(RuntimeError, match="datamodule"):
+        trainer.fit(model, tiny_loader())
+    assert not model.latent_norm.is_fitted
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=TinyData())
+    assert model.latent_norm.is_fitted
