@@ -14,7 +14,7 @@ ride under their own key), so ``scripts/generate.py``, validation and editing lo
 Two methods (``method``):
 
 * ``"reflow"`` (Liu et al. 2022, https://arxiv.org/abs/2209.03003, "2-rectified flow"): the teacher maps noise to
-  latents through :func:`diffusion.sampling.sample_images` (the one sampling path); the student is trained with the
+  latents through :meth:`LatentDiffusionModule.sample_images` (the one sampling path); the student is trained with the
   ordinary rectified-flow loss on those *coupled* (noise, latent) pairs instead of independent ones, which
   straightens the flow so that few Euler steps suffice. The pairs are made once, before training, and cached in the
   run folder (:class:`TeacherPairs`, one file per training label map, written atomically): a killed run resumes
@@ -86,15 +86,15 @@ def teacher_pairs(
     Returns:
         noise and latent, both (B, E, d, h, w) float32 in the teacher's normalised latent space.
     """
-    from diffusion.sampling import initial_noise, resolve_sampler, sample_images
+    from diffusion.sampling import initial_noise
 
     device = teacher.device
 
     def gens() -> list[torch.Generator]:
         return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
-    settings = resolve_sampler(teacher, "rflow", steps, guidance)
-    z = sample_images(teacher, labels.to(device), gens(), settings, return_latents=True)
+    settings = teacher.sampler_defaults.resolve("rflow", steps, guidance)
+    z = teacher.sample_images(labels.to(device), gens(), settings, return_latents=True)
     latent = teacher.latent_norm.normalize(z.float())
     noise = initial_noise(latent.shape[1:], gens(), device)  # the draw sample_images started from, again
     return noise, latent

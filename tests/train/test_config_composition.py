@@ -167,7 +167,8 @@ def test_own_data_cpu_experiments(stage: str, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- configs without copies
-PRIMARIES = {"vqgan": "vqgan", "diffusion": "val_loss", "label_ae": "val_loss", "label_diffusion": "val_loss"}
+PRIMARIES = {"vqgan": "vqgan", "diffusion": "val_loss", "label_ae": "val_loss", "label_diffusion": "val_loss",
+             "distill": "val_loss"}  # fmt: skip
 
 
 @pytest.mark.parametrize("primary", sorted(PRIMARIES))
