@@ -192,3 +192,21 @@ def invert(x: ArrayT, intensity: Mapping[str, Any] | None) -> ArrayT:
 def _check_window(hu_min: float, hu_max: float) -> None:
     if not hu_min < hu_max:
         raise ValueError(f"CT window needs hu_min < hu_max, got [{hu_min}, {hu_max}]")
+
+
+def invert_scan(x: ArrayT, intensity: Mapping[str, Any] | None, record: Mapping[str, float]) -> ArrayT:
+    """Map [-1, 1] values back to one scan's units with the record :func:`normalize` returned for that scan.
+
+    Unlike :func:`invert`, this also undoes the per-volume kinds (``percentile``: its two percentiles,
+    ``reference``: its min and max), linearly: values the normalisation clipped are not recovered.
+
+    Args:
+        x: values in [-1, 1] (numpy or torch, any shape).
+        intensity: the dataset's intensity spec.
+        record: :func:`normalize`'s record for the scan.
+    """
+    spec = validate_intensity(intensity)
+    if spec["kind"] in ("ct_window", "none"):
+        return invert(x, spec)
+    lo, hi = (record["p_lower"], record["p_upper"]) if spec["kind"] == "percentile" else (record["min"], record["max"])
+    return (x + 1.0) * ((hi - lo) / 2.0) + lo

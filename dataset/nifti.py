@@ -13,12 +13,16 @@ voxels than the file can hold or than the voxel limit allows.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.volumeutils import array_to_file
 
 from dataset.contract import DataError, Sample, check_label_range
 from dataset.files import atomic_write
@@ -365,3 +369,88 @@ def save_nifti(
     img.header.set_xyzt_units("mm")
 
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite, suffix=suffix)
+
+
+@dataclass(frozen=True)
+class StoredVolume:
+    """A volume exactly as its file stores it, for outputs that must keep the input's voxels bit for bit.
+
+    Attributes:
+        stored: (D, H, W) array in the file's on-disk dtype, before scaling.
+        slope, inter: the file's scaling (value = stored * slope + inter; 1 and 0 when it has none).
+        affine: (4, 4) affine of the stored (I, J, K) array.
+    """
+
+    stored: np.ndarray
+    slope: float
+    inter: float
+    affine: np.ndarray
+
+    @property
+    def values(self) -> np.ndarray:
+        """(D, H, W) float32 values in the file's units (scaling applied)."""
+        if self.slope == 1.0 and self.inter == 0.0:
+            return self.stored.astype(np.float32)
+        return (self.stored.astype(np.float64) * self.slope + self.inter).astype(np.float32)
+
+
+def read_stored(path: str | Path) -> StoredVolume:
+    """Read a 3-D NIfTI volume as stored (dtype and scaling kept; checks as :func:`read_nifti`).
+
+    Raises:
+        DataError: see :func:`read_nifti`; NaN or Inf voxels.
+    """
+    path = Path(path)
+    _, affine = read_nifti(path)  # every check (size, dimensions, affine) and a full read of the data
+    proxy = load_header(path).dataobj
+    try:
+        stored = np.asarray(proxy.get_unscaled())
+    except Exception as err:
+        raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
+    while stored.ndim > 3 and stored.shape[-1] == 1:
+        stored = stored[..., 0]
+    slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    if not (math.isfinite(slope) and math.isfinite(inter)) or slope == 0.0:
+        slope, inter = 1.0, 0.0  # NIfTI: a zero or missing slope means no scaling
+    vol = StoredVolume(ijk_to_dhw(stored), slope, inter, affine)
+    if np.issubdtype(stored.dtype, np.floating) and not np.isfinite(stored).all():
+        raise DataError(f"{path}: image holds {int((~np.isfinite(stored)).sum())} NaN/Inf voxels")
+    return vol
+
+
+def save_stored(path: str | Path, stored: np.ndarray, like: StoredVolume, overwrite: bool = False) -> Path:
+    """Write a (D, H, W) array in ``like``'s stored dtype and scaling, with ``like``'s affine, atomically.
+
+    The header carries geometry and the scaling only (as :func:`save_nifti`); the voxels are written as given, so
+    stored values copied from ``like`` come out bit for bit.
+    """
+    path = Path(path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"{path}: NIfTI output must end in .nii.gz or .nii")
+    if stored.dtype != like.stored.dtype or stored.shape != like.stored.shape:
+        want, got = f"{like.stored.dtype} {like.stored.shape}", f"{stored.dtype} {stored.shape}"
+        raise ValueError(f"{path}: expected {want}, got {got}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    data = dhw_to_ijk(stored)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(data.dtype)
+    aff = np.asarray(like.affine, dtype=np.float64)
+    hdr.set_sform(aff, code=1)
+    hdr.set_qform(aff, code=1)
+    hdr.set_xyzt_units("mm")
+    if (like.slope, like.inter) != (1.0, 0.0):
+        hdr.set_slope_inter(like.slope, like.inter)
+    offset = 352  # single-file NIfTI-1: 348-byte header + 4-byte extension flag
+    hdr["vox_offset"] = offset
+
+    def write(tmp: Path) -> None:
+        opener = gzip.open if tmp.name.endswith(".gz") else open
+        with opener(tmp, "wb") as fh:  # nibabel's Nifti1Image.to_file_map would recompute the scaling: write as is
+            hdr.write_to(fh)
+            fh.write(b"\0" * (offset - fh.tell()))
+            array_to_file(data, fh, data.dtype, offset=offset, order="F")
+
+    suffix = next(s for s in NIFTI_SUFFIXES if path.name.endswith(s))
+    return atomic_write(path, write, overwrite=overwrite, suffix=suffix)
