@@ -36,6 +36,7 @@ from diffusion.denoiser_factory import build_denoiser
 from diffusion.first_stage import architecture_hparams, build_first_stage, decode_first_stage, load_first_stage
 from diffusion.guidance import drop_labels
 from diffusion.sampling import DEFAULT_MAX_PLANE, SamplerSettings, decode_windows, latent_window, sample_windows
+from diffusion.schedulers import StepHook
 from vq_gan_3d.losses import psnr
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ class LatentDiffusionModule(LatentDiffusionBase):
         max_plane: int = DEFAULT_MAX_PLANE,
         progress: bool = False,
         return_latents: bool = False,
+        step_hook: StepHook | None = None,
     ) -> torch.Tensor:
         """Generate images for label maps of one shape, whole latent or windows (:mod:`diffusion.sampling`).
 
@@ -318,6 +320,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
             max_plane: in-plane latent voxels above which "auto" tiles in-plane too.
             progress: progress bar over the steps.
             return_latents: return the de-normalised latents (B, E, d, h, w) instead of decoding.
+            step_hook: called on the normalised latent before every step and at the end
+                (:data:`diffusion.schedulers.StepHook`; editing imposes the real scan's latent with it).
 
         Returns:
             (B, 1, D, H, W) images in [-1, 1] (or latents, see ``return_latents``).
@@ -334,7 +338,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
         )
         labels = labels.to(self.device)
         z = sample_windows(net, self.schedule, labels, self.label_nc, generators, settings,
-                           self.first_stage.embedding_dim, self.latent_factor, window, overlap, progress)  # fmt: skip
+                           self.first_stage.embedding_dim, self.latent_factor, window, overlap, progress,
+                           step_hook)  # fmt: skip
         z = self.latent_norm.denormalize(z)
         if return_latents:
             return z

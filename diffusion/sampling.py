@@ -36,7 +36,7 @@ from torch import nn
 
 from dataset.contract import one_hot
 from diffusion.guidance import GuidedDenoiser
-from diffusion.schedulers import DenoiseFn, NoiseSchedule
+from diffusion.schedulers import DenoiseFn, NoiseSchedule, StepHook
 from vq_gan_3d.spade import SPADE, modulation_cache
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def sample_latent(
     eta: float = 0.0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    step_hook: StepHook | None = None,
 ) -> torch.Tensor:
     """Generic sampling loop: noise from one generator per item, then the scheduler's sampler.
 
@@ -146,6 +147,8 @@ def sample_latent(
         sampler, steps, eta: see :meth:`NoiseSchedule.sample`.
         device: where the latent lives.
         progress: progress bar over the steps.
+        step_hook: ``hook(x, t) -> x`` on the latent before every step and at the end
+            (:data:`~diffusion.schedulers.StepHook`; RePaint-style editing imposes known voxels with it).
 
     Returns:
         (B, C, d, h, w) float32 latent in the diffusion's (normalised) space.
@@ -157,7 +160,7 @@ def sample_latent(
         if g.device.type != device.type:
             raise ValueError(f"generator is on {g.device}, the sampling runs on {device}: create it there")
     noise = initial_noise(shape, generators, device)
-    return schedule.sample(denoise, noise, sampler, steps, eta, generators[0], progress)
+    return schedule.sample(denoise, noise, sampler, steps, eta, generators[0], progress, step_hook=step_hook)
 
 
 def initial_noise(
@@ -400,6 +403,7 @@ def sample_windows(
     window: Sequence[int],
     overlap: float,
     progress: bool = False,
+    step_hook: StepHook | None = None,
 ) -> torch.Tensor:
     """Sample normalised latents for label maps, denoising guided windows with the SPADE cache where it fits.
 
@@ -415,6 +419,7 @@ def sample_windows(
         window: latent window (d, h, w) (:func:`latent_window`).
         overlap: window overlap along tiled axes.
         progress: progress bar over the steps.
+        step_hook: see :func:`sample_latent`.
 
     Returns:
         (B, E, D/fd, H/fh, W/fw) float32 latents in the diffusion's (normalised) space.
@@ -431,7 +436,7 @@ def sample_windows(
         log.info("SPADE cache off: it would exceed the memory budget for %d window(s)", len(denoise.windows))
     with spade_cache(denoiser, enabled=fits):
         return sample_latent(denoise, schedule, (latent_channels, *latent_shape), generators, settings.sampler,
-                             settings.steps, settings.eta, labels.device, progress)  # fmt: skip
+                             settings.steps, settings.eta, labels.device, progress, step_hook)  # fmt: skip
 
 
 @torch.no_grad()

@@ -35,6 +35,9 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "rflow": ("rflow",)}
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``hook(x, t) -> x``: called on the latent before each denoiser call at timestep t and once after the last step
+#: with t = -1 (the clean end); e.g. RePaint-style replacement of known voxels (diffusion.editing.inpaint).
+StepHook = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def split_prediction(
@@ -282,6 +285,7 @@ class NoiseSchedule:
         generator: torch.Generator | None = None,
         progress: bool = False,
         start_t: int | None = None,
+        step_hook: StepHook | None = None,
     ) -> torch.Tensor:
         """Run a sampler from pure noise (or from a partly noised latent) to a clean latent.
 
@@ -295,6 +299,8 @@ class NoiseSchedule:
             progress: show a tqdm bar.
             start_t: ``noise`` is a latent noised to this timestep (SDEdit-style variations): only the inference
                 timesteps at or below it are run. None: ``noise`` is pure noise at T.
+            step_hook: ``hook(x, t) -> x`` applied before each step at timestep t and after the last with t = -1
+                (:data:`StepHook`); None: the plain sampler.
 
         Returns:
             (B, C, d, h, w) float32 latent.
@@ -308,6 +314,8 @@ class NoiseSchedule:
             pairs = [(t, tn) for t, tn in pairs if t <= start_t]
         x = noise.float()
         for t, t_next in tqdm(pairs, desc=f"{sampler} sampling", disable=None if progress else True, leave=False):
+            if step_hook is not None:
+                x = step_hook(x, t).float()
             t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             out = denoise(x, t_batch).float()
             if sampler == "ddpm":
@@ -316,4 +324,4 @@ class NoiseSchedule:
                 x = self.ddim.step(out, t, x, eta=eta, generator=generator)[0]
             else:
                 x = self.rflow.step(out, t, x, t_next)[0]
-        return x
+        return step_hook(x, -1).float() if step_hook is not None else x

@@ -104,6 +104,23 @@ def ssim_and_cs(
     Returns:
         (ssim (N,), cs (N,)) float64, each the mean of its map over the valid region.
     """
+    ssim_map, cs_map = ssim_maps(x, y, windows, sigma, data_range)
+    return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
+
+
+def ssim_maps(
+    x: torch.Tensor, y: torch.Tensor, windows: tuple[int, ...], sigma: float = SSIM_SIGMA, data_range: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSIM and contrast-structure maps behind :func:`ssim_and_cs` (valid mode: each spatial axis shrinks by
+    its window - 1; map voxel i is centred on input voxel i + window // 2).
+
+    Args:
+        x, y: (N, *spatial) tensors with 1-3 spatial axes, same shape.
+        windows, sigma, data_range: see :func:`ssim_and_cs`.
+
+    Returns:
+        (ssim map, cs map), float64, (N, *valid spatial).
+    """
     _check_pair(x, y)
     spatial = x.shape[1:]
     if len(windows) != len(spatial) or not 1 <= len(spatial) <= 3:
@@ -117,8 +134,7 @@ def ssim_and_cs(
     var_y = _filter_valid(y * y, windows, sigma) - mu_y**2
     cov = _filter_valid(x * y, windows, sigma) - mu_x * mu_y
     cs_map = (2.0 * cov + c2) / (var_x + var_y + c2)
-    ssim_map = (2.0 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
-    return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
+    return (2.0 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map, cs_map
 
 
 def ssim3d(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW) -> tuple[float, tuple[int, int, int]]:

@@ -1,0 +1,310 @@
+"""``scripts/edit.py`` and ``diffusion.editing.inpaint`` on a tiny random-weight stage-2 checkpoint (SPADE decoder,
+latent factor 2, 8x16x16 blocks, 3 classes, fixed latent statistics): editing is plumbing and geometry, which
+training does not change, and the checkpoint is built in a second instead of trained.
+
+The scan is stored as int16 with a scale (value = stored * 0.001), on an oblique anisotropic grid, so "bit for bit"
+means the stored integers and the scaling of the file, not a float round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from dataset.nifti import StoredVolume, dhw_to_ijk, ijk_to_dhw, save_stored
+from tests.scripts.conftest import nested_labels, oblique_affine, write_nifti
+
+FAST = ["--device", "cpu", "--sampler", "ddim", "--steps", "2"]
+EXIT_ERROR = 2
+AFFINE = oblique_affine((1.5, 1.5, 2.0))  # the training voxel size (D, H, W) = (2.0, 1.5, 1.5) mm, rotated
+
+
+LABEL_NC = 3
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    diffusion: Path
+    block: tuple[int, int, int]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A random-weight stage-2 checkpoint in the format ``train_diffusion`` writes (hyperparameters + state dict)."""
+    from diffusion.module import LatentDiffusionModule
+    from tests.diffusion.helpers import save_tiny_vqgan
+
+    d = tmp_path_factory.mktemp("edit_ckpt")
+    torch.manual_seed(0)
+    block = (8, 16, 16)
+    info = {
+        "name": "synthetic",
+        "label_nc": LABEL_NC,
+        "class_names": ["background", "outer", "inner"],
+        "voxel_size": [2.0, 1.5, 1.5],
+        "intensity": {"kind": "none", "invertible": True},
+        "block_size": list(block),
+    }
+    model = LatentDiffusionModule(
+        label_nc=LABEL_NC,
+        first_stage_ckpt=str(save_tiny_vqgan(d / "vq.ckpt", decoder="spade")),
+        block_size=block,
+        data_info=info,
+        num_train_timesteps=50,
+        sample_steps=3,
+        guidance=2.5,
+        denoiser_kwargs={
+            "dim": 8,
+            "dim_mults": [1, 2],
+            "attn_heads": 2,
+            "attn_dim_head": 8,
+            "label_channels": 4,
+            "label_hidden": [4],
+            "spade_hidden": 8,
+        },
+    )
+    model.latent_norm.fitted.fill_(True)  # identity statistics: nothing to train for plumbing
+    path = d / "stage2.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
+    return TinyModel(path, block)
+
+
+def write_scan(path: Path, shape_ijk: tuple[int, int, int], affine: np.ndarray = AFFINE) -> Path:
+    """A textured int16 scan in [-1, 1] after its scaling (slope 0.001), written with the scaling kept."""
+    rng = np.random.default_rng(0)
+    lab = nested_labels(shape_ijk, LABEL_NC).astype(np.float64)
+    raw = np.clip(np.rint((lab / 2.0 - 0.5) * 1500 + rng.normal(0, 80, shape_ijk)), -1000, 1000).astype(np.int16)
+    dhw = ijk_to_dhw(raw)
+    return save_stored(path, dhw, StoredVolume(dhw, 0.001, 0.0, affine))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("edit_inputs")
+    shape = (18, 20, 24)  # I, J, K: (D, H, W) = (24, 18, 20), not multiples of anything
+    labels = nested_labels(shape, LABEL_NC)
+    edited = labels.copy()
+    edited[8:11, 9:12, 4:7] = 2  # a small block of class 3 near one end of the depth axis
+    region = np.zeros(shape, dtype=np.uint8)
+    region[2:9, 9:11, 10:14] = 1  # from the background through class 1 into class 2
+    return {
+        "image": write_scan(d / "scan.nii.gz", shape),
+        "labels": write_nifti(d / "labels.nii.gz", labels, AFFINE),
+        "edited": write_nifti(d / "edited.nii.gz", edited, AFFINE),
+        "region": write_nifti(d / "region.nii.gz", region, AFFINE),
+        "other_grid": write_nifti(d / "other_grid.nii.gz", labels, oblique_affine((1.5, 1.5, 2.2))),
+        "other_shape": write_nifti(d / "other_shape.nii.gz", labels[:, :, :-1], AFFINE),
+        "out_of_range": write_nifti(d / "out_of_range.nii.gz", np.where(edited == 2, 9, edited), AFFINE),
+        "empty_region": write_nifti(d / "empty_region.nii.gz", np.zeros(shape, dtype=np.uint8), AFFINE),
+    }
+
+
+def cli(model: TinyModel, inputs: dict[str, Path], out: Path, *extra: str) -> int:
+    from scripts.edit import main
+
+    argv = [
+        "--ckpt",
+        str(model.diffusion),
+        "--image",
+        str(inputs["image"]),
+        "--labels",
+        str(inputs["labels"]),
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    ]
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def edit_run(tiny_model: TinyModel, inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("edit_out") / "run"
+    assert cli(tiny_model, inputs, out, "--edited", str(inputs["edited"]), "--margin-mm", "3.1", "--png") == 0
+    return out
+
+
+def test_outside_the_region_the_file_is_bit_for_bit_the_input(edit_run: Path, inputs: dict[str, Path]) -> None:
+    src, out = nib.load(inputs["image"]), nib.load(edit_run / "edited.nii.gz")
+    assert out.get_data_dtype() == src.get_data_dtype() == np.int16
+    assert (out.dataobj.slope, out.dataobj.inter) == (src.dataobj.slope, src.dataobj.inter)
+    assert src.dataobj.slope == pytest.approx(0.001) and src.dataobj.inter == 0.0
+    np.testing.assert_array_equal(out.affine, src.affine)
+    raw_in, raw_out = np.asarray(src.dataobj.get_unscaled()), np.asarray(out.dataobj.get_unscaled())
+    region = np.asarray(nib.load(edit_run / "region.nii.gz").dataobj)
+    assert set(np.unique(region)) == {0, 1, 2}  # kept, regenerated, band
+    assert np.array_equal(raw_out[region == 0], raw_in[region == 0])
+    assert (raw_out[region == 1] != raw_in[region == 1]).any()
+    # the region is the label difference grown by 3.1 mm in world distance (3 mm would tie with 2 x 1.5 mm)
+    from diffusion.editing.geometry import world_coordinates
+
+    lab_in = np.asarray(nib.load(inputs["labels"]).dataobj)
+    lab_ed = np.asarray(nib.load(inputs["edited"]).dataobj)
+    xyz = world_coordinates(ijk_to_dhw(lab_in).shape, AFFINE)
+    changed = ijk_to_dhw(lab_in != lab_ed)
+    dist = np.min(np.linalg.norm(xyz[..., None, :] - xyz[changed][None, None, None], axis=-1), axis=-1)
+    np.testing.assert_array_equal(ijk_to_dhw(region) > 0, dist < 3.1)
+    np.testing.assert_array_equal(ijk_to_dhw(region) == 1, dist <= 1.55)
+
+
+def test_run_record_montage_and_overwrite(tiny_model: TinyModel, edit_run: Path, inputs: dict[str, Path]) -> None:
+    rec = json.loads((edit_run / "generation.json").read_text())
+    assert rec["producer"] == "med-lsdm" and rec["command"] == "edit"
+    assert len(rec["checkpoint"]["sha256"]) == 64 and rec["seed"] == 0 and rec["steps"] == 2
+    changed = np.asarray(nib.load(inputs["labels"]).dataobj) != np.asarray(nib.load(inputs["edited"]).dataobj)
+    assert rec["region"]["changed_voxels"] == int(changed.sum()) > 0 and rec["region"]["margin_mm"] == 3.1
+    assert rec["windows_sampled"] <= rec["windows_total"]
+    assert sorted(rec["outputs"]) == ["edited.nii.gz", "montage.png", "region.nii.gz"]
+    assert sorted(os.listdir(edit_run)) == ["edited.nii.gz", "generation.json", "montage.png", "region.nii.gz"]
+
+    def voxels() -> np.ndarray:
+        return np.asarray(nib.load(edit_run / "edited.nii.gz").dataobj.get_unscaled())
+
+    before = voxels()
+    assert cli(tiny_model, inputs, edit_run, "--edited", str(inputs["edited"])) == EXIT_ERROR  # no --overwrite
+    assert np.array_equal(voxels(), before)
+    # --overwrite without --png: the old montage (recorded by the previous run) is removed
+    rerun = ["--edited", str(inputs["edited"]), "--margin-mm", "3.1", "--overwrite"]
+    assert cli(tiny_model, inputs, edit_run, *rerun) == 0
+    assert np.array_equal(voxels(), before)  # same seed, same output
+    assert sorted(os.listdir(edit_run)) == ["edited.nii.gz", "generation.json", "region.nii.gz"]
+
+
+def test_label_edit_options_write_the_edited_map(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "grow"
+    assert cli(tiny_model, inputs, out, "--grow", "2:2", "--replace", "1:2", "--within", str(inputs["region"])) == 0
+    lab_in = ijk_to_dhw(np.asarray(nib.load(inputs["labels"]).dataobj))
+    lab_out = ijk_to_dhw(np.asarray(nib.load(out / "edited_labels.nii.gz").dataobj))
+    within = ijk_to_dhw(np.asarray(nib.load(inputs["region"]).dataobj)) > 0
+    assert np.array_equal(lab_out[~within], lab_in[~within]) and not np.array_equal(lab_out, lab_in)
+    # --region alone regenerates it with the labels unchanged
+    out2 = tmp_path / "region"
+    assert cli(tiny_model, inputs, out2, "--region", str(inputs["region"]), "--margin-mm", "0") == 0
+    region = ijk_to_dhw(np.asarray(nib.load(out2 / "region.nii.gz").dataobj))
+    assert np.array_equal(region > 0, within)
+
+
+def test_only_the_windows_around_the_region_are_sampled(
+    tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long volume (96 slices = 48 latent slices, windows of 4): the edit near one end samples a few windows."""
+    import diffusion.sampling as sampling
+    from diffusion.editing.inpaint import edit_scan
+    from diffusion.editing.region import edit_region
+    from scripts.generate import load_model
+
+    model = load_model(tiny_model.diffusion, torch.device("cpu"))
+    calls: list[tuple[int, ...]] = []
+    net = model.ema.module
+    original_forward = net.forward
+
+    def counting(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(x.shape[2:]))
+        return original_forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(net, "forward", counting)
+    shape_dhw = (96, 16, 16)
+    labels = ijk_to_dhw(nested_labels((16, 16, 96), LABEL_NC)).astype(np.int64)
+    image = (labels / 2.0 - 0.5).astype(np.float32)
+    edited = labels.copy()
+    edited[4:8, 6:10, 6:10] = 2
+    region = edit_region(labels != edited, 2.0, AFFINE)
+    settings = model.sampler_defaults.resolve("ddim", 3, None)
+    res = edit_scan(model, image, edited, region, settings, 0, tiny_model.block)
+    assert res.windows_total == len(sampling.windows((48, 8, 8), (4, 8, 8), 0.5)) == 23
+    assert res.windows_sampled <= 4
+    assert len(calls) == 3 * res.windows_sampled  # 3 steps x the crop's windows, nothing else denoised
+    assert all(c[0] == 4 for c in calls) and res.crop[0].stop <= 16
+    assert np.isnan(res.generated[40:]).all()  # the far end is never decoded
+    assert np.array_equal(res.image[~region.mask], image[~region.mask])
+    assert res.image.shape == shape_dhw
+
+
+@pytest.fixture
+def no_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffusion.editing.inpaint as inpaint
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampling started although the input should have been refused first")
+
+    monkeypatch.setattr(inpaint, "edit_scan", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--edited", "{other_grid}"], "affine differs"),
+        (["--edited", "{other_shape}"], "shape"),
+        (["--edited", "{out_of_range}"], "9"),
+        (["--edited", "{labels}"], "empty edit"),
+        (["--region", "{empty_region}"], "region is empty"),
+        (["--region", "{other_grid}"], "affine differs"),
+        (["--insert", "2:1000,1000,1000:5"], "empty edit"),  # a sphere outside the volume changes nothing
+        (["--grow", "7:2"], "class 7"),
+        (["--grow", "2:2", "--edited", "{edited}"], "not both"),
+        ([], "nothing to edit"),
+        (["--edited", "{edited}", "--margin-mm", "-1"], "margin"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_before_sampling(
+    tiny_model: TinyModel,
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    no_sampling: None,
+    extra: list[str],
+    message: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "out"
+    args = [a.format(**{k: str(v) for k, v in inputs.items()}) for a in extra]
+    assert cli(tiny_model, inputs, out, *args) == EXIT_ERROR
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+    assert not out.exists()  # nothing written, not even the folder
+
+
+def test_labels_on_another_grid_than_the_image_are_refused(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, no_sampling: None
+) -> None:
+    from scripts.edit import main
+
+    argv = [
+        "--ckpt",
+        str(tiny_model.diffusion),
+        "--image",
+        str(inputs["image"]),
+        "--labels",
+        str(inputs["other_grid"]),
+        "--edited",
+        str(inputs["edited"]),
+        "--out",
+        str(tmp_path / "o"),
+        *FAST,
+    ]
+    assert main(argv) == EXIT_ERROR and not (tmp_path / "o").exists()
+
+
+def test_stored_writer_keeps_the_scaling_of_an_edit(tmp_path: Path) -> None:
+    from diffusion.editing.inpaint import composite_stored
+
+    raw = np.arange(-50, 70, dtype=np.int16).reshape(4, 5, 6)
+    vol = StoredVolume(raw, 2.0, -1024.0, AFFINE)
+    mask = np.zeros(raw.shape, dtype=bool)
+    mask[1, 2, 3] = True
+    values = vol.values.astype(np.float64)
+    values[mask] = 100.0
+    values[~mask] = 1e9  # ignored outside the mask
+    out = composite_stored(vol, values.astype(np.float32), mask)
+    assert out.dtype == np.int16 and out[1, 2, 3] == 562 and np.array_equal(out[~mask], raw[~mask])
+    save_stored(tmp_path / "x.nii.gz", out, vol)
+    back = nib.load(tmp_path / "x.nii.gz")
+    assert np.asarray(back.dataobj)[dhw_to_ijk(mask)][0] == 100.0
