@@ -151,3 +151,39 @@ def test_stored_volume_round_trips_bit_for_bit(tmp_path, dtype, slope, inter) ->
     np.testing.assert_allclose(back.affine, oblique_affine())
     with pytest.raises(FileExistsError):
         save_stored(tmp_path / "out.nii.gz", vol.stored, vol)
+
+
+@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddim"), ("ddpm", "ddpm"), ("rflow", "rflow")])
+def test_step_hook_sees_every_step_and_the_clean_end(objective: str, sampler: str) -> None:
+    import torch
+
+    from diffusion.editing.inpaint import KnownLatent
+    from diffusion.schedulers import NoiseSchedule
+
+    sched = NoiseSchedule(objective, 20, prediction_type="v_prediction" if objective == "rflow" else "epsilon")
+    steps = None if sampler == "ddpm" else 5
+    noise = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 0.1 * x
+
+    seen: list[int] = []
+
+    def identity(x: torch.Tensor, t: int) -> torch.Tensor:
+        seen.append(t)
+        return x
+
+    plain = sched.sample(denoise, noise, sampler, steps, generator=torch.Generator().manual_seed(1))
+    hooked = sched.sample(
+        denoise, noise, sampler, steps, generator=torch.Generator().manual_seed(1), step_hook=identity
+    )
+    assert torch.equal(plain, hooked)  # a hook that changes nothing changes nothing
+    assert seen == [t for t, _ in sched.inference_timesteps(sampler, steps, 64)] + [-1]
+    # RePaint: outside the free mask the result is the known latent exactly, inside it is sampled
+    z0 = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    free = torch.zeros(4, 4, 4, dtype=torch.bool)
+    free[1:3, 1:3, 1:3] = True
+    known = KnownLatent(z0, free, sched, torch.Generator().manual_seed(3))
+    out = sched.sample(denoise, noise, sampler, steps, generator=torch.Generator().manual_seed(1), step_hook=known)
+    assert torch.equal(out[:, :, ~free], z0[:, :, ~free]) and not torch.equal(out[:, :, free], z0[:, :, free])
+    assert known.calls == len(seen)
