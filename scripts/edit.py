@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(block) != 3:
             raise DataError("the checkpoint records no training block size; cannot tile the edit")
         settings = model.sampler_defaults.resolve(args.sampler, args.steps, args.guidance)
+        from dataset.intensity import normalize
+
+        normalize(scan.values, info.get("intensity"), str(args.image))  # units the model cannot read: refused here
         voxel = info.get("voxel_size")
         if voxel and not np.allclose(voxel_size_dhw(scan.affine), voxel, rtol=1e-3):
             log.warning(

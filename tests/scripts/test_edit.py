@@ -293,6 +293,18 @@ def test_labels_on_another_grid_than_the_image_are_refused(
     assert main(argv) == EXIT_ERROR and not (tmp_path / "o").exists()
 
 
+def test_a_scan_in_units_the_model_cannot_read_is_refused(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, no_sampling: None
+) -> None:
+    from scripts.edit import main
+
+    raw = ijk_to_dhw(np.asarray(nib.load(inputs["image"]).dataobj.get_unscaled()))
+    hot = save_stored(tmp_path / "hu.nii.gz", raw, StoredVolume(raw, 1.0, 0.0, AFFINE))  # +-1000: not in [-1, 1]
+    argv = ["--ckpt", str(tiny_model.diffusion), "--image", str(hot), "--labels", str(inputs["labels"]),
+            "--edited", str(inputs["edited"]), "--out", str(tmp_path / "o"), *FAST]  # fmt: skip
+    assert main(argv) == EXIT_ERROR and not (tmp_path / "o").exists()
+
+
 def test_stored_writer_keeps_the_scaling_of_an_edit(tmp_path: Path) -> None:
     from diffusion.editing.inpaint import composite_stored
 
