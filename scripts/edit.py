@@ -214,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.png:
         save_edit_montage(
-            args.out / "montage.png", scan.values, result.image, labels, edited, scan.affine, info, nc, args.overwrite
+            args.out / "montage.png",
+            scan.values,
+            result.image,
+            labels,
+            edited,
+            scan.affine,
+            info,
+            nc,
+            args.overwrite,
+            region.mask,
         )
     for stale in plan.stale:
         stale.unlink(missing_ok=True)
@@ -281,9 +290,21 @@ def save_edit_montage(
     info: dict,
     label_nc: int,
     overwrite: bool,
+    region: np.ndarray | None = None,
 ) -> Path:
-    """original | edited | |difference| | label change (the edited class where the map changed, else 0)."""
+    """original | edited | |difference| | label change (the edited class where the map changed, else 0).
+
+    With ``region`` (D, H, W) bool the slices are taken across the region's depth (and two slices either side),
+    so the montage shows the edit, not evenly spaced slices of the whole volume.
+    """
+    from dataset.nifti import shift_affine
     from dataset.visualization import display_window, save_montage
+
+    if region is not None and region.any():
+        idx = np.flatnonzero(region.any(axis=(1, 2)))
+        d0, d1 = max(0, int(idx[0]) - 2), min(region.shape[0], int(idx[-1]) + 3)
+        original, edited_image, labels, edited = (a[d0:d1] for a in (original, edited_image, labels, edited))
+        affine = shift_affine(affine, (d0, 0, 0))
 
     intensity = info.get("intensity")
     if intensity is not None and intensity.get("kind") == "ct_window":
