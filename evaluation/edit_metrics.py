@@ -296,15 +296,16 @@ def _segment(seg, image: np.ndarray, rng: Sequence[float], window: tuple[int, in
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     """The experiment behind the CLI (see the module docstring)."""
     from diffusion.editing.labels import parse_edit
+    from diffusion.module import load_checkpoint
     from evaluation.cli_common import check_output_files
     from evaluation.report import report_paths
-    from scripts.generate import load_model, pick_device
 
     check_output_files(list(report_paths(args.out)), args.overwrite)
     subjects = _subjects(args.images, args.labels)
     if not args.ckpt.is_file():
         raise DataError(f"{args.ckpt}: checkpoint not found")
-    model = load_model(args.ckpt, pick_device(args.device))
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    model = load_checkpoint(args.ckpt, "cpu" if device == "auto" else device, compile=False)
     info = model.hparams.get("data_info") or {}
     nc = model.label_nc
     edits = [parse_edit(k, t, nc) for k in ("grow", "shrink") for t in getattr(args, k)]
@@ -446,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", type=Path, default=None, help="real-trained segmenter for adherence")
     p.add_argument("--grow", action="append", default=[], metavar="K:MM", help="adherence edit (repeatable)")
     p.add_argument("--shrink", action="append", default=[], metavar="K:MM", help="adherence edit (repeatable)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--log-level", default="info")
     return p
