@@ -84,16 +84,15 @@ def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def train_row(model: torch.nn.Module, stage: str, size: tuple[int, ...], args: argparse.Namespace) -> dict[str, Any]:
     """Warm-up + timed training steps of ``model`` in a Trainer from config/trainer; seconds per step, peak memory."""
-    from scripts.bench.common import summary
     from scripts.bench.machine import PeakMemory
-    from scripts.bench.training import fit_steps
+    from scripts.bench.training import train_steps
 
     device = torch.device(args.device)
     memory = PeakMemory(device)
-    memory.reset()
-    timer = fit_steps(model, stage, size, args.warmup + args.repeats, 1, args.seed, device, args.precision)
-    return {"step_s": summary(timer.times[args.warmup :]), "first_step_s": round(timer.times[0], 3),
-            "memory": memory.result(), "memory_kind": memory.kind}  # fmt: skip
+    steps = argparse.Namespace(warmup=args.warmup, repeats=args.repeats, batch_size=1, seed=args.seed, labels=None)
+    res = train_steps(model, stage, size, steps, device, args.precision, memory)
+    return {"step_s": res["step_time_s"], "first_step_s": round(res["first_step_s"], 3),
+            "memory": res["memory"], "memory_kind": memory.kind}  # fmt: skip
 
 
 def check_vqgan(args: argparse.Namespace, pick: Callable[[str], Any]) -> list[dict[str, Any]]:

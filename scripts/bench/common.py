@@ -1,4 +1,4 @@
-"""Constants, CLI value parsers, statistics and the random training data every benchmark section shares."""
+"""What every benchmark section shares: constants, value parsers, statistics and the training data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-SCHEMA = "med-lsdm-benchmark/2"
+SCHEMA = "med-lsdm-benchmark/3"
 PAPER_BLOCK = (32, 256, 256)  # image block of the paper; latent 8x8x64x64 with the [4, 4, 4] VQ-GAN
 DEFAULT_SIZES = ((16, 16, 16), (32, 32, 32), (32, 64, 64), (32, 128, 128), PAPER_BLOCK)
 QUICK_SIZES = ((16, 16, 16),)
@@ -118,18 +118,6 @@ def json_safe(value: Any) -> Any:
 def error_reason(err: BaseException, limit: int = 500) -> str:
     """``"TypeName: message"``, cut to ``limit`` characters (what a failed row records)."""
     return f"{type(err).__name__}: {err}"[:limit]
-
-
-def not_available(reason: str, **extra: Any) -> dict[str, Any]:
-    """A row or section for a measurement this checkout cannot make (a switch that does not exist yet)."""
-    return {"status": "not available", "reason": reason, **extra}
-
-
-def ratio(new: float | None, old: float | None) -> float | None:
-    """``new / old``, or None when either is missing or ``old`` is not positive."""
-    if new is None or old is None or old <= 0:
-        return None
-    return new / old
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

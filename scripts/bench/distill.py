@@ -89,18 +89,19 @@ class Stopwatch:
 
 @contextmanager
 def split_timing(model: Any) -> Iterator[tuple[Stopwatch, Stopwatch]]:
-    """Time the sampler loop (``model.schedule.sample``) and the decoding (``model.decode_latents``) separately.
+    """Time the sampler loop (``model.schedule.sample``) and the decoding (``model.first_stage.decode``, which every
+    decoding path ends in) separately.
 
     Instance attributes shadow the methods for the duration, so the generation code runs unchanged.
     """
     denoise, decode = Stopwatch(), Stopwatch()
     model.schedule.sample = denoise.wrap(model.schedule.sample)
-    model.decode_latents = decode.wrap(model.decode_latents)
+    model.first_stage.decode = decode.wrap(model.first_stage.decode)
     try:
         yield denoise, decode
     finally:
         del model.schedule.sample
-        del model.decode_latents
+        del model.first_stage.decode
 
 
 def run_tool(cmd: list[str], log_path: Path) -> None:

@@ -1,15 +1,17 @@
-"""Block-wise generation (what ``scripts/generate.py`` runs) from one training block up to the full size: time,
-peak memory, the exponents of their growth with the volume, and the generation fast paths."""
+"""Block-wise generation (what ``scripts/generate.py`` runs) from one training block up to the full size: time, peak
+memory, windows and seam ratio per size, the exponents of their growth with the volume, the steady-state time of
+one sampling step, and the fast paths (``--precision bf16`` / ``--compile``) against fp32."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from scripts.bench.build import build_diffusion
 from scripts.bench.common import (
     GEN_BLOCKS,
+    IMAGE_ATOL,
     MODELS,
     RandomVolumes,
     error_reason,
@@ -47,21 +50,14 @@ def generation_model(args: argparse.Namespace, device: torch.device, compile: bo
     with torch.no_grad():  # statistics of the untrained encoder's latents, so the normaliser is usable
         x = RandomVolumes(1, block, model.label_nc)[0]["image"][None]
         model.latent_norm.fit_std([model.first_stage.encode(x)])
-    model = model.eval().to(device)
     source = f"{args.gen_config} config, random weights (no --ckpt; time and memory do not depend on the weights)"
-    return model, {"source": source, "block": size_str(block)}
-
-
-def settings_with(settings: Any, **changes: Any) -> Any:
-    """``settings`` with those of ``changes`` that ``GenerationSettings`` has (the others are dropped)."""
-    known = {f.name for f in fields(settings)}
-    return replace(settings, **{k: v for k, v in changes.items() if k in known})
+    return model.eval().to(device), {"source": source, "block": size_str(block)}
 
 
 def generate_once(
     model: Any, size: Sequence[int], settings: Any, memory: PeakMemory, device: torch.device, workdir: Path
 ) -> tuple[float, dict[str, float], np.ndarray]:
-    """One ``generate`` call on a random label map of ``size``; returns time, memory and the (D, H, W) volume."""
+    """One ``generate`` call on a random label map of ``size``: seconds, memory and the (D, H, W) volume."""
     from diffusion.generation.pipeline import LabelVolume, generate
 
     vol = LabelVolume(f"gen_{size_str(size)}", random_label(size, model.label_nc), np.eye(4), "benchmark")
@@ -82,85 +78,73 @@ def generate_once(
     return time.perf_counter() - t0, memory.result(), images[0]
 
 
-def n_windows(
-    size: Sequence[int], block: Sequence[int], factor: Sequence[int], overlap: float, mode: str | None = None
-) -> int | None:
-    """Denoising windows of a label map of ``size`` (None where this checkout cannot tell)."""
-    try:
-        from diffusion.sampling import windows
-    except ImportError:
-        return None
-    latent = tuple(s // f for s, f in zip(size, factor))
-    window = tuple(b // f for b, f in zip(block, factor))
-    try:
-        from diffusion.sampling import denoise_window
+def window_layout(model: Any, size: Sequence[int], settings: Any) -> tuple[int, list[list[int]]]:
+    """Denoising windows of a label map of ``size`` and, per axis, the image planes where windows meet."""
+    from diffusion.sampling import denoise_window, windows
+    from evaluation.seams import window_borders
 
-        window = denoise_window(latent, window, mode or "auto")
-    except ImportError:
-        pass
-    return len(windows(latent, window, overlap))  # type: ignore[arg-type]
+    factor = tuple(model.latent_factor)
+    latent = tuple(s // f for s, f in zip(size, factor))
+    train = tuple(b // f for b, f in zip(model.block_size, factor))
+    window = denoise_window(latent, train, settings.window, multiple=model.denoiser.size_multiple)
+    wins = windows(latent, window, settings.overlap)
+    pairs = [{(w[a].start * factor[a], w[a].stop * factor[a]) for w in wins} for a in range(3)]
+    return len(wins), window_borders(pairs, size)
 
 
 def _predicted_skip(prev: dict | None, row: dict, args: argparse.Namespace, memory: PeakMemory) -> str | None:
     if prev is None:
         return None
-    # time grows with the windows denoised; where they are unknown, with the voxels
-    known = row.get("windows") and prev.get("windows")
-    scale = row["windows"] / prev["windows"] if known else row["voxels"] / prev["voxels"]
-    t_pred = prev["time_s"]["median"] * scale * args.gen_repeats
+    t_pred = prev["time_s"]["median"] * row["windows"] / prev["windows"] * args.gen_repeats
     mem = prev["memory"]
     peak_pred = mem["baseline_mb"] + mem["increase_mb"] * row["voxels"] / prev["voxels"]
-    limit = memory.limit_mb()
-    if peak_pred > limit or t_pred > args.max_seconds:
+    if peak_pred > memory.limit_mb() or t_pred > args.max_seconds:
         return (
-            f"predicted {t_pred:.0f} s (linear in windows or voxels) and {peak_pred:.0f} MB peak (linear in "
-            f"voxels) from {prev['size']}: over --max-seconds {args.max_seconds:.0f} or {limit:.0f} MB available"
+            f"predicted {t_pred:.0f} s (linear in windows) and {peak_pred:.0f} MB peak (linear in voxels) from "
+            f"{prev['size']}: over --max-seconds {args.max_seconds:.0f} or {memory.limit_mb():.0f} MB available"
         )
     return None
 
 
-def bench_generation(args: argparse.Namespace, device: torch.device, profile_dir: Path | None) -> dict[str, Any]:
-    """Block-wise generation from one block to the full size; the time/memory exponents; fast paths."""
+def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Block-wise generation from one block to the full size; growth exponents; step time; fast paths."""
     from diffusion.generation.pipeline import GenerationSettings
-    from scripts.bench.genfast import generation_fast_paths, generation_profiles
 
     memory = PeakMemory(device)
     model, source = generation_model(args, device)
     block = tuple(model.block_size)
     sampler = args.gen_sampler or ("ddim" if "ddim" in model.schedule.samplers else "rflow")
     sizes = args.gen_sizes or [tuple(b * m for b, m in zip(block, mult)) for mult in args.gen_multiples]
-    sizes = sorted(sizes, key=math.prod)
-    settings = GenerationSettings(sampler=sampler, steps=args.gen_steps, seed=args.seed, resample=False)
+    settings = GenerationSettings(
+        sampler=sampler, steps=args.gen_steps, seed=args.seed, resample=False, window=args.gen_window
+    )
     out: dict[str, Any] = {
         "status": "ok",
         "model": source,
         "sampler": sampler,
         "steps": args.gen_steps,
         "overlap": settings.overlap,
+        "window": settings.window,
+        "results": [],
         "guidance": float(model.hparams.guidance),
         "memory_kind": memory.kind,
-        "results": [],
     }
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as tmp:
         workdir = Path(tmp)
         generate_once(model, block, settings, memory, device, workdir)  # warm-up
+        out["step_time_s"] = step_time(model, block, settings, memory, device, workdir, args.gen_repeats)
         prev = None
-        for size in sizes:
-            row: dict[str, Any] = {
-                "size": size_str(size),
-                "voxels": math.prod(size),
-                "windows": n_windows(
-                    size, block, model.latent_factor, settings.overlap, getattr(settings, "window", None)
-                ),
-            }
+        for size in sorted(sizes, key=math.prod):
+            row: dict[str, Any] = {"size": size_str(size), "voxels": math.prod(size)}
             out["results"].append(row)
             if any(s < b for s, b in zip(size, block)) or any(s % f for s, f in zip(size, model.latent_factor)):
                 row.update(
                     status="skipped",
-                    reason=f"size must be >= the block {size_str(block)} and divisible by "
-                    f"the latent factor {size_str(model.latent_factor)}",
+                    reason=f"size must be >= the block {size_str(block)} and divisible "
+                    f"by the latent factor {size_str(model.latent_factor)}",
                 )
                 continue
+            row["windows"], borders = window_layout(model, size, settings)
             reason = _predicted_skip(prev, row, args, memory)
             if reason:
                 row.update(status="skipped", reason=reason)
@@ -173,10 +157,13 @@ def bench_generation(args: argparse.Namespace, device: torch.device, profile_dir
                 log.warning("generation %s failed: %s", row["size"], row["reason"])
                 free_memory(device)
                 continue
+            from evaluation.seams import seam_ratio
+
             row.update(
                 status="ok",
                 time_s=summary([r[0] for r in runs]),
                 memory=max((r[1] for r in runs), key=lambda m: m["peak_mb"]),
+                seam_ratio=seam_ratio(runs[0][2], borders),
             )
             row["time_per_megavoxel_s"] = row["time_s"]["median"] / (row["voxels"] / 1e6)
             log.info(
@@ -191,10 +178,23 @@ def bench_generation(args: argparse.Namespace, device: torch.device, profile_dir
         out["full_size"] = ok[-1]["size"] if ok else None
         out["fit"] = growth_fits(ok)
         out["fast_paths"] = generation_fast_paths(args, device, model, block, settings, memory, workdir)
-        if profile_dir is not None:
-            prof_args = (model, block, sampler, settings, ok, memory, device, workdir, profile_dir)
-            out["_profiles"] = generation_profiles(*prof_args)
     return out
+
+
+def step_time(
+    model: Any, block: Sequence[int], settings: Any, memory: PeakMemory, device: torch.device, workdir: Path, n: int
+) -> dict[str, Any] | None:
+    """Steady-state time of one sampling step at the block size: (time of N steps - time of 1) / (N - 1), which
+    leaves out what is paid once per volume (label encoding, the SPADE cache fill, decoding)."""
+    steps = settings.steps or 0
+    if steps < 2:
+        return None
+    one = replace(settings, steps=1)
+    per = []
+    for _ in range(n):
+        t_n = generate_once(model, block, settings, memory, device, workdir)[0]
+        per.append((t_n - generate_once(model, block, one, memory, device, workdir)[0]) / (steps - 1))
+    return summary(per)
 
 
 def growth_fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -204,12 +204,63 @@ def growth_fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     vox = [r["voxels"] for r in rows]
     fits: dict[str, Any] = {"status": "ok", "sizes": len(rows)}
     fits["time_vs_voxels"] = fit_power_law(vox, [r["time_s"]["median"] for r in rows])
-    incr = [max(r["memory"]["increase_mb"], 1e-3) for r in rows]
-    fits["memory_increase_vs_voxels"] = fit_power_law(vox, incr)
+    fits["memory_increase_vs_voxels"] = fit_power_law(vox, [max(r["memory"]["increase_mb"], 1e-3) for r in rows])
     fits["peak_memory_vs_voxels"] = fit_power_law(vox, [r["memory"]["peak_mb"] for r in rows])
-    wins = [r["windows"] for r in rows]
-    if None not in wins and len(set(wins)) >= 2:
-        fits["time_vs_windows"] = fit_power_law(wins, [r["time_s"]["median"] for r in rows])
-    if len(rows) < 4:
-        fits["note"] = f"only {len(rows)} sizes measured (at least four asked for)"
+    if len({r["windows"] for r in rows}) >= 2:
+        fits["time_vs_windows"] = fit_power_law([r["windows"] for r in rows], [r["time_s"]["median"] for r in rows])
     return fits
+
+
+def generation_fast_paths(
+    args: argparse.Namespace,
+    device: torch.device,
+    model: Any,
+    block: tuple[int, ...],
+    settings: Any,
+    memory: PeakMemory,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """``--precision bf16`` (and 16 on CUDA) and ``--compile`` of scripts/generate.py against fp32, on one block."""
+    base = [generate_once(model, block, settings, memory, device, workdir) for _ in range(args.gen_repeats)]
+    base_t = statistics.median(r[0] for r in base)
+    out = [
+        {"option": "--precision 32", "size": size_str(block), "status": "ok", "time_s": base_t, "memory": base[0][1]}
+    ]
+    for precision, compile in [("bf16", False)] + [("16", False)] * (device.type == "cuda") + [("32", True)]:
+        label = "compile" if compile else precision
+        row: dict[str, Any] = {
+            "option": "--compile" if compile else f"--precision {precision}",
+            "size": size_str(block),
+        }
+        out.append(row)
+        if compile and not args.compile:
+            row.update(status="skipped", reason=args.compile_skip_reason)
+            continue
+        try:
+            m = generation_model(args, device, compile=True)[0] if compile else model
+            s = replace(settings, precision=precision)
+            first = time.perf_counter()
+            generate_once(m, block, s, memory, device, workdir)  # warm-up: compiles on the first call
+            first = time.perf_counter() - first
+            runs = [generate_once(m, block, s, memory, device, workdir) for _ in range(args.gen_repeats)]
+        except Exception as err:  # noqa: BLE001 - recorded
+            row.update(status="error", reason=error_reason(err))
+            log.warning("generation fast path %s failed: %s", label, row["reason"])
+            continue
+        t = statistics.median(r[0] for r in runs)
+        diff = np.abs(runs[0][2].astype(np.float64) - base[0][2].astype(np.float64))
+        row.update(
+            status="ok",
+            time_s=t,
+            first_call_s=first,
+            speedup=base_t / t,
+            memory=runs[0][1],
+            max_abs_diff=float(diff.max()),
+            mean_abs_diff=float(diff.mean()),
+            tolerance=IMAGE_ATOL[label],
+            equal_within_tolerance=float(diff.mean()) <= IMAGE_ATOL[label],
+        )
+        log.info(
+            "generation fast path %s: %.2f s (x%.2f), mean |diff| %.2e", label, t, row["speedup"], row["mean_abs_diff"]
+        )
+    return out

@@ -1,4 +1,4 @@
-"""The machine record (CPU, cores, threads, RAM, GPU, versions, date) and the peak-memory probes."""
+"""The machine record (CPU, cores, threads, RAM, GPU, versions, commit, date) and the peak-memory probe."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import os
 import platform
 import resource
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,24 +78,29 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of Python and of the libraries whose speed the numbers depend on."""
+    """The commit, and the versions of Python and of the libraries whose speed the numbers depend on."""
     import monai
     import pytorch_lightning as pl
 
-    try:
-        import lightning
-
-        lightning_version: str | None = lightning.__version__
-    except ImportError:
-        lightning_version = None
     return {
+        "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pytorch_lightning": pl.__version__,
-        "lightning": lightning_version,
         "monai": monai.__version__,
         "numpy": np.__version__,
     }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes): what a ``--compare`` compares across."""
+    root = Path(__file__).resolve().parents[2]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        run = {"cwd": root, "capture_output": True, "text": True, "timeout": 10, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    return None
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,23 +120,18 @@ def free_memory(device: torch.device) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def max_rss_mb() -> float:
-    """This process's peak resident set since it started (``ru_maxrss``, kB on Linux), in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class PeakMemory:
-    """Peak memory of one measurement: CUDA allocator peak, or the process's peak RSS on the CPU."""
+    """Peak memory of one measurement: the CUDA allocator's peak, or the process's peak RSS on the CPU (VmHWM, reset
+    through /proc/self/clear_refs; where that is impossible, ru_maxrss since the start, so only increases count)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.resettable = device.type == "cuda" or self._reset_rss()
         if device.type == "cuda":
             self.kind = "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
-        elif self.resettable:
-            self.kind = "process peak RSS (VmHWM, reset before each measurement through /proc/self/clear_refs)"
         else:
-            self.kind = "process peak RSS since start (ru_maxrss; cannot be reset here, so only increases count)"
+            how = "VmHWM, reset before each measurement" if self.resettable else "ru_maxrss: only increases count"
+            self.kind = f"process peak RSS ({how})"
         self.baseline_mb = 0.0
 
     @staticmethod
@@ -145,8 +147,7 @@ class PeakMemory:
         """Memory in use now (CUDA tensors, or this process's RSS)."""
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / 2**20
-        kb = proc_kb("VmRSS")
-        return kb / 1024 if kb is not None else max_rss_mb()
+        return (proc_kb("VmRSS") or 0) / 1024
 
     def reset(self) -> None:
         """Start a measurement: free what can be freed, reset the peak, remember the baseline."""
@@ -158,21 +159,20 @@ class PeakMemory:
             self._reset_rss()
         self.baseline_mb = self.current_mb()
 
-    def peak_mb(self) -> float:
-        """The peak since :meth:`reset`."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        kb = proc_kb("VmHWM") if self.resettable else None
-        return kb / 1024 if kb is not None else max_rss_mb()
-
     def result(self) -> dict[str, float]:
         """``{"peak_mb", "baseline_mb", "increase_mb"}`` of the measurement since :meth:`reset`."""
-        peak = self.peak_mb()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.resettable:
+            peak = (proc_kb("VmHWM") or 0) / 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        increase = max(peak - self.baseline_mb, 0.0)
         return {
             "peak_mb": round(peak, 1),
             "baseline_mb": round(self.baseline_mb, 1),
-            "increase_mb": round(max(peak - self.baseline_mb, 0.0), 1),
+            "increase_mb": round(increase, 1),
         }
 
     def limit_mb(self) -> float:

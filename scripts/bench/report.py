@@ -1,202 +1,171 @@
-"""The Markdown summary of a benchmark report (written beside the JSON): machine, training, sampling, generation."""
+"""The Markdown summary of a benchmark report (written beside the JSON), and the comparison with an older report.
+
+``--compare OLD.json`` (a report of this benchmark, typically run on another commit) matches the rows of each
+table by their identifying fields and adds a "new/old" ratio column for each compared quantity.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+# table -> (section, list of rows, the fields that identify a row, columns: (header, dotted path, compared))
+TABLES: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
+    "training": ("training", "results", ("model", "size"), [
+        ("model", "model", False), ("image", "size", False), ("latent", "latent", False),
+        ("params (M)", "params_m", False), ("step s", "step_time_s.median", True),
+        ("first step s", "first_step_s", False), ("peak MB", "memory.peak_mb", True),
+        ("+MB", "memory.increase_mb", False)]),
+    "training_fast": ("training", "fast_paths", ("model", "size", "option"), [
+        ("model", "model", False), ("image", "size", False), ("option", "option", False),
+        ("step s", "step_time_s.median", True), ("fp32 step s", "baseline_step_s", False),
+        ("speedup", "speedup", False), ("output rel. error", "output_rel_error", False),
+        ("equal", "equal_within_tolerance", False)]),
+    "sampling": ("sampling", "results", ("checkpoint", "label"), [
+        ("ckpt", "checkpoint", False), ("sampler", "label", False), ("s / volume", "time_per_volume_s.median", True),
+        ("speedup vs DDPM", "speedup_vs_ddpm", False), ("SSIM", "ssim", True), ("PSNR dB", "psnr", False),
+        ("ΔSSIM", "ssim_minus_ddpm", False), ("ΔPSNR", "psnr_minus_ddpm", False)]),
+    "generation": ("generation", "results", ("size",), [
+        ("size", "size", False), ("voxels", "voxels", False), ("windows", "windows", False),
+        ("time s", "time_s.median", True), ("s / Mvoxel", "time_per_megavoxel_s", False),
+        ("peak MB", "memory.peak_mb", True), ("+MB", "memory.increase_mb", False),
+        ("seam ratio", "seam_ratio", False)]),
+    "generation_fast": ("generation", "fast_paths", ("option", "size"), [
+        ("option", "option", False), ("size", "size", False), ("time s", "time_s", True),
+        ("speedup", "speedup", False),
+        ("first call s", "first_call_s", False), ("mean abs diff", "mean_abs_diff", False),
+        ("max abs diff", "max_abs_diff", False), ("equal", "equal_within_tolerance", False)]),
+}  # fmt: skip
+
+
+def get(row: Any, path: str) -> Any:
+    """``row["a"]["b"]`` for the path ``"a.b"`` (None where any part is missing)."""
+    for part in path.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def rows_of(report: dict, table: str) -> list[dict]:
+    """The rows of ``table`` in ``report`` (none when its section did not run)."""
+    section, key, _, _ = TABLES[table]
+    return get(report, f"{section}.{key}") or []
+
+
+def compare(report: dict[str, Any], old: dict[str, Any], old_path: str) -> dict[str, Any]:
+    """new / old of every compared quantity of every row that both reports measured, per table."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table, (_, _, keys, columns) in TABLES.items():
+        before = {tuple(r.get(k) for k in keys): r for r in rows_of(old, table) if r.get("status") == "ok"}
+        for r in rows_of(report, table):
+            o = before.get(tuple(r.get(k) for k in keys))
+            if o is not None and r.get("status") == "ok":
+                ratios = {h: ratio(get(r, p), get(o, p)) for h, p, compared in columns if compared}
+                tables.setdefault(table, []).append({**{k: r.get(k) for k in keys}, **ratios})
+    commit = get(old, "versions.commit")
+    return {"against": old_path, "old_created": old.get("created"), "old_commit": commit, "tables": tables}
+
+
+def ratio(new: float | None, old: float | None) -> float | None:
+    """``new / old``, or None when either is missing or ``old`` is not positive."""
+    return new / old if new is not None and old is not None and old > 0 else None
+
 
 def fmt(v: Any, digits: int = 3) -> str:
-    """A number in ``digits`` significant digits ("–" for None)."""
+    """A number in ``digits`` significant digits ("–" for None, yes / NO for booleans)."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "NO"
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 1e3 else f"{v:.0f}"
     return str(v)
 
 
-def median(row: dict, key: str) -> str:
-    """The formatted median of the summary ``row[key]`` ("–" when there is none)."""
-    return fmt(row[key]["median"]) if isinstance(row.get(key), dict) else "–"
-
-
-def why(row: dict) -> str:
-    """``status: reason`` of a row that did not run, safe inside a table cell."""
-    return f"{row.get('status')}: {row.get('reason', '')}".replace("|", "/")
-
-
 def note(row: dict) -> str:
-    """Empty for a measured row, else :func:`why`."""
-    return "" if row.get("status") == "ok" else why(row)
+    """Empty for a measured row, else ``status: reason`` (safe inside a table cell)."""
+    return "" if row.get("status") == "ok" else f"{row.get('status')}: {row.get('reason', '')}".replace("|", "/")
 
 
-def _load(v: list[float] | None) -> str:
-    return "/".join(f"{x:.2f}" for x in v) if v else "–"
-
-
-def header(report: dict[str, Any]) -> list[str]:
-    """Title, machine and versions."""
-    m, v, s = report["machine"], report["versions"], report["settings"]
-    gpu = m["gpu"]["name"] if m.get("gpu") else "none"
-    return [
-        "# Med-LSDM benchmark",
-        "",
-        f"{report['created']} · device **{s['device']}** · {m['cpu_model']} ({m['cpu_count']} cores, "
-        f"{m['torch_threads']} torch threads) · RAM {m['ram_total_mb']} MB · GPU {gpu} · load average "
-        f"{_load(m.get('load_average_start'))} at start, {_load(m.get('load_average_end'))} at the end",
-        f"python {v['python']} · torch {v['torch']} · pytorch_lightning {v['pytorch_lightning']} · monai {v['monai']}"
-        f" · {'quick' if s['quick'] else 'full'} run: warm-up {s['warmup']}, repeats {s['repeats']}, batch "
-        f"{s['batch_size']} · total {report['total_time_s']:.0f} s",
-        "",
-    ]
-
-
-def training_lines(tr: dict[str, Any]) -> list[str]:
-    """Training step table and its fast paths."""
-    if not tr.get("results"):
-        return []
-    lines = [
-        "## Training step (fp32)",
-        "",
-        f"Memory: {tr['memory_kind']}. Params: VQ-GAN with its "
-        "discriminators, diffusion: the denoiser. GAN terms on (discriminator_iter_start=0).",
-        "",
-        "| model | image | latent | params (M) | step s (median) | first step s | peak MB | +MB | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in tr["results"]:
-        mem = r.get("memory") or {}
-        lines.append(
-            f"| {r['model']} | {r['size']} | {r.get('latent', '–')} | {fmt(r.get('params_m'))} | "
-            f"{median(r, 'step_time_s')} | {fmt(r.get('first_step_s'))} | {fmt(mem.get('peak_mb'))} | "
-            f"{fmt(mem.get('increase_mb'))} | {note(r)} |"
-        )
-    lines += [
-        "",
-        "### Fast paths (training)",
-        "",
-        "| model | image | option | step s | first step s | fp32 step s | speedup | output rel. error "
-        "| equal | first-loss rel. diff | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in tr.get("fast_paths", []):
-        lines.append(
-            f"| {r['model']} | {r['size']} | {r['option']} | {median(r, 'step_time_s')} | "
-            f"{fmt(r.get('first_step_s'))} | {fmt(r['baseline_step_s'])} | {fmt(r.get('speedup'))} | "
-            f"{fmt(r.get('output_rel_error'))} | {fmt(r.get('equal_within_tolerance'))} | "
-            f"{fmt(r.get('first_loss_rel_diff'))} | {note(r)} |"
-        )
-    return lines + [""]
-
-
-def sampling_lines(sa: dict[str, Any]) -> list[str]:
-    """Sampler speed and quality table."""
-    lines = ["## Sampling", ""]
-    if sa.get("status") != "ok":
-        return lines + [f"Skipped: {sa.get('reason', 'not run')}", ""]
-    for key, c in sa["checkpoints"].items():
-        ceil = c["first_stage_ceiling"]
-        lines.append(
-            f"- `{key}`: {c['path']} (objective {c['objective']}, T {c['num_train_timesteps']}, "
-            f"guidance {c['guidance']}, {len(c['volumes'])} {sa['split']} volume(s); VQ-GAN "
-            f"reconstruction ceiling SSIM {ceil['ssim']:.3f}, PSNR {ceil['psnr']:.2f} dB)"
-        )
-    lines += [
-        "",
-        f"Metrics: {sa['metric_convention']}.",
-        "",
-        "| ckpt | sampler | s / volume | speedup vs DDPM | SSIM | PSNR dB | ΔSSIM | ΔPSNR | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in sa["results"]:
-        lines.append(
-            f"| {r['checkpoint']} | {r['label']} | {median(r, 'time_per_volume_s')} | "
-            f"{fmt(r.get('speedup_vs_ddpm'))} | {fmt(r.get('ssim'))} | {fmt(r.get('psnr'))} | "
-            f"{fmt(r.get('ssim_minus_ddpm'))} | {fmt(r.get('psnr_minus_ddpm'))} | {note(r)} |"
-        )
-    return lines + [""]
-
-
-def _fit_lines(ge: dict[str, Any]) -> list[str]:
-    fit = ge.get("fit", {})
-    if fit.get("status") != "ok":
-        return [f"Growth fit: {fit.get('reason', 'not available')}."]
-    tv, mv = fit["time_vs_voxels"], fit["memory_increase_vs_voxels"]
-    lines = [
-        f"Growth over {fit['sizes']} sizes (log-log least squares): time ~ voxels^**{tv['exponent']:.2f}** "
-        f"(R² {tv['r2']:.3f}); memory increase ~ voxels^**{mv['exponent']:.2f}** (R² {mv['r2']:.3f}); peak "
-        f"memory ~ voxels^{fit['peak_memory_vs_voxels']['exponent']:.2f}."
-    ]
-    if "time_vs_windows" in fit:
-        lines.append(
-            f"Time ~ windows^{fit['time_vs_windows']['exponent']:.2f} (denoising windows of the pipeline's "
-            f"default layout, overlap {ge['overlap']} along the tiled axes)."
-        )
-    if fit.get("note"):
-        lines.append(f"Note: {fit['note']}.")
-    return lines
-
-
-def generation_lines(ge: dict[str, Any]) -> list[str]:
-    """Block-wise generation table, growth fit and generation fast paths."""
-    lines = ["## Block-wise generation", ""]
-    if ge.get("status") != "ok":
-        return lines + [f"Skipped: {ge.get('reason', 'not run')}", ""]
-    lines += [
-        f"Model: {ge['model']['source']}; block {ge['model']['block']}; {ge['sampler']} {ge['steps']} steps, "
-        f"overlap {ge['overlap']}, guidance {ge['guidance']}.",
-        f"Memory: {ge['memory_kind']}.",
-        "",
-        "| size | voxels | windows | time s | s / Mvoxel | peak MB | +MB | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in ge["results"]:
-        mem = r.get("memory") or {}
-        lines.append(
-            f"| {r['size']} | {r['voxels']} | {fmt(r['windows'])} | {median(r, 'time_s')} | "
-            f"{fmt(r.get('time_per_megavoxel_s'))} | {fmt(mem.get('peak_mb'))} | "
-            f"{fmt(mem.get('increase_mb'))} | {note(r)} |"
-        )
-    lines += [
-        "",
-        *_fit_lines(ge),
-        "",
-        f"Full size measured: {ge.get('full_size')}.",
-        "",
-        "### Fast paths (generation)",
-        "",
-        "| option | size | time s | speedup | first call s | mean abs diff | max abs diff | equal | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in ge.get("fast_paths", []):
-        lines.append(
-            f"| {r['option']} | {r['size']} | {fmt(r.get('time_s'))} | {fmt(r.get('speedup'))} | "
-            f"{fmt(r.get('first_call_s'))} | {fmt(r.get('mean_abs_diff'))} | {fmt(r.get('max_abs_diff'))} | "
-            f"{fmt(r.get('equal_within_tolerance'))} | {note(r)} |"
-        )
-    return lines + [""]
-
-
-def profile_lines(profiles: list[dict[str, Any]]) -> list[str]:
-    """Top ops of every profile."""
-    if not profiles:
-        return []
-    lines = ["## Profiles (top ops by self CPU time)", ""]
-    for p in profiles:
-        ops = ", ".join(f"{o['op']} {o['self_cpu_pct']}%" for o in p["top_ops"][:5])
-        lines.append(f"- **{p['name']}** ({p['table']}): {ops}")
+def table(report: dict, name: str) -> list[str]:
+    """The Markdown table ``name``, with a "new/old" column per compared quantity under --compare."""
+    _, _, keys, columns = TABLES[name]
+    headers = [h for h, _, _ in columns]
+    compared = report.get("compare")
+    ratios = {tuple(r.get(k) for k in keys): r for r in get(compared, f"tables.{name}") or []}
+    if compared:
+        headers += [f"{h} new/old" for h, _, c in columns if c]
+    lines = ["| " + " | ".join([*headers, "note"]) + " |", "|" + " --- |" * (len(headers) + 1)]
+    for r in rows_of(report, name):
+        cells = [get(r, p) for _, p, _ in columns]
+        if compared:
+            cells += [get(ratios.get(tuple(r.get(k) for k in keys)), h) for h, _, c in columns if c]
+        lines.append("| " + " | ".join([*map(fmt, cells), note(r)]) + " |")
     return lines + [""]
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The Markdown summary of a report (also written beside the JSON)."""
-    from scripts.bench.report_ab import before_after_lines
-
-    lines = header(report)
-    lines += before_after_lines(report.get("before_after", {}))
-    lines += training_lines(report.get("training", {}))
-    lines += sampling_lines(report.get("sampling", {}))
-    lines += generation_lines(report.get("generation", {}))
-    lines += profile_lines(report.get("profiles") or [])
+    """The Markdown summary of a report (also written beside the JSON): machine, then one part per section."""
+    m, v, s = report["machine"], report["versions"], report["settings"]
+    load = "/".join(f"{x:.2f}" for x in m.get("load_average_start") or []) or "–"
+    lines = [
+        "# Med-LSDM benchmark",
+        "",
+        f"{report['created']} · commit {v.get('commit') or '–'} · device **{s['device']}** · {m['cpu_model']} "
+        f"({m['cpu_count']} cores, {m['torch_threads']} torch threads) · RAM {m['ram_total_mb']} MB · GPU "
+        f"{get(m, 'gpu.name') or 'none'} · load average {load} at the start",
+        f"python {v['python']} · torch {v['torch']} · pytorch_lightning {v['pytorch_lightning']} · monai "
+        f"{v['monai']} · {'quick' if s['quick'] else 'full'} run: warm-up {s['warmup']}, repeats {s['repeats']}, "
+        f"batch {s['batch_size']} · total {report['total_time_s']:.0f} s",
+        "",
+    ]
+    if c := report.get("compare"):
+        old = f"{c['against']} (commit {c['old_commit'] or '–'}, {c['old_created']})"
+        lines += [f"Compared with {old}: new/old ratios, below 1 is faster or smaller.", ""]
+    tr, sa, ge = (report.get(k) or {"status": "not run"} for k in ("training", "sampling", "generation"))
+    for title, section in (("Training step", tr), ("Sampling", sa), ("Block-wise generation", ge)):
+        if section.get("status") != "ok":
+            lines += [f"## {title}", "", note(section), ""]
+    if tr.get("status") == "ok":
+        lines += ["## Training step", "", f"fp32, GAN terms on. Memory: {tr['memory_kind']}.", ""]
+        lines += table(report, "training") + ["### Precision and compile (training)", ""]
+        lines += table(report, "training_fast")
+    if sa.get("status") == "ok":
+        lines += ["## Sampling", ""]
+        for key, c in sa["checkpoints"].items():
+            ceiling = c["first_stage_ceiling"]
+            lines.append(
+                f"- `{key}`: {c['path']} (objective {c['objective']}, T {c['num_train_timesteps']}, guidance "
+                f"{c['guidance']}, {len(c['volumes'])} {sa['split']} volume(s); VQ-GAN reconstruction ceiling "
+                f"SSIM {ceiling['ssim']:.3f}, PSNR {ceiling['psnr']:.2f} dB)"
+            )
+        lines += ["", f"Metrics: {sa['metric_convention']}.", "", *table(report, "sampling")]
+    if ge.get("status") == "ok":
+        step = fmt(get(ge, "step_time_s.median"))
+        lines += [
+            "## Block-wise generation",
+            "",
+            f"Model: {ge['model']['source']}; block {ge['model']['block']}; {ge['sampler']} {ge['steps']} steps, "
+            f"window {ge['window']}, overlap {ge['overlap']}, guidance {ge['guidance']}; one sampling step at the "
+            f"block size (steady state): {step} s. Memory: {ge['memory_kind']}. Seam ratio: evaluation.seams.",
+            "",
+            *table(report, "generation"),
+            _fit_line(ge["fit"]),
+            "",
+            "### Precision and compile (generation)",
+            "",
+            *table(report, "generation_fast"),
+        ]
     return "\n".join(lines)
+
+
+def _fit_line(fit: dict[str, Any]) -> str:
+    if fit.get("status") != "ok":
+        return f"Growth fit: {fit.get('reason', 'not available')}."
+    tv, mv, pv = fit["time_vs_voxels"], fit["memory_increase_vs_voxels"], fit["peak_memory_vs_voxels"]
+    line = (
+        f"Growth over {fit['sizes']} sizes (log-log least squares): time ~ voxels^**{tv['exponent']:.2f}** "
+        f"(R² {tv['r2']:.3f}); memory increase ~ voxels^**{mv['exponent']:.2f}** (R² {mv['r2']:.3f}); peak "
+        f"memory ~ voxels^{pv['exponent']:.2f}"
+    )
+    if "time_vs_windows" in fit:
+        line += f"; time ~ windows^{fit['time_vs_windows']['exponent']:.2f}"
+    return line + "."

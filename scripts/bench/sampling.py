@@ -45,38 +45,9 @@ def real_volumes(model: torch.nn.Module, split: str, n: int, data_root: str | No
     return [ds[i] for i in range(min(n, len(ds)))]
 
 
-def sample_one(
-    model: torch.nn.Module,
-    seg: torch.Tensor,
-    sampler: str,
-    steps: int | None,
-    guidance: float | None,
-    seed: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, float]:
-    """One ``model.sample`` call on a (1, K, D, H, W) one-hot map; returns the (1, 1, D, H, W) image and seconds."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    synchronize(device)
-    t0 = time.perf_counter()
-    x = model.sample(seg, sampler=sampler, steps=steps, guidance=guidance, generator=gen)
-    synchronize(device)
-    return x, time.perf_counter() - t0
-
-
-def _ceiling(model: Any, vols: list[dict], segs: list[torch.Tensor], reals: list[torch.Tensor], device: Any) -> dict:
-    """The first stage's own reconstruction quality of the real volumes: what no sampler can beat."""
-    from evaluation.image_metrics import psnr, ssim3d
-
-    ceiling: dict[str, list[float]] = {"ssim": [], "psnr": []}
-    for v, seg, real in zip(vols, segs, reals):
-        rec = model.decode_latents(model.first_stage.encode(torch.as_tensor(v["image"])[None].to(device)), seg)
-        ceiling["ssim"].append(ssim3d(to_unit(rec[0, 0]), real)[0])
-        ceiling["psnr"].append(psnr(to_unit(rec[0, 0]), real))
-    return {k: statistics.fmean(v) for k, v in ceiling.items()}
-
-
 def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Time per volume and paired SSIM/PSNR of each sampler on each given checkpoint."""
+    """Time per volume and paired SSIM/PSNR of each sampler on each given checkpoint, with the first stage's own
+    reconstruction quality of the same volumes (what no sampler can beat) and each sampler against DDPM."""
     from dataset.contract import one_hot
     from evaluation.image_metrics import psnr, ssim3d
     from scripts.generate import load_model
@@ -96,77 +67,69 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
         "checkpoints": {},
         "results": [],
     }
+
+    def quality(images: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+        pairs = [(to_unit(x[0, 0]), real) for x, real in zip(images, reals)]
+        return [ssim3d(x, real)[0] for x, real in pairs], [psnr(x, real) for x, real in pairs]
+
     for key, path in ckpts:
         model = load_model(Path(path), device)
-        hp = model.hparams
-        info = {
+        hp, vq, samplers = model.hparams, model.first_stage, list(model.schedule.samplers)
+        vols = real_volumes(model, args.split, args.sample_volumes, args.data_root)
+        segs = [one_hot(torch.as_tensor(v["label"])[None], model.label_nc).to(device) for v in vols]
+        reals = [to_unit(torch.as_tensor(v["image"])[0]) for v in vols]
+        images = [torch.as_tensor(v["image"])[None].to(device) for v in vols]
+        with torch.no_grad():
+            recs = [
+                vq.decode(vq.encode(x), seg if vq.decoder_type == "spade" else None) for x, seg in zip(images, segs)
+            ]
+        ceiling = quality(recs)
+        out["checkpoints"][key] = {
             "path": str(path),
             "objective": hp.objective,
             "prediction_type": hp.prediction_type,
             "num_train_timesteps": hp.num_train_timesteps,
-            "samplers": list(model.schedule.samplers),
+            "samplers": samplers,
             "guidance": hp.guidance if args.guidance is None else args.guidance,
+            "volumes": [str(v["id"]) for v in vols],
+            "first_stage_ceiling": {"ssim": statistics.fmean(ceiling[0]), "psnr": statistics.fmean(ceiling[1])},
         }
-        out["checkpoints"][key] = info
-        vols = real_volumes(model, args.split, args.sample_volumes, args.data_root)
-        info["volumes"] = [str(v["id"]) for v in vols]
-        segs = [one_hot(torch.as_tensor(v["label"])[None], model.label_nc).to(device) for v in vols]
-        reals = [to_unit(torch.as_tensor(v["image"])[0]) for v in vols]
-        info["first_stage_ceiling"] = _ceiling(model, vols, segs, reals, device)
-        warm = "ddim" if "ddim" in model.schedule.samplers else "rflow"
-        sample_one(model, segs[0], warm, 2, args.guidance, 0, device)  # warm-up (allocations, kernels)
+        model.sample(segs[0], sampler=samplers[-1], steps=2, guidance=args.guidance)  # warm-up: allocations, kernels
         for sampler, steps in args.samplers:
             n_steps = hp.num_train_timesteps if sampler == "ddpm" else steps
-            row: dict[str, Any] = {
-                "checkpoint": key,
-                "sampler": sampler,
-                "label": f"{sampler}-{n_steps}",
-                "steps": n_steps,
-            }
+            row: dict[str, Any] = {"checkpoint": key, "sampler": sampler, "label": f"{sampler}-{n_steps}"}
             out["results"].append(row)
-            if sampler not in model.schedule.samplers:
+            if sampler not in samplers:
                 hint = " (pass --rflow-ckpt: trained with model=diffusion_rflow)" if sampler == "rflow" else ""
-                row.update(
-                    status="not applicable",
-                    reason=f"checkpoint objective {hp.objective!r} samples with "
-                    f"{list(model.schedule.samplers)} only{hint}",
-                )
+                reason = f"checkpoint objective {hp.objective!r} samples with {samplers} only{hint}"
+                row.update(status="not applicable", reason=reason)
                 continue
-            times, ssims, psnrs = [], [], []
-            for i, (seg, real) in enumerate(zip(segs, reals)):
-                x, elapsed = sample_one(model, seg, sampler, steps, args.guidance, args.seed + i, device)
-                times.append(elapsed)
-                ssims.append(ssim3d(to_unit(x[0, 0]), real)[0])
-                psnrs.append(psnr(to_unit(x[0, 0]), real))
+            times, samples = [], []
+            for i, seg in enumerate(segs):
+                gen = torch.Generator(device=device).manual_seed(args.seed + i)
+                synchronize(device)
+                t0 = time.perf_counter()
+                samples.append(model.sample(seg, sampler=sampler, steps=steps, guidance=args.guidance, generator=gen))
+                synchronize(device)
+                times.append(time.perf_counter() - t0)
+            ssims, psnrs = quality(samples)
             row.update(
                 status="ok",
+                steps=n_steps,
                 time_per_volume_s=summary(times),
-                ssim=statistics.fmean(ssims),
-                psnr=statistics.fmean(psnrs),
                 ssim_per_volume=ssims,
                 psnr_per_volume=psnrs,
+                ssim=statistics.fmean(ssims),
+                psnr=statistics.fmean(psnrs),
             )
             log.info(
-                "sampling %s %s: %.2f s/volume, SSIM %.3f, PSNR %.2f dB",
-                key,
-                row["label"],
-                row["time_per_volume_s"]["median"],
-                row["ssim"],
-                row["psnr"],
+                "sampling %s %s: %.2f s/volume, SSIM %.3f", key, row["label"], summary(times)["median"], row["ssim"]
             )
-        del model
+        model = None
         free_memory(device)
-    _relative_to_ddpm(out["results"])
+    ok = [r for r in out["results"] if r.get("status") == "ok"]
+    ref = next((r for r in ok if r["sampler"] == "ddpm"), None)
+    for r in ok if ref is not None else []:
+        r["speedup_vs_ddpm"] = ref["time_per_volume_s"]["median"] / r["time_per_volume_s"]["median"]
+        r["ssim_minus_ddpm"], r["psnr_minus_ddpm"] = r["ssim"] - ref["ssim"], r["psnr"] - ref["psnr"]
     return out
-
-
-def _relative_to_ddpm(results: list[dict[str, Any]]) -> None:
-    """Speed-up and quality difference of every sampler against the DDPM row (in place)."""
-    ref = next((r for r in results if r["sampler"] == "ddpm" and r.get("status") == "ok"), None)
-    if ref is None:
-        return
-    for r in results:
-        if r.get("status") == "ok":
-            r["speedup_vs_ddpm"] = ref["time_per_volume_s"]["median"] / r["time_per_volume_s"]["median"]
-            r["ssim_minus_ddpm"] = r["ssim"] - ref["ssim"]
-            r["psnr_minus_ddpm"] = r["psnr"] - ref["psnr"]

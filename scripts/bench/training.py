@@ -1,4 +1,6 @@
-"""Training step time and peak memory of every model at every size, in a ``Trainer`` from ``config/trainer``."""
+"""Training step time and peak memory of every model at every size, in a ``Trainer`` from ``config/trainer``; then
+the fast paths (the Trainer's mixed precision, the diffusion model's ``compile``) against fp32, with the network
+outputs compared within the benchmark's tolerances."""
 
 from __future__ import annotations
 
@@ -14,77 +16,26 @@ from typing import Any
 import torch
 
 from scripts.bench.build import build_model, build_trainer, latent_shape, trainable_params, validity_error
-from scripts.bench.common import MODELS, error_reason, size_str, summary, training_volumes
+from scripts.bench.common import (
+    MODELS,
+    OUTPUT_RTOL,
+    ModelSpec,
+    error_reason,
+    parse_size,
+    relative_error,
+    size_str,
+    summary,
+    training_volumes,
+)
 from scripts.bench.machine import PeakMemory, free_memory, synchronize
-from scripts.bench.profiling import start_profiler, write_profile
 
 log = logging.getLogger("benchmark")
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-class StepTimer:
-    """Lightning callback factory: wall time, loss and (optionally) a profile of every training batch."""
-
-    def __init__(self, device: torch.device, loss_key: str, profile_batch: int | None) -> None:
-        self.device, self.loss_key, self.profile_batch = device, loss_key, profile_batch
-        self.times: list[float] = []
-        self.losses: list[float | None] = []
-        self.profile: torch.profiler.profile | None = None
-        self._t0 = 0.0
-
-    def callback(self) -> Any:
-        """The ``pl.Callback`` that fills :attr:`times` and :attr:`losses`."""
-        import pytorch_lightning as pl
-
-        timer = self
-
-        class _Callback(pl.Callback):
-            def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-                if batch_idx == timer.profile_batch:
-                    timer.profile = start_profiler(timer.device)
-                synchronize(timer.device)
-                timer._t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
-                synchronize(timer.device)
-                elapsed = time.perf_counter() - timer._t0
-                if i == timer.profile_batch and timer.profile is not None:
-                    timer.profile.__exit__(None, None, None)
-                    return
-                timer.times.append(elapsed)
-                loss = trainer.callback_metrics.get(timer.loss_key)
-                timer.losses.append(float(loss) if loss is not None else None)
-
-        return _Callback()
-
-
-def fit_steps(
-    model: torch.nn.Module,
-    stage: str,
-    size: Sequence[int],
-    n: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    precision: str = "32-true",
-    profile: bool = False,
-    label_files: Sequence[str] | None = None,
-) -> StepTimer:
-    """Train ``n`` (+1 profiled) batches of random volumes with a ``Trainer`` from ``config/trainer``.
-
-    ``label_files``: real label maps instead of random ones (:func:`scripts.bench.common.training_volumes`).
-    """
-    import pytorch_lightning as pl
-
-    timer = StepTimer(device, "train/rec_loss" if stage == "vqgan" else "train/loss", n if profile else None)
-    data = training_volumes(n + int(profile), size, int(model.hparams.label_nc), seed, label_files)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=0)
-    with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
-        trainer = build_trainer(device, precision, Path(root), [timer.callback()])
-        pl.seed_everything(seed, verbose=False)
-        trainer.fit(model, train_dataloaders=loader)
-    if len(timer.times) != n:
-        raise RuntimeError(f"expected {n} timed batches, got {len(timer.times)}")
-    return timer
+def classes(args: argparse.Namespace) -> dict[str, int]:
+    """``label_nc`` for the model builders when ``--label-nc`` is given (else the configs' own)."""
+    return {} if args.label_nc is None else {"label_nc": args.label_nc}
 
 
 def train_steps(
@@ -95,25 +46,42 @@ def train_steps(
     device: torch.device,
     precision: str,
     memory: PeakMemory,
-    profile: bool = False,
 ) -> dict[str, Any]:
-    """Warm-up + repeats (+1 profiled) training batches; times exclude the warm-up and the profiled one."""
+    """Warm-up + repeats batches of random volumes in a ``Trainer`` from ``config/trainer``: the median wall time of
+    a step (CUDA synchronised) after the warm-up, the peak memory, and the first batch's loss."""
+    import pytorch_lightning as pl
+
+    times: list[float] = []
+    losses: list[Any] = []
+    t0 = [0.0]
+
+    class StepTimer(pl.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            synchronize(device)
+            t0[0] = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
+            synchronize(device)
+            times.append(time.perf_counter() - t0[0])
+            losses.append(trainer.callback_metrics.get("train/rec_loss" if stage == "vqgan" else "train/loss"))
+
     n = args.warmup + args.repeats
+    data = training_volumes(n, size, int(model.hparams.label_nc), args.seed, args.labels)
     memory.reset()
-    t0 = time.perf_counter()
-    timer = fit_steps(model, stage, size, n, args.batch_size, args.seed, device, precision, profile)
-    wall = time.perf_counter() - t0
-    out: dict[str, Any] = {
+    with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
+        trainer = build_trainer(device, precision, Path(root), [StepTimer()])
+        pl.seed_everything(args.seed, verbose=False)
+        # a datamodule: the diffusion models measure their latent statistics on its training loader
+        trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=args.batch_size))
+    if len(times) != n:
+        raise RuntimeError(f"expected {n} timed batches, got {len(times)}")
+    return {
         "status": "ok",
-        "step_time_s": summary(timer.times[args.warmup :]),
-        "first_step_s": round(timer.times[0], 4),
-        "fit_wall_s": round(wall, 2),
+        "step_time_s": summary(times[args.warmup :]),
+        "first_step_s": round(times[0], 4),
         "memory": memory.result(),
-        "first_loss": timer.losses[0],
+        "first_loss": None if losses[0] is None else float(losses[0]),
     }
-    if timer.profile is not None:
-        out["_profile"] = timer.profile
-    return out
 
 
 def predicted_skip(prev: dict | None, voxels: int, n_steps: int, memory: PeakMemory, max_s: float) -> str | None:
@@ -123,28 +91,23 @@ def predicted_skip(prev: dict | None, voxels: int, n_steps: int, memory: PeakMem
     scale = voxels / prev["voxels"]
     t_pred = prev["step_time_s"]["median"] * scale * n_steps
     peak_pred = prev["memory"]["baseline_mb"] + prev["memory"]["increase_mb"] * scale
-    limit = memory.limit_mb()
     src = f"(linear in voxels from {prev['size']})"
-    if peak_pred > limit:
-        return f"predicted peak memory {peak_pred:.0f} MB > {limit:.0f} MB available {src}"
+    if peak_pred > memory.limit_mb():
+        return f"predicted peak memory {peak_pred:.0f} MB > {memory.limit_mb():.0f} MB available {src}"
     if t_pred > max_s:
         return f"predicted {t_pred:.0f} s for {n_steps} steps > --max-seconds {max_s:.0f} {src}"
     return None
 
 
-def bench_training(args: argparse.Namespace, device: torch.device, profile_dir: Path | None) -> dict[str, Any]:
-    """Training step time and peak memory of every model at every size, then its fast paths at one size."""
-    from scripts.bench.fastpaths import training_fast_paths
-
+def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Step time and peak memory of every ``--models`` model at every ``--sizes`` size, then its fast paths at the
+    largest size measured."""
     memory = PeakMemory(device)
     results: list[dict[str, Any]] = []
     fast: list[dict[str, Any]] = []
-    profiles: list[dict[str, Any]] = []
-    n_steps = args.warmup + args.repeats
     for name in args.models:
         spec = MODELS[name]
         prev: dict | None = None
-        measured: list[dict] = []
         for size in sorted(args.sizes, key=math.prod):
             row: dict[str, Any] = {
                 "model": name,
@@ -153,36 +116,30 @@ def bench_training(args: argparse.Namespace, device: torch.device, profile_dir: 
                 "size": size_str(size),
                 "voxels": math.prod(size),
                 "batch_size": args.batch_size,
-                "precision": "32-true",
-                "compile": False,
             }
             results.append(row)
-            reason = predicted_skip(prev, row["voxels"], n_steps, memory, args.max_seconds)
-            if reason:
-                row.update(status="skipped", reason=reason)
-                log.info("training %s %s: skipped: %s", name, row["size"], reason)
-                continue
+            reason = predicted_skip(prev, row["voxels"], args.warmup + args.repeats, memory, args.max_seconds)
             try:
-                model, changes = build_model(spec, size, seed=args.seed)
-                row["latent"] = size_str(latent_shape(spec, model, size))
-                row["config_changes"] = changes
-                row["params_m"] = round(trainable_params(model, spec) / 1e6, 3)
-                bad = validity_error(model, spec, size)
-                if bad:
-                    row.update(status="skipped", reason=bad)
-                    log.info("training %s %s: skipped: %s", name, row["size"], bad)
+                if reason is None:
+                    model, changes = build_model(spec, size, seed=args.seed, **classes(args))
+                    row.update(
+                        latent=size_str(latent_shape(spec, model, size)),
+                        config_changes=changes,
+                        params_m=round(trainable_params(model, spec) / 1e6, 3),
+                    )
+                    reason = validity_error(model, spec, size)
+                if reason is not None:
+                    row.update(status="skipped", reason=reason)
+                    log.info("training %s %s: skipped: %s", name, row["size"], reason)
                     continue
-                want_profile = profile_dir is not None and not measured
-                res = train_steps(model, spec.stage, size, args, device, "32-true", memory, want_profile)
+                row.update(train_steps(model, spec.stage, size, args, device, "32-true", memory))
             except Exception as err:  # noqa: BLE001 - recorded, the benchmark goes on with the next measurement
                 row.update(status="error", reason=error_reason(err))
                 log.warning("training %s %s failed: %s", name, row["size"], row["reason"])
-                free_memory(device)
                 continue
-            prof = res.pop("_profile", None)
-            if prof is not None and profile_dir is not None:
-                profiles.append(write_profile(prof, device, profile_dir, f"train_{name}_{row['size']}"))
-            row.update(res)
+            finally:
+                model = None
+                free_memory(device)
             log.info(
                 "training %s %s: %.3f s/step, peak %.0f MB",
                 name,
@@ -191,9 +148,111 @@ def bench_training(args: argparse.Namespace, device: torch.device, profile_dir: 
                 row["memory"]["peak_mb"],
             )
             prev = row
-            measured.append(row)
-            del model
+        if prev is not None:
+            fast.extend(training_fast_paths(args, device, spec, name, prev, memory))
+    return {"status": "ok", "results": results, "fast_paths": fast, "memory_kind": memory.kind}
+
+
+def forward_outputs(model: torch.nn.Module, stage: str, batch: dict[str, torch.Tensor], eager: bool = False) -> list:
+    """The network outputs a fast path must reproduce, on a fixed input.
+
+    VQ-GAN: the encoder's continuous latent and the decoder's image from it (the codebook's nearest-code choice is
+    left out: a rounding change can flip a near tie, which is no numerical error). Diffusion: the denoiser's
+    prediction for a fixed noisy latent, timestep and label map; ``eager`` calls ``forward`` directly, bypassing a
+    ``compile``d ``__call__`` (same weights, no compilation).
+
+    Args:
+        batch: ``image`` (B, 1, D, H, W) in [-1, 1] and ``label`` (B, 1, D, H, W) int64.
+    """
+    from dataset.contract import one_hot
+
+    x = batch["image"]
+    seg = one_hot(batch["label"], int(model.hparams.label_nc)).to(x.dtype)
+    if stage == "vqgan":
+        z = model.pre_vq_conv(model.encoder(x))
+        return [z, model._decode_codes(z, seg if model.decoder_type == "spade" else None)]
+    g = torch.Generator(device=x.device).manual_seed(1)
+    z0 = model.encode(x)
+    noise = torch.randn(z0.shape, generator=g, device=x.device)
+    t = torch.randint(0, model.schedule.num_train_timesteps, (z0.shape[0],), generator=g, device=x.device)
+    net = model.denoiser.forward if eager else model.denoiser
+    return [net(model.schedule.add_noise(z0, noise, t), t, seg)]
+
+
+def output_check(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    size: Sequence[int],
+    device: torch.device,
+    args: argparse.Namespace,
+    precision: str,
+    compile: bool,
+) -> dict[str, Any]:
+    """Relative error of the fast path's outputs against fp32 / eager on the same weights and input."""
+    model = model.to(device).train()  # training mode, as in the fit: a compiled graph is reused, not recompiled
+    data = training_volumes(1, size, int(model.hparams.label_nc), args.seed, args.labels)
+    batch = {k: v[None].to(device) for k, v in data[0].items()}
+    with torch.no_grad():
+        ref = forward_outputs(model, spec.stage, batch, eager=True)
+        if compile:
+            out, tol = forward_outputs(model, spec.stage, batch), OUTPUT_RTOL["compile"]
+        else:
+            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]):
+                out, tol = forward_outputs(model, spec.stage, batch), OUTPUT_RTOL[precision]
+    err = max(relative_error(a, b) for a, b in zip(ref, out))
+    return {"output_rel_error": err, "tolerance": tol, "equal_within_tolerance": err <= tol}
+
+
+def training_fast_paths(
+    args: argparse.Namespace, device: torch.device, spec: ModelSpec, name: str, base: dict, memory: PeakMemory
+) -> list[dict[str, Any]]:
+    """Mixed precision and ``compile`` against the fp32 row ``base`` (same size, seed and first batch): step time,
+    memory, the outputs' relative error against fp32 / eager and, for information, the first loss's difference."""
+    size = parse_size(base["size"])
+    variants = [("bf16-mixed", False)] + ([("16-mixed", False)] if device.type == "cuda" else []) + [("32-true", True)]
+    out = []
+    for precision, compile in variants:
+        row: dict[str, Any] = {
+            "model": name,
+            "size": base["size"],
+            "precision": precision,
+            "compile": compile,
+            "option": "model.compile=true" if compile else f"trainer.precision={precision}",
+            "baseline_step_s": base["step_time_s"]["median"],
+        }
+        out.append(row)
+        t_pred = base["step_time_s"]["median"] * (args.warmup + args.repeats)
+        if compile and spec.stage != "diffusion":
+            row.update(status="not applicable", reason="the VQ-GAN has no compile option (diffusion model only)")
+        elif compile and not args.compile:
+            row.update(status="skipped", reason=args.compile_skip_reason)
+        elif t_pred > args.max_seconds:
+            row.update(status="skipped", reason=f"predicted {t_pred:.0f} s (the fp32 steps) > --max-seconds")
+        elif precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            row.update(status="skipped", reason="this GPU has no bf16")
+        if "status" in row:
+            continue
+        try:
+            model, _ = build_model(spec, size, compile=compile, seed=args.seed, **classes(args))
+            row.update(train_steps(model, spec.stage, size, args, device, precision, memory))
+            row.update(output_check(model, spec, size, device, args, precision, compile))
+        except Exception as err:  # noqa: BLE001 - recorded
+            row.update(status="error", reason=error_reason(err))
+            log.warning("fast path %s %s failed: %s", name, row["option"], row["reason"])
+            continue
+        finally:
+            model = None
             free_memory(device)
-        if measured:
-            fast.extend(training_fast_paths(args, device, spec, name, measured[-1], memory))
-    return {"results": results, "fast_paths": fast, "memory_kind": memory.kind, "_profiles": profiles}
+        row["speedup"] = base["step_time_s"]["median"] / row["step_time_s"]["median"]
+        a, b = base.get("first_loss"), row.get("first_loss")
+        if a is not None and b is not None:
+            row["first_loss_rel_diff"] = abs(b - a) / max(abs(a), 1e-12)
+        log.info(
+            "fast path %s %s: %.3f s/step (x%.2f vs fp32), output rel. error %.1e",
+            name,
+            row["option"],
+            row["step_time_s"]["median"],
+            row["speedup"],
+            row["output_rel_error"],
+        )
+    return out

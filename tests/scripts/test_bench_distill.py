@@ -28,16 +28,17 @@ def test_split_timing_counts_the_wrapped_calls_and_restores_the_methods() -> Non
         def sample(self) -> int:
             return 1
 
+    class FirstStage:
+        def decode(self) -> int:
+            return 2
+
     class Model:
         def __init__(self) -> None:
-            self.schedule = Schedule()
-
-        def decode_latents(self) -> int:
-            return 2
+            self.schedule, self.first_stage = Schedule(), FirstStage()
 
     model = Model()
     with split_timing(model) as (denoise, decode):
-        assert model.schedule.sample() == 1 and model.decode_latents() == 2
-        assert "sample" in vars(model.schedule) and "decode_latents" in vars(model)
+        assert model.schedule.sample() == 1 and model.first_stage.decode() == 2
+        assert "sample" in vars(model.schedule) and "decode" in vars(model.first_stage)
     assert isinstance(denoise, Stopwatch) and denoise.seconds > 0 and decode.seconds > 0
-    assert "sample" not in vars(model.schedule) and "decode_latents" not in vars(model)
+    assert "sample" not in vars(model.schedule) and "decode" not in vars(model.first_stage)

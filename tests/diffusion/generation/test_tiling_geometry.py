@@ -64,18 +64,3 @@ def test_padding_to_multiples_and_crop_back() -> None:
     assert torch.equal(padded[crop], label)
     # replicated edges, not background
     assert torch.equal(padded[crop[0].start - 1, crop[1], crop[2]], label[0])
-
-
-def test_seam_ratio_known_answers() -> None:
-    from diffusion.generation.measure import border_planes, seam_ratio
-
-    # latent axis 16, window 8, overlap 0.5 -> starts 0, 4, 8 -> edges 4, 8, 12 (x factor 4 in image voxels)
-    assert border_planes(16, 8, 0.5, 4) == [16, 32, 48]
-    assert border_planes(8, 8, 0.5, 4) == []  # one window: no border
-    ramp = torch.arange(64, dtype=torch.float64)[:, None, None].expand(64, 4, 4)  # equal steps everywhere
-    assert seam_ratio(ramp, [[16, 32, 48], [], []]) == pytest.approx(1.0)
-    stepped = ramp.clone()
-    stepped[32:] += 3.0  # a jump of 3 on top of the unit step at the plane 31 | 32
-    # across borders: steps (1, 4, 1) -> mean of squares 6; elsewhere 1
-    assert seam_ratio(stepped, [[16, 32, 48], [], []]) == pytest.approx(6.0)
-    assert seam_ratio(stepped, [[], [], []]) is None
