@@ -185,7 +185,8 @@ def step_time(
     model: Any, block: Sequence[int], settings: Any, memory: PeakMemory, device: torch.device, workdir: Path, n: int
 ) -> dict[str, Any] | None:
     """Steady-state time of one sampling step at the block size: (time of N steps - time of 1) / (N - 1), which
-    leaves out what is paid once per volume (label encoding, the SPADE cache fill, decoding)."""
+    leaves out what is paid once per volume (label encoding, the SPADE cache fill, decoding); None with fewer than
+    two steps or when the difference drowns in the timing noise."""
     steps = settings.steps or 0
     if steps < 2:
         return None
@@ -194,7 +195,7 @@ def step_time(
     for _ in range(n):
         t_n = generate_once(model, block, settings, memory, device, workdir)[0]
         per.append((t_n - generate_once(model, block, one, memory, device, workdir)[0]) / (steps - 1))
-    return summary(per)
+    return summary(per) if statistics.median(per) > 0 else None  # <= 0: the step is below the timing noise
 
 
 def growth_fits(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -164,7 +164,8 @@ def test_tiny_run_measures_training_and_generation(tiny_run: dict) -> None:
     assert [r["status"] for r in rows.values()] == ["ok", "ok"]
     assert rows["8x8x8"]["windows"] == 1 and rows["8x8x8"]["seam_ratio"] is None  # one window: no seam
     assert rows["16x16x16"]["windows"] > 1 and rows["16x16x16"]["seam_ratio"] > 0
-    assert gen["fit"]["status"] == "ok" and gen["step_time_s"]["n"] == 1  # a difference of times: no sign asserted
+    assert gen["fit"]["status"] == "ok"
+    assert gen["step_time_s"] is None or gen["step_time_s"]["median"] > 0  # None: below the timing noise
     bf16 = next(r for r in gen["fast_paths"] if r["option"] == "--precision bf16")
     assert bf16["status"] == "ok" and bf16["equal_within_tolerance"] is True
     for heading in ("# Med-LSDM benchmark", "## Training step", "## Sampling", "## Block-wise generation",
