@@ -46,9 +46,13 @@ def train_steps(
     device: torch.device,
     precision: str,
     memory: PeakMemory,
+    data: torch.utils.data.Dataset | None = None,
 ) -> dict[str, Any]:
     """Warm-up + repeats batches of random volumes in a ``Trainer`` from ``config/trainer``: the median wall time of
-    a step (CUDA synchronised) after the warm-up, the peak memory, and the first batch's loss."""
+    a step (CUDA synchronised) after the warm-up, the peak memory, and the first batch's loss.
+
+    ``data``: samples to train on instead (at least ``(warmup + repeats) * batch_size``), e.g. a dataset's real
+    volumes (``scripts/bench/vocabulary.py``)."""
     import pytorch_lightning as pl
 
     times: list[float] = []
@@ -66,7 +70,8 @@ def train_steps(
             losses.append(trainer.callback_metrics.get("train/rec_loss" if stage == "vqgan" else "train/loss"))
 
     n = args.warmup + args.repeats
-    data = training_volumes(n, size, int(model.hparams.label_nc), args.seed, args.labels)
+    if data is None:
+        data = training_volumes(n, size, int(model.hparams.label_nc), args.seed, args.labels)
     memory.reset()
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
         trainer = build_trainer(device, precision, Path(root), [StepTimer()])
@@ -78,6 +83,7 @@ def train_steps(
     return {
         "status": "ok",
         "step_time_s": summary(times[args.warmup :]),
+        "step_times_s": [round(t, 4) for t in times[args.warmup :]],  # pooled over runs by bench/vocabulary.py
         "first_step_s": round(times[0], 4),
         "memory": memory.result(),
         "first_loss": None if losses[0] is None else float(losses[0]),
