@@ -241,7 +241,7 @@ def suggest_label_table(name: str, values: Sequence[int], names: Mapping[int, st
 def render_label_table(table: LabelTable, header: Sequence[str] = ()) -> str:
     """The table as YAML text in the ``dataset/label_tables`` format (one ``value: class`` line per value)."""
     lines = [f"# {line}" if line else "#" for line in header]
-    lines += [f"name: {json.dumps(table.name)}", f"label_nc: {table.label_nc}", "classes:"]
+    lines += [f"name: {json.dumps(table.name)}", "classes:   # class id = position in this list"]
     lines += [f"  - {json.dumps(c)}" for c in table.class_names]
     lines += ["remap:   # source voxel value -> class (several values may name one class: they are merged)"]
     lines += [f"  {src}: {json.dumps(table.class_names[dst])}" for src, dst in sorted(table.remap.items())]
@@ -364,8 +364,11 @@ def class_names_from_masks(folder: str | Path, label_maps: Sequence[Path]) -> tu
             f"--names {folder}: no label map of the dataset is on the masks' grid, so ids follow the sorted file "
             f"names (1..{len(masks)}); check them against your segmentation tool's class list"
         )
-    if unmatched:
-        warnings.append(f"--names {folder}: empty in that subject, so without an id: {unmatched}")
+    if unmatched:  # (TotalSegmentator writes a file for every class, present or not)
+        more = f" and {len(unmatched) - 8} more" if len(unmatched) > 8 else ""
+        warnings.append(
+            f"--names {folder}: {len(unmatched)} masks are empty there, so without an id: {unmatched[:8]}{more}"
+        )
     return names, warnings
 
 
