@@ -36,6 +36,11 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     dice = json.loads((report / "dice.json").read_text())
     assert "real" in json.dumps(dice) and "synthetic" in json.dumps(dice)
     assert (report / "augment.json").is_file()
+    # the edit of a real scan: outputs, the fidelity table and the preservation it measured
+    assert (out / "edit" / "edited.nii.gz").is_file() and (out / "edit" / "montage.png").stat().st_size > 1000
+    edit = json.loads((report / "edit.json").read_text())
+    assert edit["preservation"]["max_abs_outside"] == 0.0 and edit["adherence"]["dice"]
+    assert "Editing a real scan" in (report / "README.md").read_text()
     # the labels stage: new pairs with shared ids, the mask-quality and utility tables, pair montages
     assert len(list((out / "pairs" / "labels").glob("map*.nii.gz"))) == 4
     assert len(list((out / "pairs" / "images").glob("map*_s0.nii.gz"))) == 4
