@@ -296,7 +296,7 @@ def edit_stage(out: Path, stage2: Path, ids: list[str], test: Path, report: Path
     run([py, "-m", "scripts.edit", "--ckpt", str(stage2), "--image", first[0], "--labels", first[1], *DEMO_EDITS,
          "--out", str(out / "edit"), "--png"], commands)  # fmt: skip
     run([py, "-m", "evaluation.edit_metrics", "--ckpt", str(stage2), "--images", str(test / "images"), "--labels",
-         str(test / "labels"), "--radii-mm", "10", "15", "--structure", "2", "--seeds", "0", "--segmenter",
+         str(test / "labels"), "--radii-mm", "15", "--structure", "2", "--seeds", "0", "--segmenter",
          str(out / "segmenter" / "real.pt"), *DEMO_EDITS, "--out", str(report / "edit.json")], commands)  # fmt: skip
     return [(report / "edit.md").read_text(), "",
             f"Edited test subject {ids[0]} ({' '.join(DEMO_EDITS)}; rows: original | edited | |difference| | label "
