@@ -139,7 +139,7 @@ def check_generation(args: argparse.Namespace, pick: Callable[[str], Any]) -> li
     import numpy as np
 
     from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate
-    from scripts.bench.build import build_diffusion
+    from scripts.bench.build import build_diffusion, fit_random_statistics
     from scripts.bench.common import random_label
     from scripts.bench.distill import split_timing
     from scripts.bench.machine import PeakMemory, synchronize
@@ -155,9 +155,7 @@ def check_generation(args: argparse.Namespace, pick: Callable[[str], Any]) -> li
                 torch.manual_seed(args.seed)
                 model, _ = build_diffusion(config, first_stage, pick("block"), label_nc=pick("label_nc"),
                                            compile=compile)  # fmt: skip
-                with torch.no_grad():  # statistics of the untrained encoder's latents: a usable normaliser
-                    x = torch.rand(1, 1, *pick("block")) * 2 - 1
-                    model.latent_norm.fit_std([model.first_stage.encode(x)])
+                fit_random_statistics(model, pick("block"), args.seed)
                 model = model.eval().to(device)
                 vol = LabelVolume("gpu_check", random_label(size, model.label_nc, args.seed), np.eye(4), "gpu_check")
                 precision = "bf16" if device.type == "cuda" else "32"

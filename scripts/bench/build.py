@@ -148,3 +148,15 @@ def latent_shape(spec: ModelSpec, model: torch.nn.Module, size: Sequence[int]) -
     factor = model.latent_factor
     channels = model.first_stage.embedding_dim if spec.stage == "diffusion" else model.embedding_dim
     return [int(channels), *(int(s) // int(f) for s, f in zip(size, factor))]
+
+
+def fit_random_statistics(model: torch.nn.Module, block: Sequence[int], seed: int = 0) -> None:
+    """Latent statistics of a stage-2 model from one random volume through its (untrained) first stage.
+
+    For time and memory measurements of sampling on random weights: nothing trains the model, so nothing else
+    measures them.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = torch.rand((1, 1, *block), generator=gen) * 2 - 1
+        model.latent_norm.fit_std([model.first_stage.encode(x)])
