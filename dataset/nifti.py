@@ -175,9 +175,19 @@ def check_integer_labels(array: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: label map has unsupported data type {array.dtype}")
 
 
-def label_array_to_int(array: np.ndarray, source: str) -> np.ndarray:
-    """Convert a label array to int64, refusing non-integer or non-finite values (:func:`check_integer_labels`)."""
+def label_array_to_int(array: np.ndarray, source: str, compact: bool = False) -> np.ndarray:
+    """Convert a label array to int64, refusing non-integer or non-finite values (:func:`check_integer_labels`).
+
+    ``compact``: the smallest of int16 / int32 / int64 that holds the values instead (a 1024^3 map is 2 GiB as
+    int16, 8 GiB as int64); for callers that widen only a window at a time.
+    """
     check_integer_labels(array, source)
+    if compact and array.size:
+        lo, hi = float(array.min()), float(array.max())
+        for dtype in (np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(dtype, copy=False)
     return array.astype(np.int64)
 
 
@@ -211,22 +221,23 @@ def label_values(path: str | Path) -> list[int]:
     return [int(v) for v in np.unique(array)]
 
 
-def load_label(path: str | Path, label_nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_label(path: str | Path, label_nc: int | None = None, compact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load an integer label map.
 
     Args:
         path: NIfTI file.
         label_nc: when given, every value must lie in ``[0, label_nc)``. Leave None for raw source labels
             that are remapped afterwards (the remapping table then checks them).
+        compact: keep the smallest integer type that holds the values (:func:`label_array_to_int`).
 
     Returns:
-        ``(label, affine)``: label (D, H, W) int64, affine (4, 4).
+        ``(label, affine)``: label (D, H, W) int64 (``compact``: int16/int32/int64), affine (4, 4).
 
     Raises:
         DataError: see :func:`read_nifti`; non-integer, non-finite or out-of-range values.
     """
     array, affine = read_nifti(path)
-    label = label_array_to_int(array, str(path))
+    label = label_array_to_int(array, str(path), compact)
     if label_nc is not None:
         check_label_range(torch.from_numpy(label), label_nc, str(path))
     return ijk_to_dhw(label), affine

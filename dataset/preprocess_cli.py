@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by ``scripts/preprocess_<dataset>.py`` (argparse, logging, exit codes)."""
+"""Command-line options shared by ``scripts/preprocess_<dataset>.py`` (errors and exit codes: ``dataset.cli``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dataset.contract import DataError
-from dataset.files import install_signal_cleanup
+from dataset.cli import ArgumentParser, finite_float, float_in, positive_int, run_cli
+from dataset.files import OutputFolder
 from dataset.preprocess import PreprocessOptions
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,13 @@ def build_parser(prog: str, description: str | None, modality: str) -> argparse.
         description: help text (the script's docstring).
         modality: ``ct`` (default intensity: CT window) or ``mr`` (default: percentiles).
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="raw data folder (layout: see the dataset module / config)")
     parser.add_argument("--dst", required=True, help="output folder for blocks and manifest.json")
     parser.add_argument(
         "--block-size",
         nargs=3,
-        type=int,
+        type=positive_int,
         default=[32, 256, 256],
         metavar=("D", "H", "W"),
         help="block size in voxels, D = slice axis (default: 32 256 256)",
@@ -43,17 +41,21 @@ def build_parser(prog: str, description: str | None, modality: str) -> argparse.
     )
     parser.add_argument(
         "--blocks-per-volume",
-        type=int,
+        type=positive_int,
         default=None,
         help="number of blocks per volume for --sampler random (default: the grid's count)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split and random sampler")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="fraction of patients for validation")
-    parser.add_argument("--test-frac", type=float, default=0.1, help="fraction of patients for testing")
+    parser.add_argument(
+        "--val-frac", type=float_in(0, 1, hi_open=True), default=0.1, help="fraction of patients for validation"
+    )
+    parser.add_argument(
+        "--test-frac", type=float_in(0, 1, hi_open=True), default=0.1, help="fraction of patients for testing"
+    )
     parser.add_argument(
         "--spacing",
         nargs=3,
-        type=float,
+        type=float_in(0, None, lo_open=True),
         default=None,
         metavar=("D", "H", "W"),
         help="resample to this voxel size in mm before cutting (default: keep native voxels)",
@@ -68,7 +70,7 @@ def build_parser(prog: str, description: str | None, modality: str) -> argparse.
     parser.add_argument(
         "--hu-window",
         nargs=2,
-        type=float,
+        type=finite_float,
         default=[-1000.0, 1000.0],
         metavar=("MIN", "MAX"),
         help="HU window for --intensity ct_window (default: -1000 1000)",
@@ -76,7 +78,7 @@ def build_parser(prog: str, description: str | None, modality: str) -> argparse.
     parser.add_argument(
         "--percentiles",
         nargs=2,
-        type=float,
+        type=float_in(0, 100),
         default=[0.5, 99.5],
         metavar=("LOW", "HIGH"),
         help="percentiles for --intensity percentile (default: 0.5 99.5)",
@@ -121,22 +123,25 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     return options
 
 
-def run_cli(args: argparse.Namespace, job: Callable[[PreprocessOptions], dict[str, Any]]) -> int:
-    """Set up logging, run ``job(options)`` and map expected failures to exit code 2 with a one-line error.
+def run_preprocess(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    job: Callable[[argparse.Namespace, PreprocessOptions], dict[str, Any]],
+) -> int:
+    """Parse ``argv``, validate the options, run ``job(args, options)`` through :func:`dataset.cli.run_cli`.
 
-    SIGTERM/SIGHUP become ``SystemExit`` (:func:`dataset.files.install_signal_cleanup`), so a cancelled job
-    removes its staging folder and temporary files on the way out.
+    Bad arguments, bad data or a refused overwrite exit with status 2 and one line; SIGTERM/SIGHUP remove the
+    staging folder and temporary files on the way out.
 
     Returns:
-        0 on success, 2 on bad arguments, bad data or a refused overwrite.
+        0 on success, 2 on a user error.
     """
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_signal_cleanup()
-    try:
+
+    def command(args: argparse.Namespace, _argv: list[str]) -> None:
         options = options_from_args(args)
-        manifest = job(options)
-    except (DataError, FileExistsError, ValueError) as err:
-        log.error("%s", err)
-        return 2
-    log.info("done: %s", {k: v for k, v in manifest.get("counts", {}).items()})
-    return 0
+        # --dst is claimed like every output folder: not a link, locked against a second run for the whole job
+        with OutputFolder(args.dst, args.overwrite, what="--dst"):
+            manifest = job(args, options)
+        log.info("done: %s", dict(manifest.get("counts", {})))
+
+    return run_cli(parser, command, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dataset.contract import one_hot
+from dataset.contract import DataError, one_hot
 from dataset.registry import plain_data_info
 from diffusion.base import LatentDiffusionBase
 from diffusion.guidance import combine
@@ -244,7 +244,12 @@ class LabelLatentDiffusion(LatentDiffusionBase):
             raise ValueError("set label_ae_ckpt (a label autoencoder checkpoint) or label_ae_hparams")
         freeze(self.label_ae)
         if self.label_ae.label_nc != label_nc:
-            raise ValueError(f"the label autoencoder has label_nc={self.label_ae.label_nc}, this model {label_nc}")
+            raise DataError(f"the label autoencoder has label_nc={self.label_ae.label_nc}, this model {label_nc}")
+        ae_names = self.label_ae.hparams.get("class_names")
+        if ae_names is not None and [str(c) for c in ae_names] != [str(c) for c in class_names]:
+            # same count, other table: every class would be generated under another class's name
+            raise DataError(f"the label autoencoder was trained on classes {list(ae_names)}, this model's dataset "
+                            f"has {list(class_names)}; train the autoencoder on the same label table")  # fmt: skip
         self.label_nc = label_nc
         self.class_names = [str(c) for c in class_names]
         self.block_size = tuple(int(s) for s in block_size)

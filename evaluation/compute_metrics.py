@@ -31,11 +31,12 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
-from dataset.files import read_run_record
+from dataset.cli import run_cli
+from dataset.files import check_output_files, read_run_record
 from dataset.nifti import load_image
 from evaluation import image_metrics as im
 from evaluation import weights as W
-from evaluation.cli_common import HelpFormatter, add_range_arguments, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter, add_range_arguments
 from evaluation.frechet import FeatureStats, fid_from_stats, rank_warning
 from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.medicalnet import FID3D_CONVENTIONS

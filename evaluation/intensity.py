@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ class IntensityRange:
     Args:
         lo: stored value that maps to 0.
         hi: stored value that maps to 1.
-        clip: clip (and count) voxels outside [lo, hi] instead of raising DataError.
+        clip: clip (and count) voxels outside [lo, hi] instead of raising DataError; a volume with *every* voxel
+            outside is refused all the same (a wrong range, not a few outliers).
         source: where the range comes from (a command-line option or the record it was read from).
     """
 
@@ -79,6 +81,11 @@ class IntensityRange:
                 f"[{self.lo:g}, {self.hi:g}] (min {float(volume.min()):g}, max {float(volume.max()):g}); state the "
                 f"range the volumes are stored in (--data-range / --real-range / --fake-range), or pass --clip to "
                 f"clip them (the count is reported)"
+            )
+        if outside and outside == volume.size:  # clipping everything leaves a constant volume: the range is wrong
+            raise DataError(
+                f"{source}: every voxel lies outside the stated data range [{self.lo:g}, {self.hi:g}] (min "
+                f"{float(volume.min()):g}, max {float(volume.max()):g}); state the range the volumes are stored in"
             )
         self.total_voxels += int(volume.size)
         if outside:
@@ -187,8 +194,18 @@ def recorded_range(folder: Path) -> tuple[float, float, str] | None:
 
     Only plain values are read from the records.
     """
-    folder = Path(folder).resolve()
-    return _from_generation(folder) or _from_manifest(folder)
+    resolved = Path(folder).resolve()
+    found = _from_generation(resolved) or _from_manifest(resolved)
+    if found is None:
+        return None
+    # the source goes into shared reports: named relative to the folder the user gave, never by an absolute path
+    lo, hi, source = found
+    for up, base in enumerate((resolved, *resolved.parents)):
+        prefix = f"{base}{os.sep}"
+        if source.startswith(prefix):
+            shown = Path(folder, *[".."] * up, source[len(prefix) :].split(" ", 1)[0])
+            return lo, hi, f"{shown} {source[len(prefix) :].split(' ', 1)[1]}" if " " in source else str(shown)
+    return found
 
 
 def observed_range(paths: list[Path]) -> tuple[float, float, int]:

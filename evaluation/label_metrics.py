@@ -41,10 +41,11 @@ import numpy as np
 import torch
 
 from dataset import DataError
+from dataset.cli import ArgumentParser, check_unique, finite_float, float_in, run_cli
 from dataset.dice import mean_dice
-from dataset.files import read_run_record
+from dataset.files import check_output_files, read_run_record
 from dataset.label_table import LabelTable, load_class_ids, parse_label_table
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter
 from evaluation.coherence import summary as coherence_summary
 from evaluation.nifti_io import list_nifti
 from evaluation.report import header, report_paths, write_report
@@ -224,18 +225,28 @@ def adherence(args: argparse.Namespace, names: list[str]) -> dict | None:
     from evaluation.intensity import IntensityRange
     from evaluation.segmentation import dice_of_cases, load_cases, load_checkpoint
 
-    if args.fake_images is None or args.data_range is None:
-        raise ValueError("--segmenter needs --fake-images and --data-range LO HI")
     net, cfg, info = load_checkpoint(args.segmenter)
     window = tuple(info["window"])
-    rng = IntensityRange(*args.data_range, clip=True)
-    out = {"segmenter": str(args.segmenter)}
+    # clipped voxels are counted and reported; a volume entirely outside the range is refused (IntensityRange)
+    rng = IntensityRange(*args.data_range, clip=True, source="the command line (--data-range)")
+    out: dict = {"segmenter": args.segmenter.name}
     fake_cases = load_cases(args.fake_images, args.fake, len(names), rng)
     out["fake"] = summarise_dice(dice_of_cases(net, fake_cases, window, len(names)), names)
     if args.real_images is not None:
         real_cases = load_cases(args.real_images, args.real, len(names), rng)
         out["real"] = summarise_dice(dice_of_cases(net, real_cases, window, len(names)), names)
+    out["intensity"] = rng.describe()
+    if rng.clipped_voxels:
+        logger.warning("adherence: %d voxel(s) outside --data-range were clipped (see the report)", rng.clipped_voxels)
     return out
+
+
+def check_adherence_options(args: argparse.Namespace) -> None:
+    """``--segmenter`` needs ``--fake-images`` and ``--data-range``: checked before anything is computed."""
+    if args.segmenter is not None and (args.fake_images is None or args.data_range is None):
+        raise ValueError("--segmenter needs --fake-images and --data-range LO HI")
+    if args.segmenter is None and (args.fake_images is not None or args.real_images is not None):
+        raise ValueError("--fake-images and --real-images are used only with --segmenter")
 
 
 # ---------------------------------------------------------------------- report
@@ -333,18 +344,23 @@ def markdown(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--fake", required=True, type=Path, help="generated label maps (folder)")
     p.add_argument("--real", required=True, type=Path, help="real (test) label maps (folder)")
     p.add_argument("--train", type=Path, default=None, help="training label maps (folder), for novelty")
     p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown next to it)")
     p.add_argument("--class-names", nargs="+", default=None, help="K names, background first (default: from the "
                    "run record in --fake)")  # fmt: skip
-    p.add_argument("--copy-threshold", type=float, default=0.95, help="Dice to a training map that flags a copy")
+    p.add_argument(
+        "--copy-threshold",
+        type=float_in(0, 1, lo_open=True),
+        default=0.95,
+        help="Dice to a training map that flags a copy",
+    )
     p.add_argument("--segmenter", type=Path, default=None, help="real-trained segmenter (segmentation.py train)")
     p.add_argument("--fake-images", type=Path, default=None, help="images generated from the --fake maps")
     p.add_argument("--real-images", type=Path, default=None, help="real test images of the --real maps")
-    p.add_argument("--data-range", nargs=2, type=float, default=None, help="image intensity range LO HI")
+    p.add_argument("--data-range", nargs=2, type=finite_float, default=None, help="image intensity range LO HI")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of ours")
     p.add_argument("--log-level", default="info", help="logging level")
     return p
@@ -355,11 +371,12 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     check_output_files(
         [json_path, md_path], args.overwrite, ours=lambda _p: read_run_record(json_path) is not None
     )  # fmt: skip
+    check_adherence_options(args)
     record = read_run_record(args.fake / RUN_RECORD) if (args.fake / RUN_RECORD).is_file() else None
     names = args.class_names or (record or {}).get("class_names")
     if not names:
         raise ValueError(f"--class-names is needed: {args.fake} has no {RUN_RECORD} naming the classes")
-    names = [str(n) for n in names]
+    names = check_unique([str(n) for n in names], "--class-names")
     if len(names) < 2:
         raise ValueError("--class-names needs background and at least one class")
     if not 0.0 < args.copy_threshold <= 1.0:
@@ -375,6 +392,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     results["adherence"] = adherence(args, names)
     report = {
         **header("label_metrics", argv),
+        # as the user typed them (reports are shared: no resolved absolute paths)
         "inputs": {"fake": str(args.fake), "real": str(args.real), "train": str(args.train) if args.train else None},
         "class_names": names,
         "results": results,

@@ -85,7 +85,7 @@ def build_lpips(
         if m is None:
             raise ValueError(f"{lin_path}: unexpected key {key}")
         model.lins[int(m.group(1))].model[1].weight.data.copy_(value)
-    record["lpips_linear_layers"] = {"path": str(lin_path), "sha256": file_sha256(lin_path)}
+    record["lpips_linear_layers"] = {"path": f"lpips package/{lin_path.name}", "sha256": file_sha256(lin_path)}
     record["network"] = "lpips.LPIPS(net='vgg', version='0.1')"
     return model.eval().requires_grad_(False).to(device), record
 

@@ -31,18 +31,31 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
+from dataset.cli import (
+    ArgumentParser,
+    check_unique,
+    float_in,
+    nonnegative_int,
+    one_line,
+    pick_device,
+    positive_int,
+    run_cli,
+)
 from dataset.dice import per_class_dice
 from dataset.files import (
     atomic_torch_save,
     check_name,
+    check_not_link,
     check_output_dir,
+    check_output_files,
     file_sha256,
+    read_checkpoint,
     read_run_record,
     recorded_outputs,
     write_run_record,
 )
 from dataset.nifti import load_pair, save_nifti, strip_nifti_suffix
-from evaluation.cli_common import HelpFormatter, add_range_arguments, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter, add_range_arguments
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange, resolve_range
 from evaluation.pairing import pair_folders
@@ -301,22 +314,32 @@ def is_our_checkpoint(path: Path) -> bool:
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SegConfig, dict]:
-    """(network in eval mode, config, training info) from :func:`save_checkpoint`'s file."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """(network in eval mode, config, training info) from :func:`save_checkpoint`'s file.
+
+    Raises:
+        DataError: a missing, unreadable, foreign or damaged checkpoint (one line naming the file).
+    """
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a Dice-protocol segmenter checkpoint (format {CHECKPOINT_FORMAT})")
-    hp = ckpt["hparams"]
-    cfg = SegConfig(
-        **(hp | {"channels": tuple(hp["channels"]), "patch_size": hp["patch_size"] and tuple(hp["patch_size"])})
-    )
-    net = build_net(cfg)
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval().to(device), cfg, ckpt["training"]
+        raise DataError(f"{path}: not a Dice-protocol segmenter checkpoint (format {CHECKPOINT_FORMAT})")
+    try:
+        hp = ckpt["hparams"]
+        cfg = SegConfig(
+            **(hp | {"channels": tuple(hp["channels"]), "patch_size": hp["patch_size"] and tuple(hp["patch_size"])})
+        )
+        net = build_net(cfg)
+        net.load_state_dict(ckpt["state_dict"])
+        training = dict(ckpt["training"])
+        training["window"] = [int(v) for v in training["window"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a file of our format with missing parts
+        raise DataError(f"{path}: damaged segmenter checkpoint ({one_line(err)[:200]})") from None
+    return net.eval().to(device), cfg, training
 
 
 def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
     if names is None:
         return ["background"] + [f"class_{c}" for c in range(1, num_classes)]
+    check_unique(names, "--class-names")  # a repeated name would show one class's Dice under two columns
     if len(names) != num_classes:
         raise ValueError(f"--class-names needs {num_classes} names (background first), got {len(names)}")
     return list(names)
@@ -340,19 +363,22 @@ def _check_report(out: Path, overwrite: bool) -> None:
 def _prediction_plan(cases_by_set: dict[str, list[Case]], folder: Path, overwrite: bool) -> dict[str, list[Path]]:
     """Where each predicted label map goes: ``folder/<set>/<image name>``, every name and place checked first.
 
-    ``--overwrite`` replaces only the files the previous run recorded in ``folder/predictions.json``.
+    ``--overwrite`` replaces only the files the previous run recorded in ``folder/predictions.json``; a
+    sub-folder or file that is a symbolic link is refused (nothing is written through a link).
     """
-    ours = {p.resolve() for p in recorded_outputs(folder / PREDICTIONS_RECORD)}
+    ours = {p.absolute() for p in recorded_outputs(folder / PREDICTIONS_RECORD)}
     plan: dict[str, list[Path]] = {}
     for set_name, cases in cases_by_set.items():
         # first estimate of the space needed: one uncompressed uint8 label map per case
         need = sum(int(case.label.numel()) for case in cases)
+        check_not_link(folder, "--predictions")
+        check_not_link(folder / set_name, "--predictions")
         sub = check_output_dir(folder / set_name, min_free_bytes=need, what="--predictions")
         paths = []
         for case in cases:
             stem = check_name(strip_nifti_suffix(case.image_path.name), "image file name")
             paths.append(sub / f"{stem}.nii.gz")
-        check_output_files(paths, overwrite, ours=lambda p: p.resolve() in ours, what="--predictions")
+        check_output_files(paths, overwrite, ours=lambda p: p.absolute() in ours, what="--predictions")
         plan[set_name] = paths
     return plan
 
@@ -379,6 +405,7 @@ def _config(args: argparse.Namespace, num_classes: int) -> SegConfig:
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> dict:
     """``train``: fit on real (+ extra) volumes and save the checkpoint to ``--out``."""
+    pick_device(args.device)
     check_output_files([args.out], args.overwrite, ours=is_our_checkpoint)
     cfg = _config(args, args.num_classes)
     if (args.extra_images is None) != (args.extra_labels is None):
@@ -400,8 +427,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
     """``evaluate``: Dice of a trained segmenter on real test volumes and on synthetic ones."""
+    pick_device(args.device)
     _check_report(args.out, args.overwrite)
     if args.predictions is not None:
+        check_not_link(args.predictions, "--predictions")
         check_output_dir(args.predictions, what="--predictions")
     net, cfg, training = load_checkpoint(args.model, args.device)
     names = _class_names(args.class_names, cfg.num_classes)
@@ -436,6 +465,7 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def cmd_augment(args: argparse.Namespace, argv: list[str]) -> dict:
     """``augment``: train on real vs real + synthetic (same seed and schedule), test both on real."""
+    pick_device(args.device)
     _check_report(args.out, args.overwrite)
     cfg = _config(args, args.num_classes)
     names = _class_names(args.class_names, cfg.num_classes)
@@ -478,27 +508,25 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def _training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=int, required=True, help="K, background included")
-    p.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="UNet channels per level")
-    p.add_argument("--res-units", type=int, default=1, help="residual units per UNet block")
+    p.add_argument("--num-classes", type=positive_int, required=True, help="K, background included")
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[8, 16, 32], help="UNet channels per level")
+    p.add_argument("--res-units", type=nonnegative_int, default=1, help="residual units per UNet block")
     p.add_argument(
         "--patch-size",
-        type=int,
+        type=positive_int,
         nargs=3,
         metavar=("D", "H", "W"),
         help="training crop and inference window, divisible by 2^(levels-1); default: whole volumes",
     )
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=2, help="volumes (or crops) per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--steps", type=positive_int, default=2000, help="optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="volumes (or crops) per step")
+    p.add_argument("--lr", type=float_in(0, None, lo_open=True), default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seeds network init, batch order and crops")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (subcommands train, evaluate, augment)."""
-    parser = argparse.ArgumentParser(
-        prog="segmentation", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
-    )
+    parser = ArgumentParser(prog="segmentation", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     sub = parser.add_subparsers(dest="command", required=True, help="what to run (each has its own --help)")
     report_help = "JSON report path; the Markdown goes next to it with .md (an --out ending in .md names the Markdown)"

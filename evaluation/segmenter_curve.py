@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from dataset.cli import ArgumentParser, float_in, positive_int, run_cli
+from dataset.files import check_output_files
+from evaluation.cli_common import HelpFormatter
 from evaluation.intensity import IntensityRange
 from evaluation.parallel import run_tasks
 from evaluation.report import header, report_paths, write_report
 from evaluation.segmentation import Case, SegConfig, load_cases, train_segmenter
-from evaluation.utility import add_experiment_arguments, draw_subjects
+from evaluation.utility import add_experiment_arguments, check_experiment_options, draw_subjects
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ def plot(path: Path, report: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     for name, what in (
         ("train-images", "real training images"),
         ("train-labels", "real training label maps"),
@@ -140,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p.add_argument(f"--{name}", required=True, type=Path, help=what)
     add_experiment_arguments(p, seeds=[0], out_help="JSON report (Markdown and PNG next to it)")
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps of each curve")
-    p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many steps")
-    p.add_argument("--tolerance", type=float, default=0.01, help="Dice below the best that counts as levelled off")
+    p.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps of each curve")
+    p.add_argument("--eval-every", type=positive_int, default=100, help="validation Dice every this many steps")
+    p.add_argument(
+        "--tolerance", type=float_in(0, 1), default=0.01, help="Dice below the best that counts as levelled off"
+    )
     return p
 
 
@@ -153,10 +157,9 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     png = json_path.with_suffix(".png")
     ours = lambda _p: read_run_record(json_path) is not None  # noqa: E731
     check_output_files([json_path, md_path, png], args.overwrite, ours=ours)
-    if min(args.steps, args.eval_every, min(args.regimes), args.jobs) < 1 or args.tolerance < 0:
-        raise ValueError("--steps, --eval-every, --regimes and --jobs must be >= 1, --tolerance >= 0")
+    check_experiment_options(args)
     names = list(args.class_names)
-    rng = IntensityRange(*args.data_range, clip=True)
+    rng = IntensityRange(*args.data_range, clip=True, source="the command line (--data-range)")
     real = load_cases(args.train_images, args.train_labels, len(names), rng)
     val = load_cases(args.val_images, args.val_labels, len(names), rng)
     results = run_curves(real, val, len(names), args.regimes, args.seeds, args.steps, args.eval_every, args.tolerance,
@@ -165,7 +168,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
               "settings": {"regimes": args.regimes, "seeds": args.seeds, "steps": args.steps,
                            "eval_every": args.eval_every, "tolerance": args.tolerance,
                            "data_range": list(args.data_range), "validation": str(args.val_labels)},
-              "results": results}  # fmt: skip
+              "intensity": rng.describe(), "results": results}  # fmt: skip
     write_report(args.out, report, markdown(report))
     plot(png, report)
     logger.info("budget: %d steps (report %s)", results["budget"], json_path)

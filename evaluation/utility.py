@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from dataset.cli import ArgumentParser, check_unique, finite_float, nonnegative_int, positive_int, run_cli
+from dataset.files import check_output_files
+from evaluation.cli_common import HelpFormatter
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
 from evaluation.parallel import run_tasks
@@ -160,7 +162,7 @@ def markdown(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     for name, what in (("train-images", "real training images"), ("train-labels", "real training label maps"),
                        ("test-images", "real test images"), ("test-labels", "real test label maps"),
                        ("synth-images", "images generated from the real training maps (<id>_s0)"),
@@ -169,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True, type=Path, help=what)
     add_experiment_arguments(p, seeds=[0, 1, 2], out_help="JSON report (Markdown next to it)")
     p.add_argument(
-        "--steps", type=int, default=300, help="optimiser steps of every segmenter (choose with segmenter_curve.py)"
+        "--steps",
+        type=positive_int,
+        default=300,
+        help="optimiser steps of every segmenter (choose with segmenter_curve.py)",
     )
     return p
 
@@ -177,13 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
 def add_experiment_arguments(p: argparse.ArgumentParser, seeds: list[int], out_help: str) -> None:
     """The options the utility experiment and its learning curve share (classes, range, regimes, seeds, jobs, out)."""
     p.add_argument("--class-names", nargs="+", required=True, help="K names, background first")
-    p.add_argument("--data-range", nargs=2, type=float, required=True, help="image intensity range LO HI")
-    p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="numbers of real training subjects")
-    p.add_argument("--seeds", nargs="+", type=int, default=seeds, help="seeds (subject draw, init, batches)")
-    p.add_argument("--jobs", type=int, default=1, help="segmenters trained at once, one process each (<= cores)")
+    p.add_argument("--data-range", nargs=2, type=finite_float, required=True, help="image intensity range LO HI")
+    p.add_argument(
+        "--regimes", nargs="+", type=positive_int, default=[2, 4, 8], help="numbers of real training subjects"
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=nonnegative_int, default=seeds, help="seeds (subject draw, init, batches)"
+    )
+    p.add_argument(
+        "--jobs", type=positive_int, default=1, help="segmenters trained at once, one process each (<= cores)"
+    )
     p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of ours")
     p.add_argument("--log-level", default="info", help="logging level")
+
+
+def check_experiment_options(args: argparse.Namespace) -> None:
+    """Options the utility experiment and its learning curve share: a repeated class, regime or seed is refused.
+
+    A repeated seed would count twice in the mean and the t-interval but compare one pair; a repeated class name
+    would show one class's numbers under two names.
+    """
+    for values, what in ((args.class_names, "--class-names"), (args.regimes, "--regimes"), (args.seeds, "--seeds")):
+        check_unique(values, what)
 
 
 def command(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -193,9 +214,10 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     check_output_files([json_path, md_path], args.overwrite, ours=lambda _p: read_run_record(json_path) is not None)
     if args.steps < 1 or min(args.regimes) < 1 or args.jobs < 1:
         raise ValueError("--steps, --regimes and --jobs must be >= 1")
+    check_experiment_options(args)
     names = list(args.class_names)
     k = len(names)
-    rng = IntensityRange(*args.data_range, clip=True)
+    rng = IntensityRange(*args.data_range, clip=True, source="the command line (--data-range)")
     real = load_cases(args.train_images, args.train_labels, k, rng)
     synth = load_cases(args.synth_images, args.train_labels, k, rng)
     new = load_cases(args.new_images, args.new_labels, k, rng)
@@ -204,7 +226,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     report = {**header("utility", argv), "class_names": names,
               "settings": {"regimes": args.regimes, "seeds": args.seeds, "steps": args.steps,
                            "data_range": list(args.data_range)},
-              "results": results}  # fmt: skip
+              "intensity": rng.describe(), "results": results}  # fmt: skip
     write_report(args.out, report, markdown(report))
     return report
 

@@ -146,7 +146,10 @@ def load_state_dict(spec: WeightSpec, path: Path) -> tuple[dict[str, torch.Tenso
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
-    record = {"file": spec.filename, "path": str(path), "sha256": digest, "source": spec.url, "random": False}
+    # reports are shared: the folder is named by its role (the hub cache or --weights-dir), not by its path here
+    where = "torch hub cache" if Path(path).parent == hub_checkpoint_dir() else "--weights-dir"
+    record = {"file": spec.filename, "path": f"{where}/{spec.filename}", "sha256": digest, "source": spec.url,
+              "random": False}  # fmt: skip
     return state, record
 
 

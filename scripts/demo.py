@@ -32,10 +32,11 @@ in <out>/label_generator.log; L3-L5 follow 5:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -45,8 +46,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dataset import DataError
-from dataset.files import atomic_write_json, atomic_write_text, check_output_dir, read_run_record, write_run_record
+from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, positive_int, run_cli
+from dataset.files import atomic_write_json, atomic_write_text, claim_run_folder
 from evaluation.parallel import usable_cores
 
 log = logging.getLogger("demo")
@@ -62,18 +63,20 @@ DATASET_NOTES = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options (numbers checked while parsing: ``dataset.cli``)."""
+    minutes = float_in(0, None, lo_open=True)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes under this folder")
     p.add_argument(
         "--dataset", choices=tuple(DATASET_NOTES), default="mni152", help="embedded dataset (experiments <name>_*_cpu)"
     )
     p.add_argument("--data-dir", type=Path, default=None, help="embedded dataset cache (default: <out>/data_cache)")
-    p.add_argument("--vqgan-minutes", type=float, default=4.0, help="wall-clock training budget of stage 1")
-    p.add_argument("--diffusion-minutes", type=float, default=5.0, help="wall-clock training budget of stage 2")
+    p.add_argument("--vqgan-minutes", type=minutes, default=4.0, help="wall-clock training budget of stage 1")
+    p.add_argument("--diffusion-minutes", type=minutes, default=5.0, help="wall-clock training budget of stage 2")
     p.add_argument(
         "--diffusion-steps",
-        type=int,
+        type=positive_int,
         default=1000,
         help="step cap of stage 2 (whichever of steps and minutes comes first), so that a fast CPU trains the same "
         "model as a slow one; with 16 training subjects the DDPM objective's validation sample PSNR peaked near 900 "
@@ -87,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="intra-op threads per stage (on the 2-core CI machine one thread trains 2x faster than two)",
     )
@@ -100,22 +103,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "for 500 ancestral DDPM steps, 10x faster than the latter (README, Stage 2 samplers)",
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 30 for rflow, 25 for DDIM)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampler steps (default: the checkpoint's, 30 for rflow, 25 for DDIM)",
     )
-    p.add_argument("--seg-steps", type=int, default=150, help="training steps of each Dice-protocol segmenter")
+    p.add_argument(
+        "--seg-steps", type=positive_int, default=150, help="training steps of each Dice-protocol segmenter"
+    )
     p.add_argument("--metrics", default=None, help="metrics for compute_metrics (default: those whose weights exist)")
     p.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for both training stages")
     p.add_argument("--no-labels", action="store_true", help="skip the labels stage (new label maps and pairs)")
     # the label autoencoder is the labels stage's bottleneck at this budget (it must learn every class before the
     # diffusion can place it), so it gets the larger share
-    p.add_argument("--label-ae-minutes", type=float, default=1.5, help="training budget of the label autoencoder")
-    p.add_argument("--label-diffusion-minutes", type=float, default=1.0, help="budget of the label diffusion")
-    p.add_argument("--label-maps", type=int, default=8, help="new (label, image) pairs generated")
-    p.add_argument("--utility-regimes", nargs="+", type=int, default=[2, 4], help="real subjects per utility regime")
-    p.add_argument("--utility-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the utility experiment")
-    p.add_argument("--utility-steps", type=int, default=40, help="segmenter steps in the utility experiment")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing --out folder first")
-    return p.parse_args(argv)
+    p.add_argument("--label-ae-minutes", type=minutes, default=1.5, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=minutes, default=1.0, help="budget of the label diffusion")
+    p.add_argument("--label-maps", type=positive_int, default=8, help="new (label, image) pairs generated")
+    p.add_argument(
+        "--utility-regimes", nargs="+", type=positive_int, default=[2, 4], help="real subjects per utility regime"
+    )
+    p.add_argument(
+        "--utility-seeds", nargs="+", type=nonnegative_int, default=[0, 1], help="seeds of the utility experiment"
+    )
+    p.add_argument("--utility-steps", type=positive_int, default=40, help="segmenter steps in the utility experiment")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier demo run wrote in --out (nothing else)"
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options (a bad value: one line, exit status 2)."""
+    return build_parser().parse_args(argv)
 
 
 def max_time(minutes: float) -> str:
@@ -155,8 +174,34 @@ def report_failure(main: Callable[[list[str] | None], int]) -> Callable[[list[st
         except StageFailed as err:
             log.error("%s", err)
             return err.code
+        finally:  # a stage still running beside the failed one (or after SIGTERM) dies with the driver
+            stop_children()
 
     return wrapped
+
+
+#: Stage processes running now (the main stage and a background one), so the driver can stop them all.
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def stop_children(grace_s: float = 10.0) -> None:
+    """Terminate every running stage (SIGTERM, then SIGKILL after ``grace_s``) and wait for it.
+
+    A stage's own children (e.g. data-loader workers) share its process group, which is signalled as a whole.
+    """
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
 
 
 def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None:
@@ -169,12 +214,20 @@ def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None
     commands.append(shown)
     log.info("$ %s%s", shown, f"  (output: {output})" if output else "")
     t0 = time.time()
-    if output is None:
-        code = subprocess.run(cmd).returncode
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("a") as sink:
-            code = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT).returncode
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            sink = stack.enter_context(output.open("a"))
+        # its own process group, so that stop_children() reaches the stage's children too
+        child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT if sink else None, start_new_session=True)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(child)
+        try:
+            code = child.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(child)
     if code != 0:
         where = f"; its output is in {output}" if output else " (its own error is above)"
         raise StageFailed(f"stage failed with exit status {code}: {shown}{where}", code)
@@ -431,36 +484,33 @@ def pair_montages(
     return shown
 
 
-def claim_output_folder(out: Path, overwrite: bool, record: str, command: str, argv: list[str]) -> bool:
-    """Make ``out`` this run's folder, marked by its run record ``record``; False (logged) when it may not be.
+#: Everything the demo writes in ``--out`` (its record lists these; ``--overwrite`` replaces exactly them).
+DEMO_ENTRIES = ("data_cache", "vqgan", "diffusion", "data", "synthetic", "synthetic_train", "report", "segmenter",
+                "label_ae", "label_diffusion", "label_generator.log", "pairs")  # fmt: skip
 
-    An existing non-empty folder is deleted only with ``overwrite`` and only if it holds ``record`` (a folder
-    an earlier run of the same tool made): ``--overwrite`` never deletes anything else.
-    """
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            log.error("%s exists; pass --overwrite to delete it and start over", out)
-            return False
-        if read_run_record(out / record) is None:
-            log.error("%s holds no %s of an earlier run: not ours to delete; choose another --out", out, record)
-            return False
-        shutil.rmtree(out)
-    try:
-        check_output_dir(out)
-    except DataError as err:
-        log.error("%s", err)
-        return False
-    write_run_record(out / record, {"command": command, "argv": argv})
-    return True
+
+def command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Check every option (the Hydra overrides of ``--extra`` included), claim ``--out``, run the stages."""
+    from train.run import check_overrides
+
+    check_unique(args.utility_seeds, "--utility-seeds")
+    check_unique(args.utility_regimes, "--utility-regimes")
+    vqgan_experiment = f"experiment={'mni152_vqgan_spade_cpu' if args.decoder == 'spade' else 'mni152_vqgan_cpu'}"
+    check_overrides("vqgan", [vqgan_experiment, *args.extra])
+    check_overrides("diffusion", ["experiment=mni152_diffusion_cpu", *args.extra])
+    with claim_run_folder(args.out, args.overwrite, DEMO_RECORD, "scripts/demo.py", DEMO_ENTRIES, {"argv": argv}):
+        return run_stages(args)
 
 
 @report_failure
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    """Run the demo; 0 on success, 2 (one line) on a user error, a failed stage's exit status otherwise."""
+    return run_cli(build_parser(), command, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_stages(args: argparse.Namespace) -> int:
+    """The stages, in the claimed ``args.out`` (see the module docstring)."""
     out: Path = args.out
-    if not claim_output_folder(out, args.overwrite, DEMO_RECORD, "scripts/demo.py", list(argv or sys.argv[1:])):
-        return 2
     data_dir = args.data_dir or out / "data_cache"
     py = sys.executable
     # Every stage is a subprocess and inherits the thread count (torch reads OMP_NUM_THREADS at start-up).

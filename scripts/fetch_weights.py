@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dataset import DataError
+from dataset.cli import run_cli
 from dataset.files import atomic_write, check_output_dir, file_sha256, read_run_record, write_run_record
 from evaluation import weights as W
-from evaluation.cli_common import HelpFormatter, run_cli
+from evaluation.cli_common import HelpFormatter
 
 log = logging.getLogger("fetch_weights")
 

@@ -24,6 +24,7 @@ model's class ids 0..K-1, the ids the evaluation tools read next to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -32,16 +33,18 @@ import numpy as np
 import torch
 
 from dataset import DataError
-from dataset.files import check_name, check_output_dir, file_sha256, install_signal_cleanup
+from dataset.cli import ArgumentParser, float_in, pick_device, positive_int, read_stage_checkpoint, run_cli
+from dataset.files import OutputFolder, check_distinct_folders, check_name, file_sha256, plan_outputs
 from dataset.registry import label_table_of
 from diffusion.generation.inputs import resolve_labels
 from diffusion.generation.pipeline import (
     PRECISIONS,
+    RECORD_NAME,
     GenerationSettings,
     LabelVolume,
     generate,
     load_label_volumes,
-    plan_outputs,
+    output_files,
     sidecar_path,
 )
 from diffusion.sampling import WINDOW_MODES
@@ -49,8 +52,9 @@ from diffusion.sampling import WINDOW_MODES
 log = logging.getLogger("generate")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/generate.py`` (numbers checked while parsing: ``dataset.cli``)."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="stage-2 (diffusion) Lightning checkpoint")
     p.add_argument("--labels", required=True, help="NIfTI file, folder, glob, or split=train|val|test")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -60,22 +64,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="default: the checkpoint's (ddpm: ancestral, all T steps)",
     )
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (ddim/rflow; default: the checkpoint's)")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="sampler steps (ddim/rflow; default: the checkpoint's)"
+    )
     p.add_argument(
         "--guidance",
-        type=float,
+        type=float_in(0, None),
         default=None,
         help="classifier-free guidance w in u + w(c - u); 1 = conditional only (default: the checkpoint's)",
     )
-    p.add_argument("--num-samples", type=int, default=1, help="volumes per label map (<id>_s0, <id>_s1, ...)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="volumes per label map (<id>_s0, <id>_s1, ...)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same volumes")
-    p.add_argument("--batch-size", type=int, default=1, help="label maps of one shape sampled together")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="label maps of one shape sampled together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="32", help="autocast dtype while sampling")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the denoiser (default: off, whatever training used)"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap along the axes that are tiled")
+    p.add_argument(
+        "--overlap",
+        type=float_in(0, 1, hi_open=True),
+        default=0.5,
+        help="window overlap along the axes that are tiled",
+    )
     p.add_argument(
         "--window",
         choices=WINDOW_MODES,
@@ -93,25 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="split=...: also write the split's real images (DIR/<id>.nii.gz) and labels (DIR/labels/<id>.nii.gz)",
     )
-    return p.parse_args(argv)
+    return p
 
 
-def pick_device(name: str) -> torch.device:
-    """``--device``: auto, cpu, cuda, cuda:N; a GPU that is not there is a user error (DataError)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DataError(f"--device {name}: not a device (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DataError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
-    elif device.type != "cpu":
-        raise DataError(f"--device {name}: only cpu and cuda are supported")
-    return device
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options (a bad value: one line, exit status 2)."""
+    return build_parser().parse_args(argv)
 
 
 def load_model(ckpt: Path, device: torch.device, compile: bool = False):  # noqa: ANN201 (imports Lightning lazily)
@@ -156,11 +154,11 @@ def export_real(ds: object, split: str, folder: Path, intensity: dict | None, ov
     from dataset.files import write_run_record
     from dataset.intensity import invert
     from dataset.nifti import save_nifti
-    from diffusion.generation.pipeline import RECORD_NAME, output_units
+    from diffusion.generation.pipeline import output_units
 
     ids = [check_name(str(ds[i]["id"]), f"{split}[{i}] id") for i in range(len(ds))]  # type: ignore[arg-type,index]
     files = [folder / f"{i}.nii.gz" for i in ids] + [folder / "labels" / f"{i}.nii.gz" for i in ids]
-    plan = plan_outputs(folder, files, overwrite)
+    plan = plan_outputs(folder, files, overwrite, RECORD_NAME, what="--export-real")
     for i, vid in enumerate(ids):
         s = ds[i]  # type: ignore[index]
         image = s["image"][0].numpy()
@@ -171,8 +169,7 @@ def export_real(ds: object, split: str, folder: Path, intensity: dict | None, ov
         save_nifti(folder / f"{vid}.nii.gz", image.astype(np.float32), np.asarray(s["affine"]), overwrite=overwrite)
         save_nifti(folder / "labels" / f"{vid}.nii.gz", s["label"][0].numpy(), np.asarray(s["affine"]),
                    overwrite=overwrite)  # fmt: skip
-    for stale in plan.stale:
-        stale.unlink(missing_ok=True)
+    plan.remove_stale()
     write_run_record(
         folder / RECORD_NAME,
         {"command": "export-real", **record, "split": split, **output_units(intensity),
@@ -181,31 +178,25 @@ def export_real(ds: object, split: str, folder: Path, intensity: dict | None, ov
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    install_signal_cleanup()  # SIGTERM/SIGHUP: no hidden temporary file stays behind
-    args = parse_args(argv)
-    created: list[Path] = []
-    try:
-        settings = GenerationSettings(
-            sampler=args.sampler, steps=args.steps, guidance=args.guidance, num_samples=args.num_samples,
-            seed=args.seed, overlap=args.overlap, resample=not args.no_resample, precision=args.precision,
-            window=args.window,
-        )  # fmt: skip
-        if args.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {args.batch_size}")
-        device = pick_device(args.device)
-        source = resolve_labels(args.labels)
-        if args.export_real is not None and not source.split:
-            raise DataError("--export-real needs --labels split=train|val|test")
-        if not args.ckpt.is_file():
-            raise DataError(f"{args.ckpt}: checkpoint not found")
-        # every output folder is checked (and created) before the model is loaded or anything sampled
-        for folder in (args.out, args.export_real):
-            if folder is not None:
-                if not folder.exists():
-                    created.append(folder)
-                check_output_dir(folder, what="--out" if folder is args.out else "--export-real")
+def command(args: argparse.Namespace, _argv: list[str]) -> None:
+    """Validate every option and input, claim the output folder(s), then load, sample and write."""
+    settings = GenerationSettings(
+        sampler=args.sampler, steps=args.steps, guidance=args.guidance, num_samples=args.num_samples,
+        seed=args.seed, overlap=args.overlap, resample=not args.no_resample, precision=args.precision,
+        window=args.window,
+    )  # fmt: skip
+    device = pick_device(args.device)
+    source = resolve_labels(args.labels)
+    if args.export_real is not None and not source.split:
+        raise DataError("--export-real needs --labels split=train|val|test")
+    # one folder for both would make each run's files the other's stale ones
+    check_distinct_folders({"--out": args.out, "--export-real": args.export_real})
+    read_stage_checkpoint(args.ckpt, "diffusion")
+    with contextlib.ExitStack() as claims:
+        # every output folder is claimed (locked, checked) before the model is loaded or anything sampled
+        claims.enter_context(OutputFolder(args.out, args.overwrite))
+        if args.export_real is not None:
+            claims.enter_context(OutputFolder(args.export_real, args.overwrite, what="--export-real"))
         model = load_model(args.ckpt, device, compile=args.compile)
         if settings.sampler is not None and settings.sampler not in model.schedule.samplers:
             raise ValueError(f"--sampler {settings.sampler} does not fit this model; use {model.schedule.samplers}")
@@ -217,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
             if ds is not None
             else load_label_volumes(source.files, model.label_nc, table)
         )
+        suffixes = (".png",) * args.png + (".gif",) * args.gif
+        # both folders are checked before either is written: a refusal leaves nothing half-written
+        plan_outputs(args.out, output_files(args.out, volumes, settings.num_samples, suffixes), args.overwrite,
+                     RECORD_NAME)  # fmt: skip
         log.info("%d label map(s), %d sample(s) each -> %s", len(volumes), settings.num_samples, args.out)
         record = {
             "checkpoint": {"name": args.ckpt.name, "sha256": file_sha256(args.ckpt)},
             "labels": args.labels,
             **({"label_table": table.to_plain()} if table is not None else {}),
         }
-        suffixes = (".png",) * args.png + (".gif",) * args.gif
         hook = None
         if args.png or args.gif:
             from dataset.visualization import display_window, save_gif, save_montage
@@ -256,14 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             sidecar_suffixes=suffixes,
             record=record,
         )
-    except (DataError, FileExistsError, ValueError) as err:
-        for folder in created:  # a refused run leaves no trace: remove the folders it created, if still empty
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        log.error("%s", err)
-        return 2
     log.info("wrote %d volume(s) to %s", len(written), args.out)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 on success, 2 (one line) on a user error (``dataset.cli.run_cli``)."""
+    return run_cli(build_parser(), command, argv)
 
 
 if __name__ == "__main__":

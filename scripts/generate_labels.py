@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -44,16 +42,8 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
-from dataset.files import (
-    check_name,
-    check_output_dir,
-    file_sha256,
-    install_signal_cleanup,
-    read_checkpoint,
-    read_run_record,
-    recorded_outputs,
-    write_run_record,
-)
+from dataset.cli import ArgumentParser, float_in, one_line, pick_device, positive_int, read_stage_checkpoint, run_cli
+from dataset.files import OutputFolder, check_name, file_sha256, write_run_record
 from dataset.label_table import load_class_ids, restore_labels
 from dataset.nifti import save_nifti, strip_nifti_suffix, voxel_size_dhw
 from dataset.registry import label_table_of
@@ -63,10 +53,11 @@ log = logging.getLogger("generate_labels")
 RECORD = "labels_run.json"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/generate_labels.py`` (numbers checked while parsing: ``dataset.cli``)."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="label diffusion checkpoint (train_label_diffusion.py)")
-    p.add_argument("--num-samples", type=int, default=1, help="number of maps to generate")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="number of maps to generate")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="same seed, same maps")
     p.add_argument("--condition", default="", help="attributes NAME=VALUE,... (class volume in mL; see above)")
@@ -80,14 +71,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--condition-keys", default="", help="with --condition-from: only these attributes NAME,... (default all)"
     )
     p.add_argument("--like", type=Path, default=None, help="a label map (NIfTI) to make variations of")
-    p.add_argument("--strength", type=float, default=0.5, help="with --like: noise level in (0, 1] to start from")
+    p.add_argument(
+        "--strength",
+        type=float_in(0, 1, lo_open=True),
+        default=0.5,
+        help="with --like: noise level in (0, 1] to start from",
+    )
     p.add_argument("--repair", action="store_true", help="largest component per class + hole filling (reported)")
     p.add_argument("--sampler", choices=("ddpm", "ddim", "rflow"), default=None, help="default: the checkpoint's")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance w in u + w(c - u) (default: checkpoint's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument(
+        "--guidance", type=float_in(0, None), default=None, help="guidance w in u + w(c - u) (default: checkpoint's)"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace the maps of a previous run in --out")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options (a bad value: one line, exit status 2)."""
+    return build_parser().parse_args(argv)
 
 
 def parse_condition(text: str) -> dict[str, float]:
@@ -118,12 +121,12 @@ def load_label_model(ckpt: Path, device: torch.device) -> torch.nn.Module:
     """Load a label diffusion checkpoint; anything else is refused with one line before any work."""
     from diffusion.label_diffusion import LabelLatentDiffusion
 
-    meta = read_checkpoint(ckpt)
-    hp = meta.get("hyper_parameters", {}) if isinstance(meta, dict) else {}
-    if "label_ae_hparams" not in hp:
-        raise DataError(f"{ckpt}: not a label diffusion checkpoint; train one with train/train_label_diffusion.py")
-    del meta
-    model = LabelLatentDiffusion.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    read_stage_checkpoint(ckpt, "label_diffusion")
+    try:
+        model = LabelLatentDiffusion.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+        # a hand-made or truncated checkpoint of the right stage: missing or misshapen weights or settings
+        raise DataError(f"--ckpt {ckpt}: not a usable label diffusion checkpoint ({one_line(err)[:300]})") from None
     return model.eval().to(device)
 
 
@@ -135,6 +138,8 @@ def requests_from_maps(model: torch.nn.Module, folder: Path, keys: str, n: int) 
     """
     from dataset.nifti import NIFTI_SUFFIXES
 
+    if not Path(folder).is_dir():
+        raise DataError(f"--condition-from {folder}: not a folder of label maps")
     files = sorted(p for p in Path(folder).iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
     if not files:
         raise DataError(f"--condition-from {folder}: no NIfTI label map there")
@@ -188,89 +193,51 @@ def map_seed(seed: int, index: int) -> int:
     return zlib.crc32(f"{seed}:{index}".encode()) & 0x7FFFFFFF
 
 
-def check_outputs(out: Path, names: list[str], overwrite: bool) -> list[Path]:
-    """Refuse before any work when outputs exist and may not be replaced; return the files to remove on success.
-
-    Without ``overwrite`` any existing output (or run record) is an error. With it, only files listed by the
-    previous run record of this tool in ``out`` are replaced; a same-named file that no record lists is refused.
-    """
-    record = out / RECORD
-    targets = [out / n for n in names]
-    existing = [p for p in [*targets, record] if p.exists()]
-    if not existing:
-        return []
-    if not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
-    prev = read_run_record(record) if record.exists() else None
-    if record.exists() and (prev is None or prev.get("tool") != "generate_labels"):
-        raise DataError(f"{record} exists but is not a run record of generate_labels; refusing to replace it")
-    listed = {p.resolve() for p in recorded_outputs(record)} if prev is not None else set()
-    foreign = [p for p in targets if p.exists() and p.resolve() not in listed]
-    if foreign:
-        raise DataError(f"{foreign[0]} was not written by a previous generate_labels run here; not replacing it")
-    return sorted(listed)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    install_signal_cleanup()
-    staging: Path | None = None
-    try:
-        if args.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-        if args.like is None and args.strength != 0.5:
-            raise ValueError("--strength needs --like MAP")
-        if args.like is not None and not 0.0 < args.strength <= 1.0:
-            raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        requested = parse_condition(args.condition)
-        if any(v < 0 for k, v in requested.items() if ".centroid_" not in k):
-            raise ValueError("--condition: a volume cannot be negative")
-        try:
-            device = torch.device(
-                ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-            )
-        except RuntimeError:
-            raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-        if args.condition_from is not None and requested:
-            raise ValueError("give either --condition or --condition-from, not both")
-        if args.condition_keys and args.condition_from is None:
-            raise ValueError("--condition-keys needs --condition-from DIR")
-        model = load_label_model(args.ckpt, device)
-        table = label_table_of(model.hparams.get("data_info"))
-        if table is not None:
-            table.source_values()  # every class can be written back, checked before any sampling
-        model.condition(requested)  # validates the names
-        requests = [requested] * args.num_samples
-        if args.condition_from is not None:
-            requests = requests_from_maps(model, args.condition_from, args.condition_keys, args.num_samples)
-        if args.sampler is not None and args.sampler not in model.schedule.samplers:
-            raise ValueError(f"--sampler {args.sampler} does not fit this model; use {model.schedule.samplers}")
-        shape = model.block_size
-        like = None
-        if args.like is not None:
-            like_map, affine = load_class_ids(args.like, model.label_nc, table)
-            if tuple(like_map.shape) != shape:
-                raise DataError(f"{args.like}: shape {tuple(like_map.shape)} (D, H, W) differs from the training grid "
-                                f"{shape}; crop or resample it to the training block first")  # fmt: skip
-            trained = tuple(float(v) for v in model.voxel_size_dhw)
-            if not np.allclose(voxel_size_dhw(affine), trained, rtol=0.01):
-                raise DataError(f"{args.like}: voxel size {voxel_size_dhw(affine)} mm differs from the training "
-                                f"voxel size {trained} mm")  # fmt: skip
-            like = torch.from_numpy(like_map.astype(np.int64))[None, None]
-            prefix = f"like-{check_name(strip_nifti_suffix(args.like.name), '--like file name')}-"
-        else:
-            affine = default_affine(tuple(float(v) for v in model.voxel_size_dhw), shape)
-            prefix = "map"
-        ids = [check_name(f"{prefix}{i:04d}", "map id") for i in range(args.num_samples)]
-        names = [f"{i}.nii.gz" for i in ids]
-        out = check_output_dir(args.out)
-        to_remove = check_outputs(out, names, args.overwrite)
-        sha = file_sha256(args.ckpt)
-
-        staging = Path(tempfile.mkdtemp(prefix=".staging-labels-", dir=out))
+def command(args: argparse.Namespace, argv: list[str]) -> None:
+    """Validate every option and input, claim ``--out``, sample every map into staging, then move them in."""
+    if args.like is None and args.strength != 0.5:
+        raise ValueError("--strength needs --like MAP")
+    requested = parse_condition(args.condition)
+    if any(v < 0 for k, v in requested.items() if ".centroid_" not in k):
+        raise ValueError("--condition: a volume cannot be negative")
+    device = pick_device(args.device)
+    if args.condition_from is not None and requested:
+        raise ValueError("give either --condition or --condition-from, not both")
+    if args.condition_keys and args.condition_from is None:
+        raise ValueError("--condition-keys needs --condition-from DIR")
+    model = load_label_model(args.ckpt, device)
+    table = label_table_of(model.hparams.get("data_info"))
+    if table is not None:
+        table.source_values()  # every class can be written back, checked before any sampling
+    model.condition(requested)  # validates the names
+    requests = [requested] * args.num_samples
+    if args.condition_from is not None:
+        requests = requests_from_maps(model, args.condition_from, args.condition_keys, args.num_samples)
+    if args.sampler is not None and args.sampler not in model.schedule.samplers:
+        raise ValueError(f"--sampler {args.sampler} does not fit this model; use {model.schedule.samplers}")
+    shape = model.block_size
+    like = None
+    if args.like is not None:
+        like_map, affine = load_class_ids(args.like, model.label_nc, table)
+        if tuple(like_map.shape) != shape:
+            raise DataError(f"{args.like}: shape {tuple(like_map.shape)} (D, H, W) differs from the training grid "
+                            f"{shape}; crop or resample it to the training block first")  # fmt: skip
+        trained = tuple(float(v) for v in model.voxel_size_dhw)
+        if not np.allclose(voxel_size_dhw(affine), trained, rtol=0.01):
+            raise DataError(f"{args.like}: voxel size {voxel_size_dhw(affine)} mm differs from the training "
+                            f"voxel size {trained} mm")  # fmt: skip
+        like = torch.from_numpy(like_map.astype(np.int64))[None, None]
+        prefix = f"like-{check_name(strip_nifti_suffix(args.like.name), '--like file name')}-"
+    else:
+        affine = default_affine(tuple(float(v) for v in model.voxel_size_dhw), shape)
+        prefix = "map"
+    ids = [check_name(f"{prefix}{i:04d}", "map id") for i in range(args.num_samples)]
+    names = [f"{i}.nii.gz" for i in ids]
+    sha = file_sha256(args.ckpt)
+    with OutputFolder(args.out, args.overwrite) as claimed:
+        out = claimed.path
+        plan = claimed.plan(names, RECORD, tool="generate_labels")
+        staging = claimed.staging("labels")
         affine_t = torch.from_numpy(affine)[None]
         maps = []
         for i, (vid, name) in enumerate(tqdm(list(zip(ids, names)), desc="label maps", unit="map", disable=None)):
@@ -296,13 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
 
         # all maps are done: remove what the previous run wrote, move the new maps in, then the record
-        for path in to_remove:
-            path.unlink(missing_ok=True)
+        plan.remove_stale()
         for name in names:
             (staging / name).replace(out / name)
         record = {
             "tool": "generate_labels",
-            "argv": sys.argv[1:] if argv is None else list(argv),
+            "argv": list(argv),
             "checkpoint": str(args.ckpt),
             "checkpoint_sha256": sha,
             "seed": args.seed,
@@ -328,14 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             "outputs": names,
         }
         write_run_record(out / RECORD, record)
-    except (DataError, FileExistsError, ValueError) as err:
-        log.error("%s", err)
-        return 2
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d label map(s) to %s", len(ids), out)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 on success, 2 (one line) on a user error (``dataset.cli.run_cli``)."""
+    return run_cli(build_parser(), command, argv)
 
 
 if __name__ == "__main__":

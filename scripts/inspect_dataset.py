@@ -32,6 +32,7 @@ suggestions derived from them:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -44,7 +45,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from dataset import DataError
-from dataset.files import atomic_write_text, check_name
+from dataset.cli import ArgumentParser, positive_int, run_cli
+from dataset.files import atomic_write_text, check_name, check_output_files
 from dataset.label_table import (
     LabelTable,
     class_names_from_masks,
@@ -54,7 +56,7 @@ from dataset.label_table import (
 )
 from dataset.nifti import load_pair, voxel_size_dhw
 from dataset.nifti_pairs import NiftiPairsDataset
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter
 
 log = logging.getLogger("inspect_dataset")
 
@@ -328,20 +330,46 @@ def _triple(text: list[int] | None, what: str) -> tuple[int, int, int] | None:
     return tuple(int(v) for v in text)
 
 
+#: Last line of a written config: the sha256 of everything above it. ``--overwrite`` replaces a file only while
+#: that line still matches (a config we wrote and nobody edited); a hand-written or hand-edited YAML stays.
+CHECKSUM_PREFIX = "# inspect_dataset sha256 "
+
+
+def with_checksum(text: str) -> str:
+    """``text`` plus its checksum line (:data:`CHECKSUM_PREFIX`)."""
+    return f"{text}{CHECKSUM_PREFIX}{hashlib.sha256(text.encode()).hexdigest()}\n"
+
+
+def is_unedited_output(path: Path) -> bool:
+    """Whether ``path`` is a config this tool wrote and nobody edited since (its checksum line matches)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    return last.startswith(CHECKSUM_PREFIX) and with_checksum(body + "\n") == text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    """The tool's options (errors: one line, exit status 2; ``dataset.cli``)."""
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("root", type=Path, help="data folder (manifest.json, <split>/images + labels, or images + labels)")
     p.add_argument("--name", default=None, help="config file name my_configs/dataset/<name>.yaml (default: folder's)")
     p.add_argument(
         "--multiple",
-        type=int,
+        type=positive_int,
         nargs=3,
         default=[4, 8, 8],
         metavar=("D", "H", "W"),
         help="block axes divisible by these: 4 8 8 for the tiny CPU models, 4 32 32 for the paper models",
     )
     p.add_argument(
-        "--max-block", type=int, nargs=3, default=None, metavar=("D", "H", "W"), help="cap the suggested block size"
+        "--max-block",
+        type=positive_int,
+        nargs=3,
+        default=None,
+        metavar=("D", "H", "W"),
+        help="cap the suggested block size",
     )
     p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto", help="intensity spec to suggest")
     p.add_argument(
@@ -357,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the config to this file and the label table beside it as <name>_labels.yaml (default: print "
         "the config with the table inlined)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files this tool wrote at --out (unedited since: their checksum line)",
+    )
     p.add_argument("--log-level", default="info", help="logging level (debug lists each pair as it is read)")
     return p
 
@@ -369,7 +401,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
     name = check_name(args.name or args.root.resolve().name, "--name")
     table_path = None if args.out is None else args.out.parent / f"{name}_labels.yaml"
     if args.out is not None:
-        check_output_files([args.out, table_path], args.overwrite)
+        check_output_files([args.out, table_path], args.overwrite, ours=is_unedited_output)
     if args.names is not None and not args.names.exists():
         raise DataError(f"--names {args.names}: no such file or folder")
     names = read_class_names(args.names) if args.names is not None and args.names.is_file() else None
@@ -389,8 +421,9 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
             "freely; merge values by giving them one class name (then drop the unused class and copy classes into",
             f"{args.out.name}'s class_names and label_nc).",
         ]
-        atomic_write_text(table_path, render_label_table(sug.label_table, header), overwrite=args.overwrite)
-        atomic_write_text(args.out, text, overwrite=args.overwrite)
+        table = with_checksum(render_label_table(sug.label_table, header))
+        atomic_write_text(table_path, table, overwrite=args.overwrite)
+        atomic_write_text(args.out, with_checksum(text), overwrite=args.overwrite)
         log.info("wrote %s and its label table %s (%d pairs, %d classes)", args.out, table_path, len(stats),
                  sug.label_nc)  # fmt: skip
 

@@ -9,7 +9,7 @@ is used if present. Example:
 from __future__ import annotations
 
 from dataset.autopet import preprocess_autopet
-from dataset.preprocess_cli import build_parser, run_cli
+from dataset.preprocess_cli import build_parser, run_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         help="regex whose first group extracts the patient id from a case id, so a patient's studies share a split "
         "(default: AutoPET naming, PETCT_<hash>_<study> -> patient PETCT_<hash>; '^(.*)$' = one patient per case)",
     )
-    args = parser.parse_args(argv)
-    return run_cli(
-        args,
-        lambda options: preprocess_autopet(
+    return run_preprocess(
+        parser,
+        argv,
+        lambda args, options: preprocess_autopet(
             args.src, args.dst, options, patient_regex=args.patient_regex, table=args.label_table or "autopet"
         ),
     )

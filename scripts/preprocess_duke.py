@@ -9,15 +9,16 @@ Raw layout: SRC/<patient>/{mr,breast,dense_and_vessels}.nii.gz; segmentation fil
 from __future__ import annotations
 
 from dataset.duke import preprocess_duke
-from dataset.preprocess_cli import build_parser, run_cli
+from dataset.preprocess_cli import build_parser, run_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the preprocessing; returns the exit code."""
     parser = build_parser("preprocess_duke", __doc__, modality="mr")
-    args = parser.parse_args(argv)
-    return run_cli(
-        args, lambda options: preprocess_duke(args.src, args.dst, options, table=args.label_table or "duke")
+    return run_preprocess(
+        parser,
+        argv,
+        lambda args, options: preprocess_duke(args.src, args.dst, options, table=args.label_table or "duke"),
     )
 
 

@@ -9,7 +9,7 @@ SRC/overview/ is ignored). Example:
 
 from __future__ import annotations
 
-from dataset.preprocess_cli import build_parser, run_cli
+from dataset.preprocess_cli import build_parser, run_preprocess
 from dataset.synthrad2023 import preprocess_synthrad2023
 
 
@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the preprocessing; returns the exit code."""
     parser = build_parser("preprocess_synthrad2023", __doc__, modality="mr")
     parser.add_argument("--labels", default=None, help="folder of <patient>_ct_label.nii.gz (default: SRC/labels)")
-    args = parser.parse_args(argv)
-    return run_cli(
-        args,
-        lambda options: preprocess_synthrad2023(
+    return run_preprocess(
+        parser,
+        argv,
+        lambda args, options: preprocess_synthrad2023(
             args.src, args.dst, options, labels=args.labels, table=args.label_table or "synthrad2023"
         ),
     )

@@ -33,12 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-from dataset.files import atomic_write_text
+from dataset import DataError
+from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, positive_int, run_cli
+from dataset.files import atomic_write_text, claim_run_folder
 from evaluation.parallel import usable_cores
 from scripts.demo import (
     MNI152_NOTE,
     best_checkpoint,
-    claim_output_folder,
     dataset_config,
     export_split,
     pair_montages,
@@ -51,8 +52,14 @@ log = logging.getLogger("utility_protocol")
 RECORD = "utility_protocol.json"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+#: Everything the protocol writes in ``--out`` (its record lists these; ``--overwrite`` replaces exactly them).
+ENTRIES = ("data", "label_ae", "label_diffusion", "pairs", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The protocol's options (numbers checked while parsing: ``dataset.cli``)."""
+    minutes = float_in(0, None, lo_open=True)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished scripts/demo.py output folder")
     p.add_argument("--data-dir", type=Path, default=None, help="its dataset cache (default: <demo>/data_cache)")
     p.add_argument("--out", type=Path, default=Path("runs/utility"), help="everything goes under this folder")
@@ -62,25 +69,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a label diffusion checkpoint already trained on the demo's data: skips step 2",
     )
-    p.add_argument("--label-ae-minutes", type=float, default=5.0, help="training budget of the label autoencoder")
-    p.add_argument("--label-diffusion-minutes", type=float, default=5.0, help="budget of the label diffusion")
-    p.add_argument("--pairs", type=int, default=16, help="new (label, image) pairs generated")
-    p.add_argument("--regimes", nargs="+", type=int, default=[2, 4, 8], help="real subjects per utility regime")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the utility experiment")
-    p.add_argument("--curve-steps", type=int, default=1500, help="length of the segmenter learning curves")
-    p.add_argument("--eval-every", type=int, default=100, help="validation Dice every this many curve steps")
-    p.add_argument("--curve-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the learning curves")
-    p.add_argument("--steps", type=int, default=None, help="segmenter budget; default: from the learning curve")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (and per segmenter worker)")
+    p.add_argument("--label-ae-minutes", type=minutes, default=5.0, help="training budget of the label autoencoder")
+    p.add_argument("--label-diffusion-minutes", type=minutes, default=5.0, help="budget of the label diffusion")
+    p.add_argument("--pairs", type=positive_int, default=16, help="new (label, image) pairs generated")
+    p.add_argument(
+        "--regimes", nargs="+", type=positive_int, default=[2, 4, 8], help="real subjects per utility regime"
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2], help="seeds of the utility experiment"
+    )
+    p.add_argument("--curve-steps", type=positive_int, default=1500, help="length of the segmenter learning curves")
+    p.add_argument("--eval-every", type=positive_int, default=100, help="validation Dice every this many curve steps")
+    p.add_argument(
+        "--curve-seeds", nargs="+", type=nonnegative_int, default=[0, 1], help="seeds of the learning curves"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="segmenter budget; default: from the learning curve"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="intra-op threads per stage (and per segmenter worker)"
+    )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=usable_cores(),
         help="segmenters trained at once in steps 5-6 (default: the cores this process may use); the numbers do "
         "not depend on it",
     )
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this tool in --out first")
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace what an earlier run of this tool wrote in --out")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options (a bad value: one line, exit status 2)."""
+    return build_parser().parse_args(argv)
 
 
 def check_demo(demo: Path) -> list[str]:
@@ -90,24 +112,30 @@ def check_demo(demo: Path) -> list[str]:
     return [n for n in needed if not (demo / n).exists()]
 
 
-@report_failure
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Check every option and the demo folder, claim ``--out``, run the steps."""
     missing = check_demo(args.demo)
     if missing:
-        log.error("%s is not a finished demo run (no %s): run scripts/demo.py first", args.demo, ", ".join(missing))
-        return 2
+        raise DataError(f"{args.demo} is not a finished demo run (no {', '.join(missing)}): run scripts/demo.py first")
     if args.label_ckpt is not None and not args.label_ckpt.is_file():
-        log.error("--label-ckpt %s: no such file", args.label_ckpt)
-        return 2
-    bad_steps = args.steps is not None and args.steps < 1
-    if bad_steps or min(*args.regimes, args.jobs, args.threads) < 1 or args.pairs < max(args.regimes):
-        log.error("--regimes, --steps, --jobs and --threads must be >= 1, --pairs >= the largest regime")
-        return 2
+        raise DataError(f"--label-ckpt {args.label_ckpt}: no such file")
+    for values, what in ((args.regimes, "--regimes"), (args.seeds, "--seeds"), (args.curve_seeds, "--curve-seeds")):
+        check_unique(values, what)
+    if args.pairs < max(args.regimes):
+        raise DataError(f"--pairs {args.pairs} must be >= the largest regime ({max(args.regimes)})")
+    with claim_run_folder(args.out, args.overwrite, RECORD, "scripts/utility_protocol.py", ENTRIES, {"argv": argv}):
+        return run_steps(args)
+
+
+@report_failure
+def main(argv: list[str] | None = None) -> int:
+    """Run the protocol; 0 on success, 2 (one line) on a user error, a failed step's exit status otherwise."""
+    return run_cli(build_parser(), command, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_steps(args: argparse.Namespace) -> int:
+    """The protocol's steps, in the claimed ``args.out``."""
     out: Path = args.out
-    if not claim_output_folder(out, args.overwrite, RECORD, "scripts/utility_protocol.py", list(argv or sys.argv[1:])):
-        return 2
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     py, demo, report = sys.executable, args.demo, out / "report"
     data_dir = args.data_dir or demo / "data_cache"

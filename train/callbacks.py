@@ -212,8 +212,8 @@ class ResumeRNGState(pl.Callback):
     timestep or noise generators...). The states of a checkpoint are applied just before the first training batch
     after the resume, not when the checkpoint is loaded: whatever a resume does in between (building loaders,
     measuring statistics) then cannot shift them, and the next batch draws exactly what the uninterrupted run drew.
-    Under DDP the checkpoint holds rank 0's states (one file for all ranks); bit-for-bit resume is promised for a
-    single process. :func:`train.run.train` adds this callback to every run.
+    Under DDP every rank's states are gathered into the one checkpoint (``per_rank``) and each rank resumes with
+    its own. :func:`train.run.train` adds this callback to every run.
     """
 
     def __init__(self) -> None:
@@ -225,6 +225,20 @@ class ResumeRNGState(pl.Callback):
         self._module = pl_module
 
     def state_dict(self) -> dict[str, Any]:
+        """This process's RNG states; under DDP every rank's, gathered (``per_rank``, indexed by global rank).
+
+        Lightning builds a checkpoint's callback states on every rank before rank 0 writes it, so the gather runs
+        on all ranks together.
+        """
+        state = self._own_state()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, state)
+            return {**state, "per_rank": gathered}
+        return state
+
+    def _own_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state(),
@@ -241,6 +255,16 @@ class ResumeRNGState(pl.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("per_rank")
+        if per_rank:
+            dist = torch.distributed
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            if rank < len(per_rank):
+                self._pending = per_rank[rank]  # this rank's own streams, not rank 0's
+                return
+            log.warning("checkpoint has RNG states of %d rank(s); rank %d resumes with rank 0's", len(per_rank), rank)
+            self._pending = per_rank[0]
+            return
         self._pending = state_dict
 
     def on_train_batch_start(

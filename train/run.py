@@ -14,6 +14,7 @@ one line and exits with status 2; a traceback means a bug.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -57,9 +58,31 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r}: expected an integer >= {lowest}")
     if not _is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed={cfg.get('seed')!r}: expected an integer")
+    _check_finite(cfg)
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, int | float) or isinstance(clip, bool) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r}: expected a number >= 0")
+    _check_max_time(trainer.get("max_time"))
+    model = cfg.get("model") or {}
+    for key in ("lr", "learning_rate"):
+        lr = model.get(key)
+        if lr is not None and (not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0):
+            raise ConfigError(f"model.{key}={lr!r}: expected a number > 0")
     ds = cfg.get("dataset")
     if ds is None:
         return
+    voxel = ds.get("voxel_size")
+    if voxel is not None and (
+        not isinstance(voxel, ListConfig)
+        or len(voxel) != 3
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in voxel)
+    ):
+        raise ConfigError(f"dataset.voxel_size={_plain(voxel)}: expected 3 positive numbers [D, H, W] in mm")
+    dm = ds.get("datamodule") or {}
+    for key, lowest in (("batch_size", 1), ("num_workers", 0)):
+        value = dm.get(key)
+        if value is not None and (not _is_int(value) or value < lowest):
+            raise ConfigError(f"dataset.datamodule.{key}={value!r}: expected an integer >= {lowest}")
     label_nc = ds.get("label_nc")
     if label_nc is not None and (not _is_int(label_nc) or label_nc < 2):
         raise ConfigError(f"dataset.label_nc={label_nc!r}: expected an integer >= 2 (classes including background)")
@@ -76,6 +99,65 @@ def _check_values(cfg: DictConfig) -> None:
                 raise ConfigError(
                     f"dataset.block_size={_plain(block)} is not divisible by model.downsample={_plain(factor)}"
                 )
+
+
+def _check_finite(node: object, key: str = "") -> None:
+    """No NaN or inf anywhere in the composed config (a NaN learning rate trains NaN weights without a word)."""
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            try:
+                child = node[k]
+            except Exception:  # unresolvable here (a ${hydra:...} interpolation): validate_config reports those
+                continue
+            _check_finite(child, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            try:
+                child = node[i]
+            except Exception:
+                continue
+            _check_finite(child, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node}: not a finite number")
+
+
+def _check_max_time(value: object) -> None:
+    """``trainer.max_time``: ``DD:HH:MM:SS``, a dict of days/hours/minutes/seconds, or None."""
+    if value is None or isinstance(value, DictConfig):
+        return
+    parts = str(value).split(":")
+    if not isinstance(value, str) or len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"trainer.max_time={value!r}: expected DD:HH:MM:SS (e.g. 00:01:30:00)")
+
+
+#: The training stage each entry point's config writes, and the checkpoints its model options name.
+STAGE_OF_CONFIG = {
+    "vqgan": "vqgan",
+    "diffusion": "diffusion",
+    "label_ae": "label_ae",
+    "label_diffusion": "label_diffusion",
+}
+STAGE_INPUTS = {"model.first_stage_ckpt": "vqgan", "model.label_ae_ckpt": "label_ae"}
+
+
+def check_checkpoints(cfg: DictConfig, config_name: str) -> None:
+    """A ``ckpt_path`` (resume) or input checkpoint that is not a checkpoint of the right stage: one line.
+
+    Raises:
+        ConfigError: the file is unreadable or of another stage.
+    """
+    from dataset.cli import read_stage_checkpoint
+
+    checks = [("ckpt_path", cfg.get("ckpt_path"), STAGE_OF_CONFIG.get(config_name))]
+    for key, stage in STAGE_INPUTS.items():
+        checks.append((key, OmegaConf.select(cfg, key, default=None), stage))
+    for key, path, stage in checks:
+        if stage is None or path in (None, "last") or not isinstance(path, str) or not Path(path).is_file():
+            continue
+        try:
+            read_stage_checkpoint(path, stage, what=key)
+        except DataError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _plain(value: object) -> object:
@@ -98,6 +180,25 @@ def validate_config(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+    _check_values(cfg)
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose ``config/<config_name>.yaml`` with ``overrides`` and check its values, without running anything.
+
+    For drivers (the demo) that pass overrides on to a training they start later: a bad override is refused
+    before the driver claims its folder or trains the first stage.
+
+    Raises:
+        ConfigError: the overrides do not compose or give a bad value (one line).
+    """
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as err:
+        raise ConfigError(f"{config_name}: {' '.join(str(err).split())}") from None
     _check_values(cfg)
 
 
@@ -212,6 +313,7 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], object] = train) 
         nonlocal started
         started = True
         try:
+            check_checkpoints(cfg, config_name)
             task(cfg)
         except Exception as err:
             found = user_error(err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from dataset import DataError
-from dataset.files import check_name, read_run_record, recorded_outputs, write_run_record
+from dataset.files import check_name, plan_outputs, write_run_record
 from dataset.intensity import invert, validate_intensity
 from dataset.label_table import LabelTable, load_class_ids
-from dataset.nifti import load_label, save_nifti, voxel_size_dhw
+from dataset.nifti import MAX_VOXELS_ENV, load_label, max_voxels, save_nifti, voxel_size_dhw
 from dataset.resample import resample_to_shape, same_extent_shape
 from diffusion.generation.geometry import pad_label, padded_shape
 from diffusion.sampling import WINDOW_MODES, SamplerSettings
@@ -34,7 +35,7 @@ RECORD_NAME = "generation.json"
 
 @dataclass(frozen=True)
 class LabelVolume:
-    """One input label map: (D, H, W) int64 with the affine of its NIfTI (I, J, K) array."""
+    """One input label map: (D, H, W) integers (int16 where the values fit) with its NIfTI (I, J, K) affine."""
 
     id: str
     label: np.ndarray
@@ -63,8 +64,8 @@ class GenerationSettings:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.window not in WINDOW_MODES:
@@ -106,7 +107,8 @@ def load_label_volumes(
         if table is not None:
             label, affine = load_class_ids(path, label_nc, table)  # a value outside the table: named
         else:
-            label, affine = load_label(path)  # 4-D, non-integer, NaN: DataError naming the file
+            # 4-D, non-integer, NaN: DataError naming the file; int16 where the values fit (windows widen it)
+            label, affine = load_label(path, compact=True)
         if label.size and (label.min() < 0 or label.max() >= label_nc):
             unknown = sorted(int(v) for v in np.unique(label) if v < 0 or v >= label_nc)
             raise DataError(f"{path}: classes {unknown[:10]} unknown to the model (it knows 0..{label_nc - 1})")
@@ -133,6 +135,13 @@ def _prepare(
         own = voxel_size_dhw(vol.affine)
         if not np.allclose(own, voxel, rtol=1e-3):
             work_shape = same_extent_shape(label.shape, own, tuple(voxel))
+            # the voxel limit holds for the grid that is sampled, checked before it is allocated
+            if math.prod(work_shape) > max_voxels():
+                raise DataError(
+                    f"{vol.source}: resampled from {tuple(round(v, 3) for v in own)} mm to the training voxel size "
+                    f"{tuple(voxel)} mm it would have {work_shape} = {math.prod(work_shape)} voxels, over the limit "
+                    f"of {max_voxels()} ({MAX_VOXELS_ENV}); check its voxel size or pass --no-resample"
+                )
             log.info(
                 "%s: voxel size %s mm -> training %s mm (shape %s -> %s)",
                 vol.source,
@@ -192,42 +201,12 @@ def sidecar_path(path: Path, suffix: str) -> Path:
     return path.with_name(path.name[: -len(".nii.gz")] + suffix)
 
 
-@dataclass(frozen=True)
-class OutputPlan:
-    """What a run will write and what an ``--overwrite`` removes: decided before any sampling.
-
-    Attributes:
-        files: every file the run writes (volumes and sidecars), in ``out_dir``.
-        stale: files of the previous run (its run record) that this run does not rewrite; removed at the end.
-    """
-
-    files: tuple[Path, ...]
-    stale: tuple[Path, ...]
-
-
-def plan_outputs(out_dir: Path, files: list[Path], overwrite: bool) -> OutputPlan:
-    """Check the output folder's state against the files a run will write (before the model is loaded).
-
-    Without ``overwrite`` no file may exist yet, and a folder that holds a previous generation (its run record) is
-    refused as a whole. With it, exactly the previous record's outputs are replaced (those this run does not write
-    again are removed); without a record only the files this run writes are replaced. A ``generation.json`` that is
-    not one of our run records is never replaced.
-
-    Raises:
-        FileExistsError: outputs or a previous run exist and ``overwrite`` is False; a foreign ``generation.json``.
-    """
-    record_path = out_dir / RECORD_NAME
-    if record_path.exists() and read_run_record(record_path) is None:
-        raise FileExistsError(f"{record_path} exists and is not a Med-LSDM run record; choose another --out")
-    existing = [str(p) for p in files if p.exists()]
-    if not overwrite:
-        if existing:
-            raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite")
-        if record_path.exists():
-            raise FileExistsError(f"{out_dir} holds a previous generation ({RECORD_NAME}); pass --overwrite")
-    previous = recorded_outputs(record_path) if record_path.exists() else []
-    mine = {p.resolve() for p in files}
-    return OutputPlan(tuple(files), tuple(p for p in previous if p not in mine))
+def output_files(
+    out_dir: Path, volumes: list[LabelVolume], num_samples: int, sidecar_suffixes: tuple[str, ...] = ()
+) -> list[Path]:
+    """Every file :func:`generate` writes for these label maps: volumes, then their sidecars (``.png``, ...)."""
+    paths = [output_path(out_dir, vol.id, k) for vol in volumes for k in range(num_samples)]
+    return paths + [sidecar_path(p, sfx) for p in paths for sfx in sidecar_suffixes]
 
 
 def output_units(intensity: dict | None) -> dict[str, Any]:
@@ -255,11 +234,11 @@ def generate(
 ) -> list[Path]:
     """Generate ``settings.num_samples`` volumes per label map into ``out_dir`` as ``<id>_s<k>.nii.gz``.
 
-    Every output path is checked before the first sample is drawn (:func:`plan_outputs`), so a run never dies
-    half-way on an existing file; files appear only complete (:func:`dataset.nifti.save_nifti`). Each output has
-    exactly its label map's shape and affine. At the end ``out_dir/generation.json`` records the run (settings,
-    inputs, outputs as names relative to ``out_dir``, plus ``record``), so a later ``--overwrite`` replaces exactly
-    this set.
+    Every output path is checked before the first sample is drawn (:func:`dataset.files.plan_outputs`), so a
+    run never dies half-way on an existing file; files appear only complete (:func:`dataset.nifti.save_nifti`).
+    Each output has exactly its label map's shape and affine. At the end ``out_dir/generation.json`` records the
+    run (settings, inputs, outputs as names relative to ``out_dir``, plus ``record``), so a later ``--overwrite``
+    replaces exactly this set.
 
     Args:
         model: trained diffusion model (eval mode, on its device).
@@ -280,8 +259,8 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [(vol, k, output_path(out_dir, vol.id, k)) for vol in volumes for k in range(settings.num_samples)]
-    files = [p for _, _, p in paths] + [sidecar_path(p, sfx) for _, _, p in paths for sfx in sidecar_suffixes]
-    plan = plan_outputs(out_dir, files, overwrite)
+    files = output_files(out_dir, volumes, settings.num_samples, sidecar_suffixes)
+    plan = plan_outputs(out_dir, files, overwrite, RECORD_NAME)
     sampler = model.sampler_defaults.resolve(settings.sampler, settings.steps, settings.guidance)
     info = dict(model.hparams.get("data_info") or {})
     block = tuple(model.block_size) if model.block_size is not None else tuple(info.get("block_size") or ())
@@ -308,8 +287,7 @@ def generate(
             written.append(job.path)
             bar.update(1)
     bar.close()
-    for stale in plan.stale:  # the previous run's files that this run did not rewrite
-        stale.unlink(missing_ok=True)
+    plan.remove_stale()  # the previous run's files that this run did not rewrite
     write_run_record(
         out_dir / RECORD_NAME,
         {

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from dataset import DataError
-from dataset.files import atomic_write_text
+from dataset.files import atomic_write_text, check_output_files
 from dataset.nifti import load_image
-from evaluation.cli_common import check_output_files
 from evaluation.intensity import IntensityRange
 from evaluation.nifti_io import check_same_grid, list_nifti, read_header
 from evaluation.pairing import group_by_id, pair_folders

@@ -280,7 +280,7 @@ def test_bad_label_map_in_a_folder_fails_before_any_sampling(
 
 def test_bad_arguments_fail_before_any_sampling(
     tiny_model: TinyModel, label_maps: LabelMaps, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    no_sampling: None,
+    capsys: pytest.CaptureFixture, no_sampling: None,
 ) -> None:  # fmt: skip
     out = tmp_path / "out"
     missing = tmp_path / "missing.nii.gz"
@@ -289,19 +289,23 @@ def test_bad_arguments_fail_before_any_sampling(
     cases: list[tuple[dict, str]] = [
         ({"labels": missing}, f"--labels {missing}: no such file or folder"),
         ({"labels": text}, f"{text}: not a NIfTI file"),
-        ({"ckpt": tiny_model.vqgan}, f"{tiny_model.vqgan}: a stage-1 (VQ-GAN) checkpoint"),
+        ({"ckpt": tiny_model.vqgan}, f"{tiny_model.vqgan}: a stage-1 VQ-GAN (train/train_vqgan.py) checkpoint"),
         ({"ckpt": tmp_path / "none.ckpt"}, f"{tmp_path / 'none.ckpt'}: checkpoint not found"),
         ({"ckpt": text}, f"{text}: not a readable PyTorch checkpoint"),
         ({"extra": ("--sampler", "rflow")}, "--sampler rflow does not fit this model"),
-        ({"extra": ("--num-samples", "0")}, "num_samples must be >= 1"),
-        ({"extra": ("--overlap", "1.0")}, "overlap must be in [0, 1)"),
-        ({"extra": ("--batch-size", "0")}, "batch_size must be >= 1"),
+        # refused while parsing (dataset.cli): argparse's one line on stderr
+        ({"extra": ("--num-samples", "0")}, "argument --num-samples: 0 must be a positive integer"),
+        ({"extra": ("--overlap", "1.0")}, "argument --overlap: 1.0 is outside [0, 1)"),
+        ({"extra": ("--batch-size", "0")}, "argument --batch-size: 0 must be a positive integer"),
+        ({"extra": ("--guidance", "nan")}, "argument --guidance: 'nan' is not a finite number"),
     ]
     for case, message in cases:
         caplog.clear()
+        capsys.readouterr()
         extra = case.get("extra", ())  # after FAST: argparse keeps the last --sampler
         rc = cli(tiny_model, case.get("labels", label_maps.small), out, *extra, ckpt=case.get("ckpt"))
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        errors += [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert rc == EXIT_ERROR, case
         assert len(errors) == 1 and message in errors[0], (case, errors)
         assert not out.exists(), case
@@ -354,7 +358,7 @@ def test_script_reports_a_missing_label_file(tiny_model: TinyModel, tmp_path: Pa
     proc = _script("--ckpt", str(tiny_model.diffusion), "--labels", str(missing), "--out", str(out), *FAST)
     assert proc.returncode == EXIT_ERROR
     assert "Traceback" not in proc.stderr
-    assert f"ERROR generate: --labels {missing}: no such file or folder" in proc.stderr
+    assert f"ERROR dataset.cli: --labels {missing}: no such file or folder" in proc.stderr
     assert not out.exists()
 
 

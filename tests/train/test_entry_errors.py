@@ -126,3 +126,40 @@ def test_a_run_folder_whose_checkpoints_all_fail_to_load_is_refused(tmp_path: Pa
     code, lines, err = _main("train_vqgan", [*TINY_VQGAN, f"paths.output_dir={out}"], monkeypatch, capsys)
     assert code == 2 and len(lines) == 1 and "no checkpoint in" in lines[0], err
     assert (out / "checkpoints" / "last.ckpt").stat().st_size == 4096  # not overwritten by a fresh start
+
+
+def _wrong_stage_checkpoint(path: Path) -> Path:
+    """A readable checkpoint of the stage-2 (diffusion) kind: plain data only, as torch.save writes it."""
+    torch.save({"hyper_parameters": {"first_stage_hparams": {"n_codes": 8}}, "state_dict": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.lr=nan", "model.lr=nan: not a finite number"),
+        ("trainer.gradient_clip_val=nan", "trainer.gradient_clip_val=nan: not a finite number"),
+        ("dataset.voxel_size=[0,1,1]", "dataset.voxel_size=[0, 1, 1]"),
+        ("model.lr=-1", "model.lr=-1: expected a number > 0"),
+        ("dataset.datamodule.batch_size=0", "dataset.datamodule.batch_size=0"),
+        ("trainer.max_time=abc", "trainer.max_time='abc'"),
+        ("ckpt_path=NOTCKPT", "not a readable PyTorch checkpoint"),
+        (
+            "ckpt_path=WRONGSTAGE",
+            "a stage-2 image diffusion (train/train_diffusion.py) checkpoint; expected a stage-1",
+        ),
+    ],
+)
+def test_item27_bad_values_and_checkpoints_exit_2_with_one_line(
+    override: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 20 item 27: these gave a traceback or Hydra's multi-line error with exit status 1."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    override = override.replace("NOTCKPT", str(text))
+    override = override.replace("WRONGSTAGE", str(_wrong_stage_checkpoint(tmp_path / "stage2.ckpt")))
+    out = tmp_path / "run"
+    code, lines, err = _main("train_vqgan", [*TINY_VQGAN, f"paths.output_dir={out}", override], monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err and needle in lines[0], lines
+    assert not (out / "checkpoints").exists()
