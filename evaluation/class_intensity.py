@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from dataset import DataError
-from dataset.files import read_run_record
+from dataset.cli import ArgumentParser, check_unique, run_cli
+from dataset.files import check_output_files, read_run_record
 from dataset.nifti import load_image, load_label
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from evaluation.cli_common import HelpFormatter
 from evaluation.intensity import recorded_range
 from evaluation.nifti_io import list_nifti
 from evaluation.pairing import pair_folders
@@ -109,7 +110,7 @@ def markdown(table: dict[str, dict[str, float | int | None]], units: str) -> str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--real", type=Path, required=True, help="folder of real images <id>.nii[.gz]")
     p.add_argument("--fake", type=Path, required=True, help="folder of synthetic volumes <id>[_s<k>].nii[.gz]")
     p.add_argument("--labels", type=Path, required=True, help="folder of label maps <id>.nii[.gz]")
@@ -131,7 +132,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
     if len(known) == 2 and known["--real"] != known["--fake"]:
         raise DataError(f"--real and --fake are recorded in different ranges ({known}); compare like with like")
     units = "recorded range " + str(list(known.get("--real") or known.get("--fake") or ("?", "?")))
-    table = class_intensity(args.real, args.fake, args.labels, list(args.class_names))
+    table = class_intensity(args.real, args.fake, args.labels, check_unique(args.class_names, "--class-names"))
     report = header("evaluation.class_intensity", argv) | {"units": units, "classes": table}
     write_report(args.out, report, markdown(table, units))
     log.info("wrote %s and %s", json_path, md_path)
