@@ -19,7 +19,8 @@ from dataset import DataError
 from dataset.files import check_name, plan_outputs, write_run_record
 from dataset.intensity import invert, validate_intensity
 from dataset.label_table import LabelTable, load_class_ids
-from dataset.nifti import MAX_VOXELS_ENV, load_label, max_voxels, save_nifti, voxel_size_dhw
+from dataset.nifti import load_label, save_nifti, voxel_size_dhw
+from dataset.nifti_size import MAX_VOXELS_ENV, max_voxels
 from dataset.resample import resample_to_shape, same_extent_shape
 from diffusion.generation.geometry import pad_label, padded_shape
 from diffusion.sampling import WINDOW_MODES, SamplerSettings

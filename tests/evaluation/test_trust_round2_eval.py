@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dataset.files import write_run_record
-from tests.label_checkpoints import export_phantoms
+from tests.evaluation.conftest import export_phantoms
 
 EXIT_ERROR = 2
 NAMES = ["background", "outer", "middle", "inner"]

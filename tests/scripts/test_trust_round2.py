@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from dataset.files import LOCK_NAME, OutputFolder
-from tests.label_checkpoints import TinyLabelModel
-from tests.scripts.conftest import LabelMaps, TinyModel
+from tests.scripts.conftest import LabelMaps
 from tests.scripts.test_generate import cli
+from tests.tiny_checkpoints import TinyLabelModel, TinyModel
 
 EXIT_ERROR = 2
 
@@ -144,7 +144,7 @@ def test_item06_inspect_dataset_overwrite_keeps_a_hand_written_yaml(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from scripts.inspect_dataset import main
-    from tests.label_checkpoints import export_phantoms
+    from tests.evaluation.conftest import export_phantoms
 
     root = tmp_path / "data"
     export_phantoms("train", root, 2)
