@@ -295,9 +295,9 @@ def _segment(seg, image: np.ndarray, rng: Sequence[float], window: tuple[int, in
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     """The experiment behind the CLI (see the module docstring)."""
+    from dataset.files import check_output_files
     from diffusion.editing.labels import parse_edit
     from diffusion.module import load_checkpoint
-    from evaluation.cli_common import check_output_files
     from evaluation.report import report_paths
 
     check_output_files(list(report_paths(args.out)), args.overwrite)
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluation.cli_common import run_cli
+    from dataset.cli import run_cli
 
     return run_cli(build_parser(), run, argv)
 

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from dataset import DataError
-from dataset.files import check_output_dir, file_sha256, install_signal_cleanup, write_run_record
+from dataset.files import check_output_dir, file_sha256, install_signal_cleanup, plan_outputs, write_run_record
 from dataset.label_table import LabelTable, load_class_ids
 from dataset.nifti import check_same_geometry, load_label, read_stored, save_nifti, save_stored, voxel_size_dhw
 from diffusion.editing.labels import LabelEdit, parse_edit
 from diffusion.editing.region import edit_region, label_difference
-from diffusion.generation.pipeline import RECORD_NAME, plan_outputs
+from diffusion.generation.pipeline import RECORD_NAME
 from diffusion.sampling import WINDOW_MODES
 
 log = logging.getLogger("edit")
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in (args.ckpt, args.image, args.labels, args.edited, args.region, args.within):
             if path is not None and not path.is_file():
                 raise DataError(f"{path}: file not found")
-        from scripts.generate import load_model, pick_device
+        from dataset.cli import pick_device
+        from scripts.generate import load_model
 
         device = pick_device(args.device)
         if not args.out.exists():
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out)
         files = [args.out / "edited.nii.gz", args.out / "region.nii.gz"]
         files += [args.out / "edited_labels.nii.gz"] * bool(ops) + [args.out / "montage.png"] * args.png
-        plan = plan_outputs(args.out, files, args.overwrite)
+        plan = plan_outputs(args.out, files, args.overwrite, RECORD_NAME)
 
         # every input is read and checked before the model samples anything
         scan = read_stored(args.image)
@@ -225,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overwrite,
             region.mask,
         )
-    for stale in plan.stale:
-        stale.unlink(missing_ok=True)
+    plan.remove_stale()
     write_run_record(
         args.out / RECORD_NAME,
         {

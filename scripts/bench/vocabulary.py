@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from dataset import DataError
-from dataset.files import atomic_write_json, atomic_write_text, check_name
-from evaluation.cli_common import HelpFormatter, check_output_files, run_cli
+from dataset.cli import run_cli
+from dataset.files import atomic_write_json, atomic_write_text, check_name, check_output_files
+from evaluation.cli_common import HelpFormatter
 from scripts.bench.machine import PeakMemory, machine_info
 from scripts.bench.training import train_steps
 
