@@ -225,7 +225,7 @@ def label_table_of(info: Mapping[str, Any] | None) -> LabelTable | None:
 
 
 def plain_data_info(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Strip a dataset config (``${dataset}``, or an older checkpoint's ``data_info``) to plain, checked data.
+    """Strip a dataset config (``${dataset}``) to plain, checked data, as a checkpoint stores it.
 
     The ``datamodule`` node is never instantiated: its dataset's plain arguments that :data:`DATASETS` knows for
     this dataset are kept as ``dataset_kwargs``; the node itself is dropped (logged). Other keys that are not

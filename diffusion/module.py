@@ -420,10 +420,6 @@ def load_checkpoint(ckpt: str | Path, device: torch.device | str = "cpu", **over
         stage = "a stage-1 (VQ-GAN) checkpoint" if isinstance(hparams, dict) and "n_codes" in hparams else (
             "not a Med-LSDM diffusion checkpoint")  # fmt: skip
         raise DataError(f"{path}: {stage}; generation needs the stage-2 checkpoint from train/train_diffusion.py")
-    try:  # an older checkpoint's data_info.datamodule node is dropped here (logged), never instantiated
-        hparams = {**hparams, "data_info": plain_data_info(hparams.get("data_info"))}
-    except DataError as err:
-        raise DataError(f"{path}: {err}") from None
     targets = find_targets(hparams)
     if targets:
         raise DataError(f"{path}: hyper_parameters.{targets[0]} names code to call; refusing this checkpoint")

@@ -94,25 +94,22 @@ def test_every_hyperparameter_field_is_checked(tiny_model: TinyModel, tmp_path: 
         assert not marker.exists(), path
 
 
-def test_an_old_checkpoints_datamodule_node_is_ignored_never_instantiated(
+def test_a_datamodule_node_in_the_checkpoints_data_info_is_refused_never_instantiated(
     tiny_model: TinyModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = tmp_path / "pwned"
 
-    def edit(hp: dict) -> None:  # as written before dataset.registry: the whole Hydra dataset node
+    def edit(hp: dict) -> None:  # a whole Hydra dataset node where plain data info belongs
         del hp["data_info"]["dataset_kwargs"]
         hp["data_info"]["datamodule"] = {
             "_target_": "builtins.open", "file": str(marker), "mode": "w",
             "dataset": {"_target_": "builtins.open", "file": str(marker), "num_samples": 8, "seed": 0},
         }  # fmt: skip
 
-    ckpt = _crafted(tiny_model, tmp_path / "old.ckpt", edit)
-    caplog.set_level(logging.INFO)
-    out = tmp_path / "out"
-    assert cli(tiny_model, "split=test", out, "--guidance", "1", ckpt=ckpt) == 0  # a safe build from the table
+    ckpt = _crafted(tiny_model, tmp_path / "node.ckpt", edit)
+    assert cli(tiny_model, "split=test", tmp_path / "out", "--guidance", "1", ckpt=ckpt) == EXIT_ERROR
     assert not marker.exists()
-    assert any("data_info.datamodule ignored (never instantiated)" in r.getMessage() for r in caplog.records)
-    assert len([n for n in names(out) if n.endswith(".nii.gz")]) >= 1
+    assert "hyper_parameters.data_info.datamodule._target_ names code to call" in _errors(caplog)[0]
 
 
 def test_lightning_instantiator_and_unknown_hyperparameters_are_refused(
