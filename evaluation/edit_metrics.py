@@ -36,6 +36,7 @@ import torch
 from scipy import ndimage
 
 from dataset import DataError
+from dataset.dice import per_class_dice
 from dataset.nifti import load_image, load_label, voxel_size_dhw
 from evaluation.image_metrics import ssim_maps, ssim_window
 from evaluation.report import fmt, header, summarise, write_report
@@ -138,13 +139,15 @@ def smoothed_fill(image: np.ndarray, known: np.ndarray, voxel_mm: Sequence[float
 
 
 def region_dice(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
-    """Dice of each class inside ``mask`` (NaN where the class is in neither map there)."""
-    out = {}
-    for k in classes:
-        p, t = (pred == k) & mask, (target == k) & mask
-        denom = p.sum() + t.sum()
-        out[str(k)] = float(2 * (p & t).sum() / denom) if denom else float("nan")
-    return out
+    """Dice of each class inside ``mask`` (NaN where the class is in neither map there).
+
+    :func:`dataset.dice.per_class_dice` of the maps shifted by one inside the mask and 0 outside: background stays a
+    class (class k is column k) and nothing outside the mask counts.
+    """
+    num_classes = int(max(pred.max(), target.max(), max(classes))) + 2
+    shifted = [torch.from_numpy(np.where(mask, m.astype(np.int64) + 1, 0))[None, None] for m in (pred, target)]
+    dice = per_class_dice(*shifted, num_classes)[0]
+    return {str(k): float(dice[k]) for k in classes}
 
 
 # ----------------------------------------------------------------------------------------------------- regions
