@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import DataError
-from dataset.cli import run_cli
+from dataset.cli import ArgumentParser, positive_int, run_cli
 from dataset.files import check_output_files, read_run_record
 from dataset.nifti import load_image
 from evaluation import image_metrics as im
@@ -446,7 +446,7 @@ def evaluate(opts: Options) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="compute_metrics",
         formatter_class=HelpFormatter,
         description="Metrics of synthetic vs real NIfTI volumes (paired by file name). Writes --out (JSON) and "
@@ -490,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="PLUMBING TEST ONLY: randomly initialised networks, numbers meaningless (recorded in the report)",
     )
     p.add_argument("--device", default="cpu", help="torch device for the networks (cpu, cuda, cuda:1)")
-    p.add_argument("--slice-step", type=int, default=1, help="use every N-th slice for LPIPS and 2D FID")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per network forward pass")
+    p.add_argument("--slice-step", type=positive_int, default=1, help="use every N-th slice for LPIPS and 2D FID")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="slices per network forward pass")
     p.add_argument(
         "--privacy-features",
         default="auto",
@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--privacy-max-reference-pairs",
-        type=int,
+        type=positive_int,
         default=2000,
         help="training pairs used for the SSIM copy threshold (a seeded subset when there are more)",
     )

@@ -141,13 +141,20 @@ STAGE_INPUTS = {"model.first_stage_ckpt": "vqgan", "model.label_ae_ckpt": "label
 
 
 def check_checkpoints(cfg: DictConfig, config_name: str) -> None:
-    """A ``ckpt_path`` (resume) or input checkpoint that is not a checkpoint of the right stage: one line.
+    """A run folder that is a symbolic link, or a ``ckpt_path`` (resume) or input checkpoint of the wrong stage.
 
     Raises:
         ConfigError: the file is unreadable or of another stage.
     """
     from dataset.cli import read_stage_checkpoint
+    from dataset.files import check_not_link
 
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    if isinstance(output_dir, str):
+        try:
+            check_not_link(Path(output_dir), "paths.output_dir")
+        except DataError as err:
+            raise ConfigError(str(err)) from None
     checks = [("ckpt_path", cfg.get("ckpt_path"), STAGE_OF_CONFIG.get(config_name))]
     for key, stage in STAGE_INPUTS.items():
         checks.append((key, OmegaConf.select(cfg, key, default=None), stage))

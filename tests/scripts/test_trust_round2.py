@@ -395,3 +395,78 @@ def test_item26_demo_out_file_link_and_nan_minutes_are_one_line(
     assert demo.main(["--out", str(tmp_path / "new"), "--vqgan-minutes", "nan"]) == EXIT_ERROR
     assert "not a finite number" in capsys.readouterr().err
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"] and not (tmp_path / "new").exists()
+
+
+# ======================================================================================== huge inputs
+def test_item16_the_voxel_limit_applies_to_the_resampled_grid_before_it_is_allocated(
+    tiny_model: TinyModel, write_label, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    huge_voxels = np.diag([150.0, 200.0, 200.0, 1.0])  # 16^3 voxels of 15-20 cm: 1200 x 2133 x 2133 at 1.5-2 mm
+    labels = write_label(tmp_path / "in" / "coarse.nii.gz", np.ones((16, 16, 16), dtype=np.int16), huge_voxels)
+    assert labels.stat().st_size < 2000
+    out = tmp_path / "out"
+    assert cli(tiny_model, labels, out) == EXIT_ERROR
+    assert "over the limit" in _errors(caplog)[-1] and "--no-resample" in _errors(caplog)[-1]
+    assert not out.exists()  # a refused run leaves no empty --out
+
+
+def test_item17_label_maps_stay_in_a_small_integer_type(tmp_path: Path) -> None:
+    import numpy as np
+
+    from dataset.nifti import load_label, save_nifti
+    from diffusion.generation.pipeline import load_label_volumes
+
+    small = save_nifti(tmp_path / "small.nii.gz", np.arange(8, dtype=np.int32).reshape(2, 2, 2) % 4, np.eye(4),
+                       dtype=np.int32)  # fmt: skip
+    assert load_label_volumes([small], 4)[0].label.dtype == np.int16  # not int64: 4x less memory
+    wide = save_nifti(tmp_path / "wide.nii.gz", np.full((2, 2, 2), 40000, dtype=np.int32), np.eye(4), dtype=np.int32)
+    assert load_label(wide, compact=True)[0].dtype == np.int32
+    assert load_label(wide)[0].dtype == np.int64  # the default for dataset samples is unchanged
+
+
+# ========================================================================================= leftovers
+def test_leftover_a_failed_driver_takes_its_background_stage_with_it(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    from scripts import demo
+
+    marker = tmp_path / "written_after_the_driver_failed"
+    sleeper = [sys.executable, "-c", f"import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).touch()"]
+
+    @demo.report_failure
+    def driver(argv: list[str] | None = None) -> int:
+        demo.Background(lambda: demo.run(sleeper, [], tmp_path / "background.log"))
+        time.sleep(0.5)  # the background stage has started
+        raise demo.StageFailed("stage failed with exit status 1: python -m train.train_vqgan", 1)
+
+    assert driver([]) == 1
+    time.sleep(4)
+    assert not marker.exists()  # the child died with the driver instead of writing as an orphan
+
+
+def test_leftover_every_ranks_rng_state_is_saved_and_each_rank_resumes_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from train.callbacks import ResumeRNGState
+
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    other = {"torch": torch.zeros(1), "rank": 0}
+
+    def gather(out: list, obj: object) -> None:  # what rank 0 and rank 1 contribute
+        out[0], out[1] = other, obj
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    saved = ResumeRNGState().state_dict()
+    assert saved["per_rank"][0] is other and torch.equal(saved["per_rank"][1]["torch"], torch.get_rng_state())
+    resumed = ResumeRNGState()
+    resumed.load_state_dict(saved)
+    assert resumed._pending is saved["per_rank"][1]  # rank 1 resumes its own streams, not rank 0's
