@@ -146,20 +146,10 @@ def default_metrics(
 
 
 def _privacy_uses_medicalnet(opts: Options) -> bool:
-    """Whether the privacy audit uses MedicalNet features ("auto": when its weights are there)."""
-    if "privacy" not in opts.metrics or opts.privacy_features == "avgpool":
-        return False
-    if opts.privacy_features == "medicalnet" or opts.random_weights:
-        return True
-    try:
-        W.resolve(W.MEDICALNET50, opts.weights_dir)
-    except W.MissingWeightsError:
-        logger.warning(
-            "privacy audit: MedicalNet weights not found; using the avg-pool fallback features (`%s` fetches them)",
-            W.fetch_command(W.MEDICALNET50, opts.weights_dir),
-        )
-        return False
-    return True
+    """Whether the privacy audit uses MedicalNet features (:func:`evaluation.privacy.uses_medicalnet`)."""
+    from evaluation.privacy import uses_medicalnet
+
+    return "privacy" in opts.metrics and uses_medicalnet(opts.privacy_features, opts.random_weights, opts.weights_dir)
 
 
 def _build_networks(opts: Options) -> Networks:
@@ -320,33 +310,21 @@ def _privacy(
     fake_rng: IntensityRange,
     train_rng: IntensityRange,
 ) -> dict:
-    from evaluation import privacy
+    """The privacy audit of the synthetic volumes against ``--train`` (:func:`evaluation.privacy.audit_folders`)."""
+    from evaluation.privacy import audit_folders
 
-    if nets.privacy_medicalnet:
-        from evaluation.medicalnet import volume_features
-
-        def feature_fn(vol: torch.Tensor) -> np.ndarray:
-            return volume_features(nets.medicalnet, vol, opts.fid3d_convention)[0].double().numpy()
-
-        name = f"medicalnet_resnet50 global-pooled (2048-d), {opts.fid3d_convention} input convention" + (
-            " RANDOM WEIGHTS" if opts.random_weights else ""
-        )
-        reuse = acc.fake_features3d
-    else:
-        feature_fn, name, reuse = privacy.avgpool_features, "avgpool 8x8x8 fallback (512-d)", None
-    audit = privacy.privacy_audit(
+    return audit_folders(
         [p.synthetic for p in pairs],
         list(list_nifti(opts.train_dir).values()),
-        fake_range=IntensityRange(fake_rng.lo, fake_rng.hi, clip=opts.clip, source=fake_rng.source),
-        train_range=train_rng,
-        feature_fn=feature_fn,
-        feature_name=name,
-        fake_features=reuse,
+        IntensityRange(fake_rng.lo, fake_rng.hi, clip=opts.clip, source=fake_rng.source),
+        train_rng,
+        medicalnet=nets.medicalnet if nets.privacy_medicalnet else None,
+        fid3d_convention=opts.fid3d_convention,
+        random_weights=opts.random_weights,
+        fake_features=acc.fake_features3d if nets.privacy_medicalnet else None,
         max_reference_pairs=opts.privacy_max_reference_pairs,
         progress=opts.progress,
     )
-    audit["intensity_train"] = train_rng.describe()
-    return audit
 
 
 def _is_our_report(json_path: Path) -> Callable[[Path], bool]:

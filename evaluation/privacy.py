@@ -167,3 +167,70 @@ def privacy_audit(
         "suspected_copies": flagged,
         "per_volume": per_volume,
     }
+
+
+def uses_medicalnet(features: str, random_weights: bool, weights_dir: Path | None) -> bool:
+    """Whether the audit uses MedicalNet features: ``features`` ``medicalnet``, or ``auto`` with its weights there.
+
+    ``auto`` without the weights falls back to :func:`avgpool_features` with a warning naming the fetch command.
+    """
+    from evaluation import weights as W
+
+    if features == "avgpool":
+        return False
+    if features == "medicalnet" or random_weights:
+        return True
+    try:
+        W.resolve(W.MEDICALNET50, weights_dir)
+    except W.MissingWeightsError:
+        logger.warning(
+            "privacy audit: MedicalNet weights not found; using the avg-pool fallback features (`%s` fetches them)",
+            W.fetch_command(W.MEDICALNET50, weights_dir),
+        )
+        return False
+    return True
+
+
+def audit_folders(
+    fake_files: list[Path],
+    train_files: list[Path],
+    fake_range: IntensityRange,
+    train_range: IntensityRange,
+    *,
+    medicalnet: torch.nn.Module | None,
+    fid3d_convention: str,
+    random_weights: bool,
+    fake_features: dict[Path, np.ndarray] | None,
+    max_reference_pairs: int,
+    progress: bool,
+) -> dict:
+    """:func:`privacy_audit` with MedicalNet features (``medicalnet`` given) or the avg-pool fallback.
+
+    ``fake_features``: the synthetic volumes' MedicalNet features already computed for 3D-FID (reused, not
+    recomputed); only with ``medicalnet``.
+    """
+    if medicalnet is not None:
+        from evaluation.medicalnet import volume_features
+
+        def feature_fn(vol: torch.Tensor) -> np.ndarray:
+            return volume_features(medicalnet, vol, fid3d_convention)[0].double().numpy()
+
+        name = f"medicalnet_resnet50 global-pooled (2048-d), {fid3d_convention} input convention" + (
+            " RANDOM WEIGHTS" if random_weights else ""
+        )
+        reuse = fake_features
+    else:
+        feature_fn, name, reuse = avgpool_features, "avgpool 8x8x8 fallback (512-d)", None
+    audit = privacy_audit(
+        fake_files,
+        train_files,
+        fake_range=fake_range,
+        train_range=train_range,
+        feature_fn=feature_fn,
+        feature_name=name,
+        fake_features=reuse,
+        max_reference_pairs=max_reference_pairs,
+        progress=progress,
+    )
+    audit["intensity_train"] = train_range.describe()
+    return audit
