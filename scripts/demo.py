@@ -303,38 +303,17 @@ def figure_window(dataset_cfg: DictConfig) -> tuple[float, float]:
 
 
 def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
-    """Write the split's real images and label maps as NIfTI (what a user would have on disk).
-
-    Images are written in the units generation writes (HU for a ``ct_window`` dataset, else the model's [-1, 1]),
-    so real and synthetic volumes compare like with like.
-    """
+    """The split's real images and label maps as ``out/images`` and ``out/labels`` (what a user would have on
+    disk), through the one exporter :func:`evaluation.export.export_split`; returns the ids."""
     from omegaconf import OmegaConf
 
-    from dataset.files import check_name, write_run_record
-    from dataset.intensity import invert
-    from dataset.nifti import save_nifti
     from dataset.registry import build_split, plain_data_info
-    from diffusion.generation.pipeline import RECORD_NAME, output_units
+    from evaluation.export import export_split as export
 
     # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
     info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
-    ds = build_split(info, split)
-    units = output_units(info.get("intensity"))
-    ids = []
-    for i in range(len(ds)):
-        s = ds[i]
-        vid = check_name(str(s["id"]), f"{split}[{i}] id")
-        image = invert(s["image"], info.get("intensity")) if units["units"] != "model" else s["image"]
-        save_nifti(out / "images" / f"{vid}.nii.gz", image, s["affine"])
-        save_nifti(out / "labels" / f"{vid}.nii.gz", s["label"], s["affine"])
-        ids.append(vid)
-    # The images' units and range are recorded, so evaluation reads the range, never assumes it
-    write_run_record(
-        out / "images" / RECORD_NAME,
-        {"command": "demo export", "split": split, **units,
-         "outputs": [f"{v}.nii.gz" for v in ids]},
-    )  # fmt: skip
-    return ids
+    return export(build_split(info, split), split, out / "images", out / "labels", info.get("intensity"),
+                  record={"command": "demo export"}, what="--out")  # fmt: skip
 
 
 #: The demo's edit at 32^3 (voxels of about 5 x 5 x 6 mm): CSF grown by 6 mm and grey matter shrunk by 5 mm, about a

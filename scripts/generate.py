@@ -142,42 +142,6 @@ def dataset_volumes(ds: object, split: str) -> list[LabelVolume]:
     return vols
 
 
-def export_real(ds: object, split: str, folder: Path, intensity: dict | None, overwrite: bool,
-                record: dict) -> list[Path]:  # fmt: skip
-    """Write a split's real images (``<id>.nii.gz``, data units like the generated ones) and label maps.
-
-    Label maps hold the model's class ids (0..K-1, what ``evaluation/`` reads), not a label table's source ids.
-
-    The folder gets its own run record (``generation.json`` with ``command: export-real``), so
-    ``evaluation/compute_metrics.py`` knows the data range and ``--overwrite`` replaces exactly these files.
-    """
-    from dataset.files import write_run_record
-    from dataset.intensity import invert
-    from dataset.nifti import save_nifti
-    from diffusion.generation.pipeline import output_units
-
-    ids = [check_name(str(ds[i]["id"]), f"{split}[{i}] id") for i in range(len(ds))]  # type: ignore[arg-type,index]
-    files = [folder / f"{i}.nii.gz" for i in ids] + [folder / "labels" / f"{i}.nii.gz" for i in ids]
-    plan = plan_outputs(folder, files, overwrite, RECORD_NAME, what="--export-real")
-    for i, vid in enumerate(ids):
-        s = ds[i]  # type: ignore[index]
-        image = s["image"][0].numpy()
-        try:
-            image = invert(image, intensity)
-        except ValueError:  # not invertible: stays in [-1, 1], like the generated volumes
-            pass
-        save_nifti(folder / f"{vid}.nii.gz", image.astype(np.float32), np.asarray(s["affine"]), overwrite=overwrite)
-        save_nifti(folder / "labels" / f"{vid}.nii.gz", s["label"][0].numpy(), np.asarray(s["affine"]),
-                   overwrite=overwrite)  # fmt: skip
-    plan.remove_stale()
-    write_run_record(
-        folder / RECORD_NAME,
-        {"command": "export-real", **record, "split": split, **output_units(intensity),
-         "outputs": [str(p.relative_to(folder)) for p in files]},
-    )  # fmt: skip
-    return files
-
-
 def command(args: argparse.Namespace, _argv: list[str]) -> None:
     """Validate every option and input, claim the output folder(s), then load, sample and write."""
     settings = GenerationSettings(
@@ -237,7 +201,10 @@ def command(args: argparse.Namespace, _argv: list[str]) -> None:
                              affine=vol.affine, window=window)  # fmt: skip
 
         if args.export_real is not None:
-            export_real(ds, source.split, args.export_real, info.get("intensity"), args.overwrite, record)
+            from evaluation.export import export_split
+
+            export_split(ds, source.split, args.export_real, args.export_real / "labels", info.get("intensity"),
+                         args.overwrite, {"command": "export-real", **record})  # fmt: skip
         written = generate(
             model,
             volumes,
