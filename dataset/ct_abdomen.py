@@ -57,15 +57,14 @@ import nibabel as nib
 import numpy as np
 from filelock import FileLock
 from scipy import ndimage as ndi
-from torch.utils.data import Dataset
 
-from dataset.contract import DataError, Sample
+from dataset.contract import DataError
+from dataset.embedded import EmbeddedPairs
 from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import ct_window
 from dataset.label_table import LabelTable, load_label_table, remap_labels
 from dataset.mni152 import apply_seeded, crop_and_resample, ensure_built, subject_seed
 from dataset.nifti import ijk_to_dhw, save_nifti
-from dataset.nifti_pairs import NiftiPairsDataset
 from dataset.splits import check_split, split_by_count
 from dataset.transaction import MANIFEST_NAME
 
@@ -540,7 +539,7 @@ def ensure_cache(
     )
 
 
-class CTAbdomenDataset(Dataset):
+class CTAbdomenDataset(EmbeddedPairs):
     """N deformed copies of TotalSegmentator's abdominal test CT with 26-class labels (see module docstring).
 
     Args:
@@ -587,20 +586,7 @@ class CTAbdomenDataset(Dataset):
         self.label_nc = table.label_nc
         self.class_names = list(table.class_names)
         self.cache_dir, self.built = ensure_cache(root, self.config, source)
-        self._pairs = NiftiPairsDataset(split=split, root=self.cache_dir, label_nc=self.label_nc, dataset_name=NAME)
-        self.split = split
-
-    @property
-    def entries(self) -> list[dict[str, Any]]:
-        """Manifest entries of this split (subject index, seed, class counts, ...)."""
-        return self._pairs.entries
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def __getitem__(self, index: int) -> Sample:
-        """Subject ``index`` of the split: image (1, D, H, W) in [-1, 1], label (1, D, H, W) in [0, 26)."""
-        return self._pairs[index]
+        self._open(split, self.cache_dir, self.label_nc, NAME)
 
 
 # ------------------------------------------------------------------------------------------------ command line

@@ -50,13 +50,11 @@ import numpy as np
 import torch
 from filelock import FileLock
 from scipy import ndimage as ndi
-from torch.utils.data import Dataset
 
-from dataset.contract import Sample
+from dataset.embedded import EmbeddedPairs
 from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import percentile_normalize
 from dataset.nifti import ijk_to_dhw, save_nifti
-from dataset.nifti_pairs import NiftiPairsDataset
 from dataset.resample import box, index_map, resample
 from dataset.splits import check_split, split_by_count
 from dataset.transaction import MANIFEST_NAME
@@ -382,7 +380,7 @@ def ensure_built(folder: Path, build: Callable[[Path], Any], what: str) -> tuple
     return folder, True
 
 
-class MNI152Dataset(Dataset):
+class MNI152Dataset(EmbeddedPairs):
     """N distinct augmented MNI152 subjects with 5-class labels (see module docstring).
 
     Args:
@@ -426,17 +424,4 @@ class MNI152Dataset(Dataset):
         self.label_nc = LABEL_NC
         self.class_names = list(CLASS_NAMES)
         self.cache_dir, self.built = ensure_cache(root, self.config)
-        self._pairs = NiftiPairsDataset(split=split, root=self.cache_dir, label_nc=LABEL_NC, dataset_name=NAME)
-        self.split = split
-
-    @property
-    def entries(self) -> list[dict[str, Any]]:
-        """Manifest entries of this split (subject index, seed, class counts, ...)."""
-        return self._pairs.entries
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def __getitem__(self, index: int) -> Sample:
-        """Subject ``index`` of the split: image (1, D, H, W) in [-1, 1], label (1, D, H, W) in [0, 5)."""
-        return self._pairs[index]
+        self._open(split, self.cache_dir, LABEL_NC, NAME)
