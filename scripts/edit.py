@@ -17,10 +17,19 @@ shrink and replace to a region): ``--grow K:MM``, ``--shrink K:MM``, ``--replace
 ``--insert K:X,Y,Z:R`` (sphere) or ``K:X,Y,Z:RX,RY,RZ`` (ellipsoid; world mm), optionally ``:P1,P2`` to clip it to
 parent classes. Classes are the checkpoint's class ids, or the user's ids when it carries a label table.
 
+A model trained with a label table (sparse ids such as TotalSegmentator's, ``dataset.label_table``) speaks the
+user's ids: ``--labels`` and ``--edited`` are read through its table (a value outside it is refused in one line
+naming the file and the value, before any sampling), the classes of the edit options are the user's ids, and
+``edited_labels.nii.gz`` is written back in them (a class several ids were merged into: its smallest id), with the
+table in the run record.
+
 DIR receives ``edited.nii.gz`` (on the input's grid, in its units and dtype), ``region.nii.gz`` (1 regenerated,
 2 feathered band), ``edited_labels.nii.gz`` (the edited map, when made by the options above), ``montage.png``
 with ``--png`` (original | edited | |difference| | label change) and the run record ``generation.json``
-(checkpoint sha256, inputs, region size, settings); ``--overwrite`` follows the rules of ``generate.py``.
+(checkpoint sha256, inputs, region size, settings). Every option and input is checked before DIR is claimed
+(``dataset.files.OutputFolder``: a lock for the run, a link refused, never written or deleted through); the files
+are finished in a staging folder and moved in together; ``--overwrite`` replaces exactly the files the previous
+record lists, and a same-named file that no record of ours lists is never replaced.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from dataset import DataError
-from dataset.files import check_output_dir, file_sha256, install_signal_cleanup, plan_outputs, write_run_record
-from dataset.label_table import LabelTable, load_class_ids
+from dataset.cli import ArgumentParser, float_in, pick_device, positive_int, read_stage_checkpoint, run_cli
+from dataset.files import OutputFolder, file_sha256, write_run_record
+from dataset.label_table import LabelTable, load_class_ids, restore_labels
 from dataset.nifti import check_same_geometry, load_label, read_stored, save_nifti, save_stored, voxel_size_dhw
 from diffusion.editing.labels import LabelEdit, parse_edit
 from diffusion.editing.region import edit_region, label_difference
@@ -43,10 +53,12 @@ from diffusion.sampling import WINDOW_MODES
 
 log = logging.getLogger("edit")
 EDIT_KINDS = ("grow", "shrink", "replace", "insert")
+TOOL = "edit"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/edit.py`` (numbers checked while parsing: ``dataset.cli``)."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="stage-2 (diffusion) checkpoint")
     p.add_argument("--image", required=True, type=Path, help="the real scan (NIfTI)")
     p.add_argument("--labels", required=True, type=Path, help="its label map (NIfTI, same grid)")
@@ -61,26 +73,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ]:
         p.add_argument(f"--{kind}", action="append", default=[], metavar=metavar, help=what + " (repeatable)")
     p.add_argument("--within", type=Path, default=None, help="mask (NIfTI) limiting --grow/--shrink/--replace")
-    p.add_argument("--margin-mm", type=float, default=3.0, help="region margin around the change, in mm")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument(
+        "--margin-mm", type=float_in(0, None), default=3.0, help="region margin around the change, in mm (>= 0)"
+    )
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--sampler", choices=("ddpm", "ddim", "rflow"), default=None, help="default: the checkpoint's")
-    p.add_argument("--guidance", type=float, default=None, help="guidance w (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float_in(0, None), default=None, help="guidance w (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output")
     p.add_argument("--window", choices=WINDOW_MODES, default="auto", help="denoising windows, as generate.py")
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap along tiled axes")
+    p.add_argument(
+        "--overlap", type=float_in(0, 1, hi_open=True), default=0.5, help="window overlap along tiled axes, in [0, 1)"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of the previous run in --out")
     p.add_argument("--png", action="store_true", help="also write montage.png")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options (a bad value: one line, exit status 2)."""
+    return build_parser().parse_args(argv)
 
 
 def _same_grid(ref: Path, shape: tuple[int, ...], affine: np.ndarray, other: Path, what: str) -> None:
-    arr_shape, arr_affine = shape, affine
     try:
         from dataset.nifti import load_header
 
         hdr = load_header(other)
-        check_same_geometry(ref, arr_shape, arr_affine, other, tuple(hdr.shape[:3]), hdr.affine)
+        check_same_geometry(ref, shape, affine, other, tuple(hdr.shape[:3]), hdr.affine)
     except DataError as err:
         raise DataError(f"{what}: {err}") from None
 
@@ -103,156 +123,140 @@ def _apply_edits(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    install_signal_cleanup()
-    args = parse_args(argv)
-    created: list[Path] = []
-    try:
-        if args.margin_mm < 0 or not np.isfinite(args.margin_mm):
-            raise ValueError(f"--margin-mm must be a finite number >= 0, got {args.margin_mm}")
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if not 0.0 <= args.overlap < 1.0:
-            raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
-        ops = [(kind, text) for kind in EDIT_KINDS for text in getattr(args, kind)]
-        if args.edited is not None and ops:
-            raise ValueError("give either --edited or edit options (--grow/--shrink/--replace/--insert), not both")
-        if args.edited is None and not ops and args.region is None:
-            raise ValueError("nothing to edit: give --edited, an edit option, or --region")
-        if args.within is not None and not any(k != "insert" for k, _ in ops):
-            raise ValueError("--within limits --grow/--shrink/--replace; none was given")
-        for path in (args.ckpt, args.image, args.labels, args.edited, args.region, args.within):
-            if path is not None and not path.is_file():
-                raise DataError(f"{path}: file not found")
-        from dataset.cli import pick_device
-        from scripts.generate import load_model
+def _check_options(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The label edit options as ``(kind, text)``; combinations that cannot make one edit are refused."""
+    ops = [(kind, text) for kind in EDIT_KINDS for text in getattr(args, kind)]
+    if args.edited is not None and ops:
+        raise ValueError("give either --edited or edit options (--grow/--shrink/--replace/--insert), not both")
+    if args.edited is None and not ops and args.region is None:
+        raise ValueError("nothing to edit: give --edited, an edit option, or --region")
+    if args.within is not None and not any(k != "insert" for k, _ in ops):
+        raise ValueError("--within limits --grow/--shrink/--replace; none was given")
+    for option, path in (("--ckpt", args.ckpt), ("--image", args.image), ("--labels", args.labels),
+                         ("--edited", args.edited), ("--region", args.region), ("--within", args.within)):  # fmt: skip
+        if path is not None and not path.is_file():
+            raise DataError(f"{option} {path}: file not found")
+    return ops
 
-        device = pick_device(args.device)
-        if not args.out.exists():
-            created.append(args.out)
-        check_output_dir(args.out)
-        files = [args.out / "edited.nii.gz", args.out / "region.nii.gz"]
-        files += [args.out / "edited_labels.nii.gz"] * bool(ops) + [args.out / "montage.png"] * args.png
-        plan = plan_outputs(args.out, files, args.overwrite, RECORD_NAME)
 
-        # every input is read and checked before the model samples anything
-        scan = read_stored(args.image)
-        shape = scan.stored.shape
-        model = load_model(args.ckpt, device)
-        from dataset.registry import label_table_of
+def command(args: argparse.Namespace, argv: list[str]) -> None:
+    """Validate every option and input, claim ``--out``, sample the region, write into staging, move in, record."""
+    ops = _check_options(args)
+    device = pick_device(args.device)
+    read_stage_checkpoint(args.ckpt, "diffusion")
+    from scripts.generate import load_model
 
-        info = model.hparams.get("data_info") or {}
-        table = label_table_of(info)
-        nc = model.label_nc
-        edits = [parse_edit(kind, text, None if table else nc) for kind, text in ops]
-        if table is not None:  # classes in the user's ids: through the table
-            edits = [_to_class_ids(e, table) for e in edits]
-        _same_grid(args.image, _ijk(shape), scan.affine, args.labels, "--labels")
-        labels, _ = load_class_ids(args.labels, nc, table)
-        if args.edited is not None:
-            _same_grid(args.image, _ijk(shape), scan.affine, args.edited, "--edited")
-            edited, _ = load_class_ids(args.edited, nc, table)
-        else:
-            within = _read_mask(args.within, args.image, _ijk(shape), scan.affine, "--within") if args.within else None
-            edited = _apply_edits(labels, scan.affine, edits, within)
-        changed = label_difference(labels, edited)
-        if args.region is not None:
-            extra = _read_mask(args.region, args.image, _ijk(shape), scan.affine, "--region")
-            if not extra.any():
-                raise DataError(f"{args.region}: the region is empty (no voxel > 0 inside the volume)")
-            changed |= extra
-        if not changed.any():
-            what = "the edit options change" if ops else "--edited differs from --labels in"
-            raise DataError(f"empty edit: {what} no voxel (and no --region was given)")
-        region = edit_region(changed, args.margin_mm, scan.affine)
-        block = tuple(model.block_size) if model.block_size is not None else tuple(info.get("block_size") or ())
-        if len(block) != 3:
-            raise DataError("the checkpoint records no training block size; cannot tile the edit")
-        settings = model.sampler_defaults.resolve(args.sampler, args.steps, args.guidance)
-        from dataset.intensity import normalize
+    # every input is read and checked before the folder is claimed and before the model samples anything
+    scan = read_stored(args.image)
+    grid = _ijk(scan.stored.shape)
+    model = load_model(args.ckpt, device)
+    if args.sampler is not None and args.sampler not in model.schedule.samplers:
+        raise ValueError(f"--sampler {args.sampler} does not fit this model; use {model.schedule.samplers}")
+    from dataset.registry import label_table_of
 
-        normalize(scan.values, info.get("intensity"), str(args.image))  # units the model cannot read: refused here
-        voxel = info.get("voxel_size")
-        if voxel and not np.allclose(voxel_size_dhw(scan.affine), voxel, rtol=1e-3):
-            log.warning(
-                "the scan's voxel size %s mm differs from the training %s mm; editing on the scan's grid",
-                tuple(round(v, 3) for v in voxel_size_dhw(scan.affine)),
-                tuple(voxel),
-            )
-    except (DataError, FileExistsError, ValueError) as err:
-        for folder in created:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        log.error("%s", err)
-        return 2
+    info = model.hparams.get("data_info") or {}
+    table = label_table_of(info)  # the user's ids: maps and edit options are read through it
+    if table is not None:
+        table.source_values()  # every class can be written back, checked before any sampling
+    nc = model.label_nc
+    edits = [parse_edit(kind, text, None if table else nc) for kind, text in ops]
+    if table is not None:
+        edits = [_to_class_ids(e, table) for e in edits]
+    _same_grid(args.image, grid, scan.affine, args.labels, "--labels")
+    labels, _ = load_class_ids(args.labels, nc, table)
+    if args.edited is not None:
+        _same_grid(args.image, grid, scan.affine, args.edited, "--edited")
+        edited, _ = load_class_ids(args.edited, nc, table)
+    else:
+        within = _read_mask(args.within, args.image, grid, scan.affine, "--within") if args.within else None
+        edited = _apply_edits(labels, scan.affine, edits, within)
+    changed = label_difference(labels, edited)
+    if args.region is not None:
+        extra = _read_mask(args.region, args.image, grid, scan.affine, "--region")
+        if not extra.any():
+            raise DataError(f"{args.region}: the region is empty (no voxel > 0 inside the volume)")
+        changed |= extra
+    if not changed.any():
+        what = "the edit options change" if ops else "--edited differs from --labels in"
+        raise DataError(f"empty edit: {what} no voxel (and no --region was given)")
+    region = edit_region(changed, args.margin_mm, scan.affine)
+    block = tuple(model.block_size) if model.block_size is not None else tuple(info.get("block_size") or ())
+    if len(block) != 3:
+        raise DataError("the checkpoint records no training block size; cannot tile the edit")
+    settings = model.sampler_defaults.resolve(args.sampler, args.steps, args.guidance)
+    from dataset.intensity import normalize
+
+    normalize(scan.values, info.get("intensity"), str(args.image))  # units the model cannot read: refused here
+    voxel = info.get("voxel_size")
+    if voxel and not np.allclose(voxel_size_dhw(scan.affine), voxel, rtol=1e-3):
+        log.warning(
+            "the scan's voxel size %s mm differs from the training %s mm; editing on the scan's grid",
+            tuple(round(v, 3) for v in voxel_size_dhw(scan.affine)),
+            tuple(voxel),
+        )
+    names = ["edited.nii.gz", "region.nii.gz"] + ["edited_labels.nii.gz"] * bool(ops) + ["montage.png"] * args.png
+    sha = file_sha256(args.ckpt)
 
     from diffusion.editing.inpaint import composite_stored, edit_scan, voxel_volume_mm3
 
-    result = edit_scan(
-        model,
-        scan.values,
-        edited,
-        region,
-        settings,
-        args.seed,
-        block,
-        window_mode=args.window,
-        overlap=args.overlap,
-        progress=True,
-    )
-    stored = composite_stored(scan, result.image, region.mask)
-    save_stored(args.out / "edited.nii.gz", stored, scan, overwrite=args.overwrite)
-    save_nifti(
-        args.out / "region.nii.gz",
-        region.core.astype(np.uint8) + 2 * region.band.astype(np.uint8),
-        scan.affine,
-        overwrite=args.overwrite,
-    )
-    if ops:
-        save_nifti(
-            args.out / "edited_labels.nii.gz", _to_file_ids(edited, table), scan.affine, overwrite=args.overwrite
-        )
-    if args.png:
-        save_edit_montage(
-            args.out / "montage.png",
+    with OutputFolder(args.out, args.overwrite) as claimed:
+        # a link, a foreign record or an unrecorded file in the way is refused here, before any sampling
+        plan = claimed.plan(names, RECORD_NAME, tool=TOOL)
+        result = edit_scan(
+            model,
             scan.values,
-            result.image,
-            labels,
             edited,
-            scan.affine,
-            info,
-            nc,
-            args.overwrite,
-            region.mask,
+            region,
+            settings,
+            args.seed,
+            block,
+            window_mode=args.window,
+            overlap=args.overlap,
+            progress=True,
         )
-    plan.remove_stale()
-    write_run_record(
-        args.out / RECORD_NAME,
-        {
-            "command": "edit",
-            "checkpoint": {"name": args.ckpt.name, "sha256": file_sha256(args.ckpt)},
-            "inputs": {
-                k: str(v)
-                for k, v in (
-                    ("image", args.image),
-                    ("labels", args.labels),
-                    ("edited", args.edited),
-                    ("region", args.region),
-                    ("within", args.within),
-                )
-                if v is not None
+        # every file is finished in a staging folder first, then moved in: a killed run leaves the old set whole
+        staging = claimed.staging("edit")
+        save_stored(staging / "edited.nii.gz", composite_stored(scan, result.image, region.mask), scan)
+        mask = region.core.astype(np.uint8) + 2 * region.band.astype(np.uint8)
+        save_nifti(staging / "region.nii.gz", mask, scan.affine)
+        if ops:
+            written = edited if table is None else restore_labels(edited, table)  # the user's ids
+            save_nifti(staging / "edited_labels.nii.gz", written, scan.affine)  # smallest integer type holding it
+        if args.png:
+            save_edit_montage(
+                staging / "montage.png", scan.values, result.image, labels, edited, scan.affine, info, nc,
+                False, region.mask,
+            )  # fmt: skip
+        plan.remove_stale()
+        for name in names:
+            (staging / name).replace(claimed.path / name)
+        write_run_record(
+            claimed.path / RECORD_NAME,
+            {
+                "command": TOOL,
+                "argv": list(argv),
+                "checkpoint": {"name": args.ckpt.name, "sha256": sha},
+                "inputs": {
+                    k: str(v)
+                    for k, v in (
+                        ("image", args.image),
+                        ("labels", args.labels),
+                        ("edited", args.edited),
+                        ("region", args.region),
+                        ("within", args.within),
+                    )
+                    if v is not None
+                },
+                "label_edits": [{"kind": e.kind, "text": e.text} for e in edits],
+                **({"label_table": table.to_plain()} if table is not None else {}),
+                "region": region.record(voxel_volume_mm3(scan.affine)),
+                **result.settings,
+                "stored_dtype": str(scan.stored.dtype),
+                "scaling": {"slope": scan.slope, "inter": scan.inter},
+                "outputs": names,
             },
-            "label_edits": [{"kind": e.kind, "text": e.text} for e in edits],
-            "region": region.record(voxel_volume_mm3(scan.affine)),
-            **result.settings,
-            "stored_dtype": str(scan.stored.dtype),
-            "scaling": {"slope": scan.slope, "inter": scan.inter},
-            "outputs": [p.name for p in plan.files],
-        },
-    )
+        )
     log.info("edited %d voxel(s) (%d in the band) -> %s", int(region.mask.sum()), int(region.band.sum()), args.out)
-    return 0
 
 
 def _ijk(shape_dhw: tuple[int, ...]) -> tuple[int, int, int]:
@@ -270,14 +274,6 @@ def _to_class_ids(edit: LabelEdit, table: LabelTable) -> LabelEdit:
 
     parent = tuple(cid(p) for p in edit.parent) if edit.parent is not None else None
     return replace(edit, k=cid(edit.k), b=cid(edit.b) if edit.kind == "replace" else edit.b, parent=parent)
-
-
-def _to_file_ids(label: np.ndarray, table: LabelTable | None) -> np.ndarray:
-    if table is None:
-        return label
-    from dataset.label_table import restore_labels
-
-    return restore_labels(label, table)
 
 
 def save_edit_montage(
@@ -331,6 +327,11 @@ def save_edit_montage(
         class_names=info.get("class_names"),
         reorder=False,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 on success, 2 (one line) on a user error (``dataset.cli.run_cli``)."""
+    return run_cli(build_parser(), command, argv)
 
 
 if __name__ == "__main__":

@@ -253,6 +253,12 @@ def no_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--grow", "2:2", "--edited", "{edited}"], "not both"),
         ([], "nothing to edit"),
         (["--edited", "{edited}", "--margin-mm", "-1"], "margin"),
+        (["--edited", "{edited}", "--margin-mm", "nan"], "margin"),
+        (["--edited", "{edited}", "--guidance", "inf"], "guidance"),
+        (["--edited", "{edited}", "--steps", "0"], "steps"),
+        (["--edited", "{edited}", "--overlap", "1"], "overlap"),
+        (["--grow", "2:nan"], "not finite"),
+        (["--edited", "{edited}", "--device", "cuda:99"], "cuda:99"),
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_sampling(
@@ -263,13 +269,23 @@ def test_bad_input_is_refused_in_one_line_before_sampling(
     extra: list[str],
     message: str,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     out = tmp_path / "out"
     args = [a.format(**{k: str(v) for k, v in inputs.items()}) for a in extra]
     assert cli(tiny_model, inputs, out, *args) == EXIT_ERROR
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+    errors = _errors(caplog, capsys)
+    assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists()  # nothing written, not even the folder
+
+
+def _errors(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> list[str]:
+    """The error lines of a run: logged (``run_cli``) or argparse's one line on stderr (a bad option value)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if "error:" in line] + [
+        r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+    ]
 
 
 def test_labels_on_another_grid_than_the_image_are_refused(
@@ -349,3 +365,142 @@ def test_edit_metrics_report_on_held_out_scans(tiny_model: TinyModel, tmp_path: 
     md = out.with_suffix(".md").read_text()
     assert "| sphere r=3 mm | 2 | edit |" in md and "smoothed" in md and "pasted" in md
     assert main(argv) == EXIT_ERROR  # the report exists: --overwrite needed
+
+
+# ------------------------------------------------------------------ the output-folder contract (issue 20)
+def test_out_that_is_a_link_is_refused_and_nothing_is_written_through_it(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, no_sampling: None
+) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    out = tmp_path / "out"
+    out.symlink_to(target, target_is_directory=True)
+    assert cli(tiny_model, inputs, out, "--edited", str(inputs["edited"])) == EXIT_ERROR
+    assert list(target.iterdir()) == []
+
+
+def test_overwrite_replaces_only_the_recorded_set(
+    tiny_model: TinyModel, inputs: dict[str, Path], edit_run: Path, tmp_path: Path, no_sampling: None
+) -> None:
+    """An output entry that is a link to a user file, or a same-named file no record lists, is never replaced."""
+    # a linked entry: its target (a user file) is neither replaced nor deleted
+    out = tmp_path / "linked"
+    out.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (out / "edited.nii.gz").symlink_to(notes)
+    assert cli(tiny_model, inputs, out, "--edited", str(inputs["edited"]), "--overwrite") == EXIT_ERROR
+    assert notes.read_text() == "mine" and (out / "edited.nii.gz").is_symlink()
+    # a same-named file that the folder's record does not list (the user's own region mask)
+    out2 = tmp_path / "unrecorded"
+    out2.mkdir()
+    (out2 / "region.nii.gz").write_bytes(b"user data")
+    assert cli(tiny_model, inputs, out2, "--edited", str(inputs["edited"]), "--overwrite") == EXIT_ERROR
+    assert (out2 / "region.nii.gz").read_bytes() == b"user data"
+    # a folder holding another command's record (generate.py's generation.json) is not edit's to replace
+    out3 = tmp_path / "generated"
+    out3.mkdir()
+    (out3 / "generation.json").write_text(json.dumps({"producer": "med-lsdm", "command": "generate", "outputs": []}))
+    assert cli(tiny_model, inputs, out3, "--edited", str(inputs["edited"]), "--overwrite") == EXIT_ERROR
+    # a recorded entry that became a link is not deleted through either
+    before = sorted(os.listdir(edit_run))
+    (edit_run / "region.nii.gz").rename(tmp_path / "region.nii.gz")
+    (edit_run / "region.nii.gz").symlink_to(tmp_path / "region.nii.gz")
+    try:
+        assert cli(tiny_model, inputs, edit_run, "--edited", str(inputs["edited"]), "--overwrite") == EXIT_ERROR
+        assert (tmp_path / "region.nii.gz").is_file()
+    finally:
+        (edit_run / "region.nii.gz").unlink()
+        (tmp_path / "region.nii.gz").rename(edit_run / "region.nii.gz")
+    assert sorted(os.listdir(edit_run)) == before
+
+
+def test_a_folder_held_by_another_run_is_refused(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, no_sampling: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from dataset.files import OutputFolder
+
+    with OutputFolder(tmp_path / "busy"):
+        assert cli(tiny_model, inputs, tmp_path / "busy", "--edited", str(inputs["edited"])) == EXIT_ERROR
+    assert "in use by another run" in caplog.text
+    assert os.listdir(tmp_path) == []  # the holder's lock went with it; the refused run wrote nothing
+
+
+# ----------------------------------------------------------- the user's ids (issue 23 item 2), merged ids
+#: user ids 5 and 6 are one class (merged), 117 another: class ids 0, 1, 2 of the tiny model
+USER_TABLE = {"name": "sparse", "classes": ["background", "outer", "inner"], "remap": [[0, 0], [5, 1], [6, 1],
+                                                                                       [117, 2]]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def user_ids(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny checkpoint with a label table, and the inputs' label maps in the user's (sparse, merged) ids."""
+    d = tmp_path_factory.mktemp("edit_user_ids")
+    ckpt = torch.load(tiny_model.diffusion, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["data_info"]["label_table"] = USER_TABLE
+    torch.save(ckpt, d / "sparse.ckpt")
+    shape = (18, 20, 24)
+    classes = nested_labels(shape, LABEL_NC)
+    user = np.array([0, 5, 117], dtype=np.int16)[classes]
+    user[(classes == 1) & (np.arange(shape[2]) > 18)] = 6  # part of class 1 is stored as 6
+    edited = user.copy()
+    edited[8:11, 9:12, 4:7] = 117
+    bad = edited.copy()
+    bad[0, 0, 0] = 63
+    return {
+        "ckpt": d / "sparse.ckpt",
+        "labels": write_nifti(d / "labels.nii.gz", user, AFFINE),
+        "edited": write_nifti(d / "edited.nii.gz", edited, AFFINE),
+        "class_ids": write_nifti(d / "class_ids.nii.gz", classes, AFFINE),
+        "bad": write_nifti(d / "bad.nii.gz", bad, AFFINE),
+    }
+
+
+def _user_cli(user_ids: dict[str, Path], inputs: dict[str, Path], out: Path, *extra: str) -> int:
+    from scripts.edit import main
+
+    return main(["--ckpt", str(user_ids["ckpt"]), "--image", str(inputs["image"]), "--labels",
+                 str(user_ids["labels"]), "--out", str(out), *FAST, *extra])  # fmt: skip
+
+
+def test_edit_reads_and_writes_the_users_ids_through_the_checkpoints_table(
+    tiny_model: TinyModel, inputs: dict[str, Path], user_ids: dict[str, Path], tmp_path: Path
+) -> None:
+    # --edited in the user's ids: the same region as the class-id edit of the plain checkpoint
+    out = tmp_path / "edited"
+    assert _user_cli(user_ids, inputs, out, "--edited", str(user_ids["edited"]), "--margin-mm", "3.1") == 0
+    record = json.loads((out / "generation.json").read_text())
+    assert record["label_table"]["remap"] == USER_TABLE["remap"]
+    changed = np.asarray(nib.load(inputs["labels"]).dataobj) != np.asarray(nib.load(inputs["edited"]).dataobj)
+    assert record["region"]["changed_voxels"] == int(changed.sum()) > 0
+    # edit options name the user's ids; the edited map comes back in them (merged 6 -> its class's smallest id, 5)
+    out2 = tmp_path / "grown"
+    assert _user_cli(user_ids, inputs, out2, "--grow", "117:2", "--replace", "6:117", "--within",
+                     str(inputs["region"])) == 0  # fmt: skip
+    before = np.asarray(nib.load(user_ids["labels"]).dataobj)
+    after = np.asarray(nib.load(out2 / "edited_labels.nii.gz").dataobj)
+    within = np.asarray(nib.load(inputs["region"]).dataobj) > 0
+    assert set(np.unique(after)) <= {0, 5, 117} and (after == 117).sum() > (before == 117).sum()
+    np.testing.assert_array_equal(after[~within], np.where(before == 6, 5, before)[~within])
+    assert json.loads((out2 / "generation.json").read_text())["label_edits"][0]["text"] == "117:2"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--edited", "{bad}"], "bad.nii.gz: label values [63]"),  # a value outside the table: file and value
+        (["--edited", "{class_ids}"], "label values [1, 2]"),  # class ids are not the user's ids
+        (["--grow", "2:2"], "id 2 is not in the checkpoint's label table"),
+    ],
+)
+def test_a_value_outside_the_label_table_is_refused_in_one_line(
+    inputs: dict[str, Path], user_ids: dict[str, Path], tmp_path: Path, no_sampling: None, extra: list[str],
+    message: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    args = [a.format(**{k: str(v) for k, v in user_ids.items()}) for a in extra]
+    assert _user_cli(user_ids, inputs, out, *args) == EXIT_ERROR
+    errors = _errors(caplog, capsys)
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()
