@@ -17,8 +17,16 @@ The default destination is the torch hub cache ``$TORCH_HOME/hub/checkpoints`` (
 checkpoints``), where ``evaluation/weights.py``, ``lpips``/``torchvision`` and ``vq_gan_3d/perceptual.py`` look.
 Each file is streamed to a temporary file beside its destination, its sha256 is checked against the prefix in
 its name (the torch hub convention) before it is moved into place, and a file already there is verified
-instead of downloaded again (``--force`` replaces it). The MedicalNet file has no published hash: its digest
-is printed and recorded in ``DEST/med-lsdm-weights.json`` so later copies can be compared with it.
+instead of downloaded again. The MedicalNet file has no published hash: its digest is printed and recorded in
+``DEST/med-lsdm-weights.json`` so later copies can be compared with it.
+
+The destination follows the output-folder contract of every command (``dataset.files``): it is claimed with a lock
+for the run (two fetches into one folder cannot interleave), a destination or a weight file that is a symbolic link
+is refused (nothing is written through a link; the default torch hub folder is taken as the path it resolves to,
+since every loader reads it through its links anyway), each file is written atomically and listed in the record.
+``--force`` downloads again and replaces a file this tool recorded, or one whose content is not the published file
+(its sha256 does not start with the prefix in its name, e.g. a saved error page); any other file of that name is
+someone else's and is never replaced.
 """
 
 from __future__ import annotations
@@ -34,14 +42,23 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dataset import DataError
-from dataset.cli import run_cli
-from dataset.files import atomic_write, check_output_dir, file_sha256, read_run_record, write_run_record
+from dataset.cli import ArgumentParser, check_unique, run_cli
+from dataset.files import (
+    OutputFolder,
+    atomic_write,
+    check_not_link,
+    file_sha256,
+    read_run_record,
+    recorded_outputs,
+    write_run_record,
+)
 from evaluation import weights as W
 from evaluation.cli_common import HelpFormatter
 
 log = logging.getLogger("fetch_weights")
 
 RECORD_NAME = "med-lsdm-weights.json"
+TOOL = "scripts/fetch_weights.py"
 CHUNK = 1 << 20
 PROGRESS_BYTES = 64 << 20
 TIMEOUT_S = 60.0
@@ -102,22 +119,50 @@ def download(
     return digest.hexdigest()
 
 
-def fetch(spec: W.WeightSpec, dest_dir: Path, force: bool = False, opener: Opener = urllib.request.urlopen) -> dict:
+def fetch(
+    spec: W.WeightSpec,
+    dest_dir: Path,
+    force: bool = False,
+    opener: Opener = urllib.request.urlopen,
+    recorded: frozenset[str] = frozenset(),
+) -> dict:
     """Make sure ``spec``'s file is in ``dest_dir``: verify it when present, else download it.
+
+    Args:
+        spec: the weight file.
+        dest_dir: its folder.
+        force: download again; a present file is replaced only when ``recorded`` lists it or its content fails the
+            published hash (it is not that file), never otherwise (it is someone else's).
+        opener: ``urllib.request.urlopen`` or a stand-in.
+        recorded: the file names the folder's record lists (written by this tool).
 
     Returns:
         What was done: ``{"key", "file", "path", "url", "action": "downloaded" | "present", "sha256", "check"}``.
 
     Raises:
-        DataError: download failure, hash mismatch, or a present file that fails its check (use ``force``).
+        DataError: download failure, hash mismatch, a file that is a link, a present file that fails its check
+            (use ``force``), or a present file ``force`` may not replace.
     """
     path = Path(dest_dir) / spec.filename
-    if path.is_file() and not force:
+    check_not_link(path, "--dest entry")
+    if path.exists() and not path.is_file():
+        raise DataError(f"--dest entry {path} is not a file; move it away")
+    present = path.is_file()
+    if present:
         digest = file_sha256(path)
         try:
             check = _check_digest(digest, spec.sha256_prefix, str(path))
+            published = True
         except DataError as err:
-            raise DataError(f"{err}; fetch it again with --force") from None
+            if not force:
+                raise DataError(f"{err}; fetch it again with --force") from None
+            published = False
+        if force and published and spec.filename not in recorded:
+            raise DataError(
+                f"{path} was not written by fetch_weights (not in its {RECORD_NAME}) and is not known to be broken; "
+                "--force never replaces it: move it away to download it again"
+            )
+    if present and not force:
         action = "present"
     else:
         log.info("%s: downloading %s", spec.key, spec.url)
@@ -138,26 +183,37 @@ def fetch(spec: W.WeightSpec, dest_dir: Path, force: bool = False, opener: Opene
 def fetch_all(
     specs: list[W.WeightSpec], dest_dir: Path, force: bool = False, opener: Opener = urllib.request.urlopen
 ) -> list[dict]:
-    """:func:`fetch` each spec, log what was done, and record the digests in ``dest_dir/med-lsdm-weights.json``."""
-    dest_dir = check_output_dir(dest_dir, what="--dest")
-    done = []
-    for spec in specs:
-        item = fetch(spec, dest_dir, force, opener)
-        log.info("%s: %s %s (sha256 %s; %s)", spec.key, item["action"], item["path"], item["sha256"], item["check"])
-        done.append(item)
-    record_path = dest_dir / RECORD_NAME
-    previous: dict[str, Any] = (read_run_record(record_path) or {}).get("files", {})
-    files = {k: v for k, v in previous.items() if isinstance(v, dict)} | {d["file"]: d for d in done}
-    write_run_record(record_path, {"tool": "scripts/fetch_weights.py", "files": files, "outputs": sorted(files)})
+    """:func:`fetch` each spec into the claimed ``dest_dir`` and record the digests in its ``med-lsdm-weights.json``.
+
+    Raises:
+        DataError: ``dest_dir`` is a link, a file, unwritable or in use by another run; its record file is not ours
+            or another tool's; a failed :func:`fetch`.
+    """
+    with OutputFolder(dest_dir, what="--dest") as claimed:
+        record_path = claimed.path / RECORD_NAME
+        check_not_link(record_path, "--dest entry")
+        record = read_run_record(record_path)
+        if record_path.exists() and (record is None or record.get("tool") != TOOL):
+            raise DataError(f"{record_path} exists and is not a record of {TOOL}; choose another --dest")
+        recorded = frozenset(p.name for p in recorded_outputs(record_path))
+        done = []
+        for spec in specs:
+            item = fetch(spec, claimed.path, force, opener, recorded)
+            log.info("%s: %s %s (sha256 %s; %s)", spec.key, item["action"], item["path"], item["sha256"],
+                     item["check"])  # fmt: skip
+            done.append(item)
+        previous: dict[str, Any] = (record or {}).get("files", {})
+        files = {k: v for k, v in previous.items() if isinstance(v, dict)} | {d["file"]: d for d in done}
+        # only what this tool downloaded is "ours": a verified file someone else put here stays theirs
+        ours = sorted((recorded & set(files)) | {d["file"] for d in done if d["action"] == "downloaded"})
+        write_run_record(record_path, {"tool": TOOL, "files": files, "outputs": ours})
     log.info("recorded the digests in %s", record_path)
     return done
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(
-        prog="fetch_weights", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
-    )
+    p = ArgumentParser(prog="fetch_weights", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument(
         "--only",
         nargs="+",
@@ -173,15 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="destination folder (default: the torch hub cache $TORCH_HOME/hub/checkpoints, where every loader "
         "looks; another folder must be passed as --weights-dir to evaluation)",
     )
-    p.add_argument("--force", action="store_true", help="download again even when a verified file is present")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again, replacing a file this tool recorded or one that fails its published hash",
+    )
     p.add_argument("--list", action="store_true", help="only list the files, their sources and destinations")
     p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 
 def _command(args: argparse.Namespace, _argv: list[str]) -> None:
-    dest = args.dest if args.dest is not None else W.hub_checkpoint_dir()
-    specs = [W.ALL_WEIGHTS[k] for k in dict.fromkeys(args.only or sorted(W.ALL_WEIGHTS))]
+    # the default is the hub cache every loader reads through its links: its real path; a --dest link is refused
+    dest = args.dest if args.dest is not None else W.hub_checkpoint_dir().resolve()
+    specs = [W.ALL_WEIGHTS[k] for k in check_unique(args.only or sorted(W.ALL_WEIGHTS), "--only")]
     if args.list:
         for spec in specs:
             sha = f"sha256 {spec.sha256_prefix}..." if spec.sha256_prefix else "no published sha256"

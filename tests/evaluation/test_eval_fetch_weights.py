@@ -96,3 +96,64 @@ def test_specs_are_the_official_files():
         if spec.sha256_prefix:
             assert spec.sha256_prefix in spec.filename  # torch hub naming: name-<sha256 prefix>.pth
     assert W.VGG16.url == "https://download.pytorch.org/models/vgg16-397923af.pth"
+
+
+# ------------------------------------------------------------------ the output-folder contract (issue 20)
+def test_a_linked_dest_or_weight_file_is_refused_and_nothing_is_written_through_it(tmp_path, monkeypatch):
+    url, digest = _source(tmp_path)
+    monkeypatch.setitem(W.ALL_WEIGHTS, "lpips", _spec(url, digest[:8]))
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "linked").symlink_to(target, target_is_directory=True)
+    assert F.main(["--only", "lpips", "--dest", str(tmp_path / "linked")]) == 2
+    # a weight file that is a link to a user's file: not written through, even with --force
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (target / "mine.pth").write_bytes(b"mine")
+    (dest / "w-test.pth").symlink_to(target / "mine.pth")
+    assert F.main(["--only", "lpips", "--dest", str(dest), "--force"]) == 2
+    assert sorted(p.name for p in target.iterdir()) == ["mine.pth"] and (target / "mine.pth").read_bytes() == b"mine"
+
+
+def test_force_replaces_only_recorded_or_broken_files(tmp_path, monkeypatch):
+    url, digest = _source(tmp_path)
+    spec = _spec(url, digest[:8])
+    monkeypatch.setitem(W.ALL_WEIGHTS, "lpips", spec)
+    # a verified copy someone else put there: --force does not replace it (it is theirs); without, it is used
+    dest = tmp_path / "theirs"
+    dest.mkdir()
+    (dest / "w-test.pth").write_bytes(PAYLOAD)
+    mtime = (dest / "w-test.pth").stat().st_mtime_ns
+    assert F.main(["--only", "lpips", "--dest", str(dest), "--force"]) == 2
+    assert F.main(["--only", "lpips", "--dest", str(dest)]) == 0
+    assert (dest / "w-test.pth").stat().st_mtime_ns == mtime
+    assert json.loads((dest / F.RECORD_NAME).read_text())["outputs"] == []  # verified, but not ours
+    # a file this tool downloaded (recorded) is replaced by --force
+    ours = tmp_path / "ours"
+    assert F.main(["--only", "lpips", "--dest", str(ours)]) == 0
+    assert json.loads((ours / F.RECORD_NAME).read_text())["outputs"] == ["w-test.pth"]
+    assert F.main(["--only", "lpips", "--dest", str(ours), "--force"]) == 0
+    # no published hash and not recorded: cannot tell it is broken, so never replaced
+    monkeypatch.setitem(W.ALL_WEIGHTS, "lpips", _spec(url, None))
+    (dest / "w-test.pth").write_bytes(b"user's own file")
+    assert F.main(["--only", "lpips", "--dest", str(dest), "--force"]) == 2
+    assert (dest / "w-test.pth").read_bytes() == b"user's own file"
+
+
+def test_a_held_dest_a_foreign_record_and_repeated_names_are_one_line(tmp_path, monkeypatch, capsys, caplog):
+    from dataset.files import OutputFolder
+
+    url, digest = _source(tmp_path)
+    monkeypatch.setitem(W.ALL_WEIGHTS, "lpips", _spec(url, digest[:8]))
+    with OutputFolder(tmp_path / "busy"):
+        assert F.main(["--only", "lpips", "--dest", str(tmp_path / "busy")]) == 2
+    assert "in use by another run" in caplog.text and not (tmp_path / "busy" / "w-test.pth").exists()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / F.RECORD_NAME).write_text('{"mine": 1}')
+    assert F.main(["--only", "lpips", "--dest", str(tmp_path / "foreign")]) == 2
+    assert F.main(["--only", "lpips", "lpips", "--dest", str(tmp_path / "twice")]) == 2
+    assert "lists 'lpips' twice" in caplog.text and not (tmp_path / "twice").exists()
+    capsys.readouterr()
+    assert F.main(["--only", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice" in err
