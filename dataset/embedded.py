@@ -14,6 +14,14 @@ from torch.utils.data import Dataset
 from dataset.contract import Sample
 from dataset.nifti_pairs import NiftiPairsDataset
 
+#: The caveat of each embedded dataset's subjects, stated in every report that measures novelty or utility on them.
+LOWER_BOUND_NOTES = {
+    "mni152": "mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
+    "bound of what real, varied anatomy needs.",
+    "ct_abdomen": "ct_abdomen subjects are deformations of one abdominal CT slab, so novelty and utility measured "
+    "here are a lower bound of what real, varied anatomy needs.",
+}
+
 
 class EmbeddedPairs(Dataset):
     """A split of an embedded dataset's built cache; subclasses build the cache and call :meth:`_open`."""

@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dataset.files import atomic_write
+from dataset.nifti import load_image, load_label
 
 OVERLAY_ALPHA = 0.45
 MIN_TILE_PIXELS = 96
@@ -484,3 +485,26 @@ def save_gif(
         overwrite=overwrite,
         suffix=".gif",
     )
+
+
+def pair_montages(
+    pairs: Path, report: Path, class_names: list[str], count: int = 4, window: tuple[float, float] = MODEL_WINDOW
+) -> list[str]:
+    """(label | image) montages of the first ``count`` generated pairs in ``pairs/{labels,images}``, into ``report``.
+
+    Each label map ``pairs/labels/<id>.nii.gz`` is drawn above its image ``pairs/images/<id>_s0.nii.gz`` as
+    ``report/pair_<id>_montage.png``.
+
+    Returns:
+        the report's Markdown lines, one image each.
+    """
+    shown = []
+    for path in sorted((pairs / "labels").glob("*.nii.gz"))[:count]:
+        vid = path.name[: -len(".nii.gz")]
+        label, affine = load_label(path)
+        image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
+        rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
+        save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names),
+                     affine=affine, class_names=class_names, window=window)  # fmt: skip
+        shown.append(f"![{vid}](pair_{vid}_montage.png)")
+    return shown

@@ -1,5 +1,5 @@
 """Export a dataset split as NIfTI files for evaluation: one implementation for ``generate --export-real`` and the
-demo's (and the utility protocol's) exported subjects.
+demo's (and the utility protocol's) exported subjects (:func:`export_config_split`).
 
 Images are written in the units generation writes (HU for a ``ct_window`` dataset, else the model's [-1, 1]), so
 real and synthetic volumes compare like with like; label maps hold the model's class ids (0..K-1, what
@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from dataset.files import check_name, check_output_files, plan_outputs, write_run_record
 from dataset.intensity import invert
 from dataset.nifti import save_nifti
+from dataset.registry import build_split, plain_data_info
 from diffusion.generation.pipeline import RECORD_NAME, output_units
 
 
@@ -69,3 +71,12 @@ def export_split(
          "outputs": [str(p.relative_to(images)) for p in recorded]},
     )  # fmt: skip
     return ids
+
+
+def export_config_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
+    """A split of a composed dataset config as ``out/images`` and ``out/labels`` (what a user would have on disk),
+    for the pipeline drivers (``scripts/demo.py``, ``scripts/utility_protocol.py``); returns the ids."""
+    # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
+    info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
+    return export_split(build_split(info, split), split, out / "images", out / "labels", info.get("intensity"),
+                        record={"command": "demo export"}, what="--out")  # fmt: skip

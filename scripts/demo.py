@@ -32,35 +32,32 @@ in <out>/label_generator.log; L3-L5 follow 5:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, positive_int, run_cli
-from dataset.files import atomic_write_json, atomic_write_text, claim_run_folder
+from dataset.embedded import LOWER_BOUND_NOTES
+from dataset.files import claim_run_folder
+from dataset.visualization import pair_montages
+from evaluation.export import export_config_split
 from evaluation.parallel import usable_cores
+from scripts.demo_report import figure_window, write_report
+from train.stages import (
+    Background,
+    best_checkpoint,
+    dataset_config,
+    max_time,
+    report_failure,
+    run,
+    train_label_generator,
+)
 
 log = logging.getLogger("demo")
 #: The demo's run record: marks its output folder as ours, so ``--overwrite`` never deletes anything else.
 DEMO_RECORD = "demo.json"
-MNI152_NOTE = ("mni152 subjects are deformations of one template, so novelty and utility measured here are a lower "
-               "bound of what real, varied anatomy needs.")  # fmt: skip
-#: The embedded datasets the demo runs (each has experiments ``<name>_*_cpu``) and the caveat of their subjects.
-DATASET_NOTES = {
-    "mni152": MNI152_NOTE,
-    "ct_abdomen": "ct_abdomen subjects are deformations of one abdominal CT slab, so novelty and utility measured "
-    "here are a lower bound of what real, varied anatomy needs.",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="everything goes under this folder")
     p.add_argument(
-        "--dataset", choices=tuple(DATASET_NOTES), default="mni152", help="embedded dataset (experiments <name>_*_cpu)"
+        "--dataset",
+        choices=tuple(LOWER_BOUND_NOTES),
+        default="mni152",
+        help="embedded dataset (experiments <name>_*_cpu)",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="embedded dataset cache (default: <out>/data_cache)")
     p.add_argument("--vqgan-minutes", type=minutes, default=4.0, help="wall-clock training budget of stage 1")
@@ -137,185 +137,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def max_time(minutes: float) -> str:
-    """Lightning's ``trainer.max_time`` (DD:HH:MM:SS) of a budget in minutes."""
-    total = max(1, int(round(minutes * 60)))
-    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the best validation loss (``best-<step>.ckpt``), else ``last.ckpt``.
-
-    A latent diffusion builds on the best reconstruction, since it cannot do better than its decoder. Stage 1: in
-    the short demo budget the GAN phase, which starts at batch 500, did not beat the validation PSNR reached before
-    it. The labels stage: with 16 training maps both the label autoencoder and the label diffusion overfit (their
-    validation losses rise after a few hundred steps; the label diffusion's later steps give maps closer to the
-    training maps than real held-out maps are), so the label diffusion takes the best autoencoder and generation
-    the best label diffusion (README, Paired generation).
-    """
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return best[-1] if best else folder / "last.ckpt"
-
-
-class StageFailed(RuntimeError):
-    """A stage's subprocess exited non-zero: reported in one line by :func:`report_failure`, not a traceback."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def report_failure(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a driver's ``main``: a failed stage is one line (its own error is already above it) and its exit status."""
-
-    def wrapped(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except StageFailed as err:
-            log.error("%s", err)
-            return err.code
-        finally:  # a stage still running beside the failed one (or after SIGTERM) dies with the driver
-            stop_children()
-
-    return wrapped
-
-
-#: Stage processes running now (the main stage and a background one), so the driver can stop them all.
-_CHILDREN: set[subprocess.Popen] = set()
-_CHILDREN_LOCK = threading.Lock()
-
-
-def stop_children(grace_s: float = 10.0) -> None:
-    """Terminate every running stage (SIGTERM, then SIGKILL after ``grace_s``) and wait for it.
-
-    A stage's own children (e.g. data-loader workers) share its process group, which is signalled as a whole.
-    """
-    with _CHILDREN_LOCK:
-        children = list(_CHILDREN)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-
-
-def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None:
-    """Run one stage; its command line goes into the report so every number can be reproduced.
-
-    ``output``: append the stage's stdout and stderr to this file instead of the console (a stage run beside
-    another one, whose console output would interleave).
-    """
-    shown = shlex.join(cmd).replace(sys.executable, "python")
-    commands.append(shown)
-    log.info("$ %s%s", shown, f"  (output: {output})" if output else "")
-    t0 = time.time()
-    with contextlib.ExitStack() as stack:
-        sink = None
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            sink = stack.enter_context(output.open("a"))
-        # its own process group, so that stop_children() reaches the stage's children too
-        child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT if sink else None, start_new_session=True)
-        with _CHILDREN_LOCK:
-            _CHILDREN.add(child)
-        try:
-            code = child.wait()
-        finally:
-            with _CHILDREN_LOCK:
-                _CHILDREN.discard(child)
-    if code != 0:
-        where = f"; its output is in {output}" if output else " (its own error is above)"
-        raise StageFailed(f"stage failed with exit status {code}: {shown}{where}", code)
-    log.info("stage finished in %.0f s: %s", time.time() - t0, shown.split(" ")[2])
-
-
-def train_label_generator(
-    out: Path,
-    ae_minutes: float,
-    diffusion_minutes: float,
-    common: list[str],
-    commands: list[str],
-    output: Path | None = None,
-    dataset: str = "mni152",
-) -> None:
-    """The label autoencoder, then the label diffusion on its best checkpoint, into ``out/label_{ae,diffusion}``.
-
-    ``common``: Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`; ``dataset``:
-    the embedded dataset whose experiments ``<dataset>_labels_{ae,diffusion}_cpu`` run.
-    """
-    py = sys.executable
-    run([py, "-m", "train.train_label_ae", f"experiment={dataset}_labels_ae_cpu",
-         f"paths.output_dir={out / 'label_ae'}", f"trainer.max_time={max_time(ae_minutes)}", *common],
-        commands, output)  # fmt: skip
-    run([py, "-m", "train.train_label_diffusion", f"experiment={dataset}_labels_diffusion_cpu",
-         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
-         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
-         *common], commands, output)  # fmt: skip
-
-
-class Background:
-    """A function run in a thread beside the main stages; :meth:`wait` re-raises what it raised."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self.error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as err:  # handed to wait(), in the main thread
-                self.error = err
-
-        self.thread = threading.Thread(target=target, daemon=True)
-        self.thread.start()
-
-    def wait(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-def dataset_config(data_dir: Path, dataset: str = "mni152") -> DictConfig:
-    """The embedded dataset's config, as the training stages compose it."""
-    from hydra import compose, initialize_config_dir
-
-    config_dir = str(Path(__file__).resolve().parents[1] / "config")
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("vqgan", overrides=[f"dataset={dataset}", f"paths.data_dir={data_dir}"])
-    return cfg.dataset
-
-
-def figure_window(dataset_cfg: DictConfig) -> tuple[float, float]:
-    """Grey-level window of the demo's figures: the config's ``display_window``, else that of the exported units."""
-    from dataset.visualization import display_window
-    from diffusion.generation.pipeline import output_units
-
-    if dataset_cfg.get("display_window") is not None:
-        lo, hi = (float(v) for v in dataset_cfg.display_window)
-        return lo, hi
-    intensity = dataset_cfg.get("intensity")
-    units = "data" if output_units(intensity)["units"] != "model" else "model"
-    return display_window(intensity, units)
-
-
-def export_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[str]:
-    """The split's real images and label maps as ``out/images`` and ``out/labels`` (what a user would have on
-    disk), through the one exporter :func:`evaluation.export.export_split`; returns the ids."""
-    from omegaconf import OmegaConf
-
-    from dataset.registry import build_split, plain_data_info
-    from evaluation.export import export_split as export
-
-    # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
-    info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
-    return export(build_split(info, split), split, out / "images", out / "labels", info.get("intensity"),
-                  record={"command": "demo export"}, what="--out")  # fmt: skip
-
-
 #: The demo's edit at 32^3 (voxels of about 5 x 5 x 6 mm): CSF grown by 6 mm and grey matter shrunk by 5 mm, about a
 #: voxel each (the 2 mm / 1 mm of a 1 mm grid would change no voxel here, and an empty edit is refused).
 DEMO_EDITS = ["--grow", "2:6", "--shrink", "3:5"]
@@ -348,52 +169,6 @@ def available_metrics() -> str:
         else:
             metrics.append(name)
     return ",".join(metrics)
-
-
-def montages(
-    out: Path,
-    ids: list[str],
-    label_nc: int,
-    class_names: list[str] | None = None,
-    window: tuple[float, float] = (-1.0, 1.0),
-) -> list[str]:
-    """Per-subject montages and GIFs, one summary figure and the training curves; returns the report's lines.
-
-    ``window``: the grey-level window of every image (:func:`figure_window`).
-    """
-    import torch
-
-    from dataset.nifti import load_image, load_label
-    from dataset.visualization import Subject, save_gif, save_montage, save_summary_figure
-    from train.curves import write_curves
-
-    report = out / "report"
-    subjects = []
-    for vid in ids:
-        real, affine = load_image(out / "data" / "test" / "images" / f"{vid}.nii.gz")
-        label, _ = load_label(out / "data" / "test" / "labels" / f"{vid}.nii.gz")
-        fake, _ = load_image(out / "synthetic" / f"{vid}_s0.nii.gz")
-        rows = [
-            ("real", torch.from_numpy(real)),
-            ("label", torch.from_numpy(label)),
-            ("synthetic", torch.from_numpy(fake)),
-        ]
-        save_montage(report / f"{vid}_montage.png", rows, num_slices=8, label_nc=label_nc, affine=affine,
-                     class_names=class_names, window=window)  # fmt: skip
-        for name, vol in (("real", real), ("synthetic", fake)):
-            save_gif(report / f"{vid}_{name}.gif", torch.from_numpy(vol)[None], label=torch.from_numpy(label)[None],
-                     affine=affine, window=window)  # fmt: skip
-        subjects.append(Subject(vid, real, label, fake, affine))
-    save_summary_figure(report / "summary.png", subjects, num_slices=6, label_nc=label_nc, class_names=class_names,
-                        window=window)  # fmt: skip
-    lines = ["## Summary (every test subject: real | label | synthetic)", "", "![summary](summary.png)", "",
-             "## Training curves", ""]  # fmt: skip
-    for stage in ("vqgan", "diffusion"):
-        csv_log = out / stage / "csv" / "metrics.csv"
-        if csv_log.is_file():
-            pngs = write_curves(csv_log, report / stage, title=stage)
-            lines += [f"![{stage} {png.stem}]({stage}/{png.name})" for png in pngs]
-    return lines + [""]
 
 
 def labels_stage(
@@ -432,35 +207,10 @@ def labels_stage(
          "--steps", str(args.utility_steps), "--jobs", str(usable_cores()),
          "--out", str(report / "utility.json")], commands)  # fmt: skip
     tables = [(report / f"{name}.md").read_text() for name in ("labels", "utility")]
-    note = DATASET_NOTES[getattr(args, "dataset", "mni152")]
+    note = LOWER_BOUND_NOTES[getattr(args, "dataset", "mni152")]
     montage_lines = ["", "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
                      note, "", *pair_montages(pairs, report, class_names, window=window)]  # fmt: skip
     return [*tables, note + "\n"], montage_lines
-
-
-def pair_montages(
-    pairs: Path, report: Path, class_names: list[str], count: int = 4, window: tuple[float, float] = (-1.0, 1.0)
-) -> list[str]:
-    """(label | image) montages of the first ``count`` generated pairs in ``pairs/{labels,images}``.
-
-    Returns:
-        the report's Markdown lines, one image each.
-    """
-    import torch
-
-    from dataset.nifti import load_image, load_label
-    from dataset.visualization import save_montage
-
-    shown = []
-    for path in sorted((pairs / "labels").glob("*.nii.gz"))[:count]:
-        vid = path.name[: -len(".nii.gz")]
-        label, affine = load_label(path)
-        image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
-        rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
-        save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names),
-                     affine=affine, class_names=class_names, window=window)  # fmt: skip
-        shown.append(f"![{vid}](pair_{vid}_montage.png)")
-    return shown
 
 
 #: Everything the demo writes in ``--out`` (its record lists these; ``--overwrite`` replaces exactly them).
@@ -545,8 +295,8 @@ def run_stages(args: argparse.Namespace) -> int:
     class_names = [str(c) for c in dataset_cfg.class_names]
     data_range = tuple(output_units(dataset_cfg.get("intensity"))["data_range"])
     window = figure_window(dataset_cfg)
-    ids = export_split(dataset_cfg, out / "data" / "test", "test")
-    train_ids = export_split(dataset_cfg, out / "data" / "train", "train")
+    ids = export_config_split(dataset_cfg, out / "data" / "test", "test")
+    train_ids = export_config_split(dataset_cfg, out / "data" / "train", "train")
     log.info("exported %d test and %d training subjects to %s", len(ids), len(train_ids), out / "data")
     test, train = out / "data" / "test", out / "data" / "train"
 
@@ -663,32 +413,8 @@ def run_stages(args: argparse.Namespace) -> int:
         label_tables, pair_lines = labels_stage(args, out, stage2, class_names, commands, data_range, window)
 
     # 6. report
-    figure_lines = montages(out, ids, label_nc=len(class_names), class_names=list(class_names), window=window)
-    tables = [(report / f"{name}.md").read_text() for name in ("metrics", "class_intensity", "dice", "augment")]
-    tables += edit_lines + label_tables
-    elapsed = time.time() - t0
-    lines = [
-        f"# Med-LSDM demo report (embedded {args.dataset} dataset, CPU)",
-        "",
-        f"Total wall time: {elapsed / 60:.1f} min. Test subjects: {len(ids)}, training subjects: {len(train_ids)}.",
-        "",
-        *tables,
-        "",
-        *figure_lines,
-        "## Commands",
-        "",
-        "```",
-        *commands,
-        "```",
-        "",
-        "## Montages (rows: real | label | synthetic)",
-        "",
-    ]
-    lines += [f"![{vid}]({vid}_montage.png)" for vid in ids]
-    lines += pair_lines
-    atomic_write_text(report / "README.md", "\n".join(lines) + "\n")
-    atomic_write_json(report / "run.json", {"seconds": elapsed, "commands": commands, "ids": ids})
-    log.info("done in %.1f min: report in %s", elapsed / 60, report)
+    write_report(out, args.dataset, t0, ids, train_ids, class_names, window, edit_lines + label_tables, commands,
+                 pair_lines)  # fmt: skip
     return 0
 
 

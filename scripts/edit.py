@@ -144,7 +144,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
     ops = _check_options(args)
     device = pick_device(args.device)
     read_stage_checkpoint(args.ckpt, "diffusion")
-    from scripts.generate import load_model
+    from diffusion.generation.pipeline import load_model
 
     # every input is read and checked before the folder is claimed and before the model samples anything
     scan = read_stored(args.image)

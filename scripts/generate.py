@@ -44,6 +44,7 @@ from diffusion.generation.pipeline import (
     LabelVolume,
     generate,
     load_label_volumes,
+    load_model,
     output_files,
     sidecar_path,
 )
@@ -110,16 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed options (a bad value: one line, exit status 2)."""
     return build_parser().parse_args(argv)
-
-
-def load_model(ckpt: Path, device: torch.device, compile: bool = False):  # noqa: ANN201 (imports Lightning lazily)
-    """Load a diffusion checkpoint as untrusted data (:func:`diffusion.module.load_checkpoint`).
-
-    ``compile`` overrides the checkpoint's own ``compile`` hyperparameter: it is a choice of this run.
-    """
-    from diffusion.module import load_checkpoint
-
-    return load_checkpoint(ckpt, device, compile=compile)
 
 
 def dataset_split(model: object, split: str, root: str | None = None) -> object:

@@ -35,18 +35,12 @@ from pathlib import Path
 
 from dataset import DataError
 from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, positive_int, run_cli
+from dataset.embedded import LOWER_BOUND_NOTES
 from dataset.files import atomic_write_text, claim_run_folder
+from dataset.visualization import pair_montages
+from evaluation.export import export_config_split
 from evaluation.parallel import usable_cores
-from scripts.demo import (
-    MNI152_NOTE,
-    best_checkpoint,
-    dataset_config,
-    export_split,
-    pair_montages,
-    report_failure,
-    run,
-    train_label_generator,
-)
+from train.stages import best_checkpoint, dataset_config, report_failure, run, train_label_generator
 
 log = logging.getLogger("utility_protocol")
 RECORD = "utility_protocol.json"
@@ -145,7 +139,7 @@ def run_steps(args: argparse.Namespace) -> int:
     commands: list[str] = []
     t0 = time.time()
 
-    export_split(dataset_cfg, val, "val")
+    export_config_split(dataset_cfg, val, "val")
     label_ckpt = args.label_ckpt
     if label_ckpt is None:
         # step caps far beyond what the minutes allow: the wall-clock budget decides
@@ -184,7 +178,7 @@ def run_steps(args: argparse.Namespace) -> int:
     lines = ["# Med-LSDM utility protocol (embedded MNI152 dataset, CPU)", "",
              f"Total wall time: {elapsed / 60:.1f} min. Demo run: `{demo}`. Segmenter budget: {steps} steps. "
              "Both generators are trained on all the demo's training subjects; the regimes limit only what the "
-             "segmenter sees.", "", MNI152_NOTE, "",
+             "segmenter sees.", "", LOWER_BOUND_NOTES["mni152"], "",
              *[(report / f"{name}.md").read_text() for name in parts], *curve,
              "## New (label | image) pairs (rows: generated label map | its synthetic image)", "",
              *pair_montages(pairs, report, class_names), "",

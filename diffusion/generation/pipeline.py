@@ -73,6 +73,16 @@ class GenerationSettings:
             raise ValueError(f"window must be one of {WINDOW_MODES}, got {self.window!r}")
 
 
+def load_model(ckpt: Path, device: torch.device, compile: bool = False) -> LatentDiffusionModule:
+    """Load a diffusion checkpoint for generation, as untrusted data (:func:`diffusion.module.load_checkpoint`).
+
+    ``compile`` overrides the checkpoint's own ``compile`` hyperparameter: it is a choice of this run.
+    """
+    from diffusion.module import load_checkpoint
+
+    return load_checkpoint(ckpt, device, compile=compile)
+
+
 def output_path(out_dir: Path, volume_id: str, sample: int) -> Path:
     """``<out>/<id>_s<k>.nii.gz``: the naming that ``evaluation/compute_metrics.py`` pairs with ``<id>``.
 

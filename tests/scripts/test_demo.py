@@ -111,27 +111,6 @@ def test_utility_protocol_refuses_bad_input_before_work(tmp_path: Path) -> None:
     assert (foreign / "thesis.nii.gz").read_bytes() == b"precious"
 
 
-def test_a_failed_stage_is_one_line_with_its_exit_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A stage that exits non-zero stops the driver with its status and one log line, not a traceback."""
-    from scripts import demo
-
-    commands: list[str] = []
-    log_file = tmp_path / "stage.log"
-
-    @demo.report_failure
-    def driver(argv: list[str] | None = None) -> int:
-        demo.run([sys.executable, "-c", "import sys; print('own error'); sys.exit(3)"], commands, log_file)
-        return 0
-
-    assert driver([]) == 3
-    assert "own error" in log_file.read_text() and len(commands) == 1
-    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert "exit status 3" in record.getMessage() and str(log_file) in record.getMessage()
-    failing = demo.Background(lambda: demo.run([sys.executable, "-c", "raise SystemExit(4)"], []))
-    with pytest.raises(demo.StageFailed):  # a background stage's failure reaches the main thread
-        failing.wait()
-
-
 def test_ct_abdomen_is_exported_in_hu_and_drawn_in_the_soft_tissue_window(tmp_path: Path, monkeypatch) -> None:
     """``--dataset ct_abdomen``: its experiments exist, test images are written in HU with a record saying so, and
     the figures use the config's W400/L40 window (mni152 keeps the model's [-1, 1])."""
@@ -142,9 +121,12 @@ def test_ct_abdomen_is_exported_in_hu_and_drawn_in_the_soft_tissue_window(tmp_pa
 
     from dataset import ct_abdomen
     from dataset.ct_abdomen import CTAbdomenDataset
+    from evaluation.export import export_config_split
     from evaluation.intensity import recorded_range
     from scripts import demo
+    from scripts.demo_report import figure_window
     from tests.dataset.ct_archive import write_archive
+    from train.stages import dataset_config
 
     assert demo.parse_args(["--dataset", "ct_abdomen"]).dataset == "ct_abdomen"
     for stage in ("vqgan", "vqgan_spade", "diffusion", "labels_ae", "labels_diffusion"):
@@ -153,11 +135,11 @@ def test_ct_abdomen_is_exported_in_hu_and_drawn_in_the_soft_tissue_window(tmp_pa
     monkeypatch.setattr(ct_abdomen, "ARCHIVE_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
     data_dir = tmp_path / "cache"
     CTAbdomenDataset("all", data_dir / "ct_abdomen", source=str(archive), size=(24, 48, 40))  # the config's block
-    cfg = demo.dataset_config(data_dir, "ct_abdomen")
-    ids = demo.export_split(cfg, tmp_path / "test", "test")
+    cfg = dataset_config(data_dir, "ct_abdomen")
+    ids = export_config_split(cfg, tmp_path / "test", "test")
     assert len(ids) == 4
     hu = np.asarray(nib.load(tmp_path / "test" / "images" / f"{ids[0]}.nii.gz").dataobj)
     assert hu.min() >= -1000.0 and hu.max() <= 1000.0 and hu.min() < -900.0  # air in HU, not -1
     assert recorded_range(tmp_path / "test" / "images")[:2] == (-1000.0, 1000.0)
-    assert demo.figure_window(cfg) == (-160.0, 240.0)
-    assert demo.figure_window(demo.dataset_config(data_dir, "mni152")) == (-1.0, 1.0)
+    assert figure_window(cfg) == (-160.0, 240.0)
+    assert figure_window(dataset_config(data_dir, "mni152")) == (-1.0, 1.0)

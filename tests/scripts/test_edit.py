@@ -200,7 +200,7 @@ def test_only_the_windows_around_the_region_are_sampled(
     import diffusion.sampling as sampling
     from diffusion.editing.inpaint import edit_scan
     from diffusion.editing.region import edit_region
-    from scripts.generate import load_model
+    from diffusion.generation.pipeline import load_model
 
     model = load_model(tiny_model.diffusion, torch.device("cpu"))
     calls: list[tuple[int, ...]] = []

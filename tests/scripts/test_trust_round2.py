@@ -431,16 +431,16 @@ def test_leftover_a_failed_driver_takes_its_background_stage_with_it(tmp_path: P
     import sys
     import time
 
-    from scripts import demo
+    from train import stages
 
     marker = tmp_path / "written_after_the_driver_failed"
     sleeper = [sys.executable, "-c", f"import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).touch()"]
 
-    @demo.report_failure
+    @stages.report_failure
     def driver(argv: list[str] | None = None) -> int:
-        demo.Background(lambda: demo.run(sleeper, [], tmp_path / "background.log"))
+        stages.Background(lambda: stages.run(sleeper, [], tmp_path / "background.log"))
         time.sleep(0.5)  # the background stage has started
-        raise demo.StageFailed("stage failed with exit status 1: python -m train.train_vqgan", 1)
+        raise stages.StageFailed("stage failed with exit status 1: python -m train.train_vqgan", 1)
 
     assert driver([]) == 1
     time.sleep(4)
