@@ -289,7 +289,7 @@ def _subjects(images: Path, labels: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _segment(seg, image: np.ndarray, rng: Sequence[float], window: tuple[int, int, int]) -> np.ndarray:  # noqa: ANN001
-    from evaluation.segmentation import predict
+    from evaluation.segmenter import predict
 
     lo, hi = rng
     x = torch.from_numpy(np.clip((image - lo) / (hi - lo), 0, 1).astype(np.float32))[None]
@@ -412,7 +412,7 @@ def _pasted(model, image: np.ndarray, labels: np.ndarray, settings, seed: int, b
 def _adherence(model, args, image, labels, affine, edits, settings, block, nc, sid) -> dict:  # noqa: ANN001
     from diffusion.editing.inpaint import edit_scan
     from diffusion.editing.region import edit_region, label_difference
-    from evaluation.segmentation import load_checkpoint
+    from evaluation.segmenter import load_checkpoint
 
     seg, cfg, train_info = load_checkpoint(args.segmenter)
     rng = train_info.get("intensity", {}).get("real", {}).get("range")

@@ -223,7 +223,7 @@ def adherence(args: argparse.Namespace, names: list[str]) -> dict | None:
         return None
     from evaluation.dice import summarise_dice
     from evaluation.intensity import IntensityRange
-    from evaluation.segmentation import dice_of_cases, load_cases, load_checkpoint
+    from evaluation.segmenter import dice_of_cases, load_cases, load_checkpoint
 
     net, cfg, info = load_checkpoint(args.segmenter)
     window = tuple(info["window"])

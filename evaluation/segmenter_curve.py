@@ -5,7 +5,7 @@
         --steps 1500 --eval-every 100 --out curve.json
 
 For every regime (n real training subjects, drawn with the seed exactly as arm (a) of ``evaluation/utility.py``
-draws them) and seed, one segmenter (``evaluation.segmentation.train_segmenter``, the utility experiment's
+draws them) and seed, one segmenter (``evaluation.segmenter.train_segmenter``, the utility experiment's
 network, optimiser and schedule) is trained on the real subjects only, and its mean foreground Dice on the
 *validation* split is recorded every ``--eval-every`` steps. The test split is not looked at, so the budget is
 not tuned on the data the utility experiment reports.
@@ -32,7 +32,7 @@ from evaluation.cli_common import HelpFormatter
 from evaluation.intensity import IntensityRange
 from evaluation.parallel import run_tasks
 from evaluation.report import header, report_paths, write_report
-from evaluation.segmentation import Case, SegConfig, load_cases, train_segmenter
+from evaluation.segmenter import Case, SegConfig, load_cases, train_segmenter
 from evaluation.utility import add_experiment_arguments, check_experiment_options, draw_subjects
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Four training sets per data-scarce regime (n real training subjects, drawn with 
   the seed), the same number of added volumes as (b), so (c) - (b) isolates what new maps add;
 - (d) ``new``: the generated pairs only (all of them).
 
-Each segmenter (``evaluation.segmentation.train_segmenter``, same steps, seed and schedule for all four) is tested
+Each segmenter (``evaluation.segmenter.train_segmenter``, same steps, seed and schedule for all four) is tested
 on the real test set: Dice per foreground class (``evaluation.dice``), mean over test volumes. Reported per regime
 and arm: per-class and mean Dice, mean +- std over seeds; the paired differences (c) - (a) and (c) - (b) of the
 mean Dice, per regime and pooled over all (regime, seed) pairs, with a two-sided 95 % Student-t interval over
@@ -37,7 +37,7 @@ from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
 from evaluation.parallel import run_tasks
 from evaluation.report import header, report_paths, write_report
-from evaluation.segmentation import Case, SegConfig, dice_of_cases, load_cases, train_segmenter
+from evaluation.segmenter import Case, SegConfig, dice_of_cases, load_cases, train_segmenter
 
 logger = logging.getLogger(__name__)
 

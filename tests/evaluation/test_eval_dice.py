@@ -12,7 +12,8 @@ import torch
 from dataset.dice import per_class_dice
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
-from evaluation.segmentation import SegConfig, dice_of_cases, load_cases, load_checkpoint, main, train_segmenter
+from evaluation.segmentation import main
+from evaluation.segmenter import SegConfig, dice_of_cases, load_cases, load_checkpoint, train_segmenter
 
 NAMES = ["background", "bright", "dark"]
 RANGE = ["--data-range", "-1", "1"]

@@ -18,7 +18,7 @@ import torch
 import evaluation
 from dataset import DataError
 from dataset.files import write_run_record
-from evaluation import compute_metrics, segmentation
+from evaluation import compute_metrics, segmentation, segmenter
 from evaluation.intensity import recorded_range
 from evaluation.medicalnet import build_medicalnet, network_input, volume_features
 from evaluation.report import report_paths
@@ -177,7 +177,7 @@ def test_prediction_names_from_files_are_checked_before_inference(tmp_path, nift
     # a file name that is no safe output name (a space here) is refused before any inference
     for folder in ("images", "labels"):
         (tmp_path / "test" / folder / "c1.nii.gz").rename(tmp_path / "test" / folder / "c 1.nii.gz")
-    monkeypatch.setattr(segmentation, "predict", lambda *a: pytest.fail("inference before the name check"))
+    monkeypatch.setattr(segmenter, "predict", lambda *a: pytest.fail("inference before the name check"))
     with caplog.at_level(logging.ERROR):
         assert segmentation.main([*evaluate, "--out", str(tmp_path / "e.json")]) == 2
     assert "'c 1' cannot be used as a file name" in caplog.text and not (tmp_path / "e.json").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evaluation.parallel import run_tasks
-from evaluation.segmentation import Case
+from evaluation.segmenter import Case
 from evaluation.utility import train_and_test
 
 NAMES = ["background", "a", "b"]

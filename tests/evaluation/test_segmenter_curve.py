@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from evaluation.intensity import IntensityRange
-from evaluation.segmentation import SegConfig, dice_of_cases, load_cases, train_segmenter
+from evaluation.segmenter import SegConfig, dice_of_cases, load_cases, train_segmenter
 from evaluation.segmenter_curve import levelled_step, main, mean_curve
 from tests.evaluation.conftest import export_phantoms
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.segmentation import Case
+from evaluation.segmenter import Case
 from evaluation.utility import main, t_interval, training_sets
 from tests.evaluation.conftest import export_phantoms
 

@@ -11,7 +11,7 @@ from dataset.nifti import load_image, load_label, save_nifti
 from dataset.synthetic import SyntheticPhantomDataset
 from evaluation import label_metrics
 from evaluation.intensity import IntensityRange
-from evaluation.segmentation import SegConfig, load_cases, save_checkpoint, train_segmenter
+from evaluation.segmenter import SegConfig, load_cases, save_checkpoint, train_segmenter
 from scripts import generate_pairs
 from tests.tiny_checkpoints import TinyLabelModel
 
