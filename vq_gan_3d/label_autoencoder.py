@@ -32,6 +32,7 @@ from torch import nn
 
 from dataset.contract import one_hot
 from dataset.dice import per_class_dice
+from dataset.registry import plain_data_info
 from vq_gan_3d.blocks import SamePadConv3d
 from vq_gan_3d.decoder import Decoder3D
 from vq_gan_3d.encoder import Encoder3D
@@ -64,7 +65,8 @@ class LabelAutoencoder(pl.LightningModule):
         betas: Adam betas.
         class_names: K names, background first (``${dataset.class_names}``); stored for generation.
         block_size: (D, H, W) of the training blocks (``${dataset.block_size}``).
-        data_info: the dataset config (plain data; stored in the checkpoint, not used in training).
+        data_info: the dataset config, stored in the checkpoint as plain data (not used in training):
+            :func:`dataset.registry.plain_data_info`, a label table file's contents, not its path, no ``_target_``.
     """
 
     def __init__(
@@ -85,6 +87,8 @@ class LabelAutoencoder(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # as the other stages: a checkpoint holds checked data only (the table's ids and names, never a file path)
+        self.hparams["data_info"] = plain_data_info(data_info)
         if not isinstance(label_nc, int) or label_nc < 2:
             raise ValueError(f"label_nc must be an int >= 2, got {label_nc!r}")
         if latent_channels < 1 or kl_weight < 0 or dice_weight < 0 or lr <= 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +59,18 @@ def test_hard_dice_pools_the_batch_and_counts_absent_classes_as_one() -> None:
     # pooled class 1: 2 * 16 / (32 + 32) = 0.5; class 2 absent from both: 1; mean 0.75
     assert hard_dice(pred, target, 3).item() == pytest.approx(0.75)
     assert np.isclose(hard_dice(target, target, 3).item(), 1.0)
+
+
+def test_stored_data_info_holds_the_label_table_as_data(tmp_path: Path) -> None:
+    # The label stage reads the user's ids back through the table: the checkpoint must carry the table's contents
+    # (the file may be gone), and no _target_ of the dataset config.
+    table = tmp_path / "mine_labels.yaml"
+    table.write_text(f"name: mine\nclasses: {list(NAMES)}\nremap: {{0: 0, 7: 1, 42: 2, 117: 3}}\n")
+    info = {"name": "nifti_pairs", "label_nc": 4, "class_names": list(NAMES), "label_table": str(table),
+            "root": str(tmp_path), "block_size": [16, 16, 16],
+            "datamodule": {"_target_": "dataset.datamodule.VolumeDataModule"}}  # fmt: skip
+    ae = LabelAutoencoder(4, n_hiddens=4, latent_channels=2, num_groups=4, class_names=NAMES, data_info=info)
+    stored = ae.hparams["data_info"]
+    assert stored["label_table"]["remap"] == [[0, 0], [7, 1], [42, 2], [117, 3]]
+    assert stored["label_table"]["classes"] == list(NAMES)
+    assert "datamodule" not in stored
