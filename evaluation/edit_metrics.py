@@ -298,17 +298,23 @@ def _segment(seg, image: np.ndarray, rng: Sequence[float], window: tuple[int, in
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     """The experiment behind the CLI (see the module docstring)."""
-    from dataset.files import check_output_files
+    from dataset.cli import check_unique, pick_device, read_stage_checkpoint
+    from dataset.files import check_output_files, read_run_record
     from diffusion.editing.labels import parse_edit
     from diffusion.module import load_checkpoint
     from evaluation.report import report_paths
 
-    check_output_files(list(report_paths(args.out)), args.overwrite)
+    check_unique(args.seeds, "--seeds")
+    check_unique(args.radii_mm, "--radii-mm")
+    if args.data_range is not None and not args.data_range[0] < args.data_range[1]:
+        raise ValueError(f"--data-range {args.data_range[0]:g} {args.data_range[1]:g}: LO must be below HI")
+    json_path, md_path = report_paths(args.out)
+    # --overwrite replaces a report of ours only (its JSON carries our producer mark), never someone else's file
+    check_output_files([json_path, md_path], args.overwrite, ours=lambda _p: read_run_record(json_path) is not None)
+    device = pick_device(args.device)
     subjects = _subjects(args.images, args.labels)
-    if not args.ckpt.is_file():
-        raise DataError(f"{args.ckpt}: checkpoint not found")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    model = load_checkpoint(args.ckpt, "cpu" if device == "auto" else device, compile=False)
+    read_stage_checkpoint(args.ckpt, "diffusion")
+    model = load_checkpoint(args.ckpt, device, compile=False)
     info = model.hparams.get("data_info") or {}
     nc = model.label_nc
     edits = [parse_edit(k, t, nc) for k in ("grow", "shrink") for t in getattr(args, k)]
@@ -436,22 +442,27 @@ def _adherence(model, args, image, labels, affine, edits, settings, block, nc, s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The options (numbers checked while parsing: ``dataset.cli``; one-line errors, exit status 2)."""
+    from dataset.cli import ArgumentParser, finite_float, float_in, nonnegative_int, positive_int
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="stage-2 checkpoint")
     p.add_argument("--images", required=True, type=Path, help="held-out real images <id>.nii.gz")
     p.add_argument("--labels", required=True, type=Path, help="their label maps <id>.nii.gz")
     p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown beside it)")
-    p.add_argument("--radii-mm", type=float, nargs="*", default=[10.0, 16.0], help="hidden sphere radii")
-    p.add_argument("--structure", type=int, default=None, help="also hide this class's whole (grown) mask")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--margin-mm", type=float, default=0.0, help="edit margin around the hidden region")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--data-range", type=float, nargs=2, default=None, help="LO HI of the images' units")
+    p.add_argument(
+        "--radii-mm", type=float_in(0, None, lo_open=True), nargs="*", default=[10.0, 16.0], help="hidden sphere radii"
+    )
+    p.add_argument("--structure", type=nonnegative_int, default=None, help="also hide this class's whole (grown) mask")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--margin-mm", type=float_in(0, None), default=0.0, help="edit margin around the hidden region")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--data-range", type=finite_float, nargs=2, default=None, help="LO HI of the images' units")
     p.add_argument("--segmenter", type=Path, default=None, help="real-trained segmenter for adherence")
     p.add_argument("--grow", action="append", default=[], metavar="K:MM", help="adherence edit (repeatable)")
     p.add_argument("--shrink", action="append", default=[], metavar="K:MM", help="adherence edit (repeatable)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report of this tool")
     p.add_argument("--log-level", default="info")
     return p
 

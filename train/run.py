@@ -136,8 +136,36 @@ STAGE_OF_CONFIG = {
     "diffusion": "diffusion",
     "label_ae": "label_ae",
     "label_diffusion": "label_diffusion",
+    "distill": "diffusion",  # the student's checkpoints are ordinary stage-2 checkpoints
 }
-STAGE_INPUTS = {"model.first_stage_ckpt": "vqgan", "model.label_ae_ckpt": "label_ae"}
+STAGE_INPUTS = {
+    "model.first_stage_ckpt": "vqgan",
+    "model.label_ae_ckpt": "label_ae",
+    "model.teacher_ckpt": "diffusion",
+}
+
+
+class LinkedRunFolder(BaseException):
+    """The run folder Hydra is about to create and write its ``.hydra/`` files into is a symbolic link.
+
+    Raised while Hydra resolves ``hydra.run.dir`` (:func:`checked_run_dir`), which is before it writes anything.
+    A ``BaseException`` because OmegaConf and Hydra turn every ``Exception`` of a resolver into their own multi-line
+    report; :func:`hydra_entry` prints this one as one line with exit status 2.
+    """
+
+
+def checked_run_dir(path: object) -> str:
+    """Resolver ``med_lsdm_run_dir`` of ``config/hydra/default.yaml``: the run folder, refused when it is a link."""
+    from dataset.files import check_not_link
+
+    try:
+        check_not_link(Path(str(path)), "paths.output_dir")
+    except DataError as err:
+        raise LinkedRunFolder(str(err)) from None
+    return str(path)
+
+
+OmegaConf.register_new_resolver("med_lsdm_run_dir", checked_run_dir, replace=True)
 
 
 def check_checkpoints(cfg: DictConfig, config_name: str) -> None:
@@ -338,6 +366,9 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], object] = train) 
             if exit_.code == 1 and not started:  # Hydra refused the command line (and said why) before the task
                 raise SystemExit(2) from None
             raise
+        except LinkedRunFolder as err:  # before Hydra wrote into the folder
+            report_user_error(err)
+            raise SystemExit(2) from None
         except HydraException as err:  # the same refusal with HYDRA_FULL_ERROR=1, which re-raises it
             if started:
                 raise

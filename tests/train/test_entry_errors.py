@@ -163,3 +163,29 @@ def test_item27_bad_values_and_checkpoints_exit_2_with_one_line(
     assert code == 2 and len(lines) == 1, err
     assert "Traceback" not in err and needle in lines[0], lines
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.teacher_ckpt=NOTCKPT", "not a readable PyTorch checkpoint"),
+        ("model.teacher_ckpt=VQGAN", "a stage-1 VQ-GAN (train/train_vqgan.py) checkpoint; expected a stage-2"),
+        ("model.teacher_ckpt=VQGAN ckpt_path=NOTCKPT", "ckpt_path"),
+    ],
+    ids=["teacher-not-a-checkpoint", "teacher-of-another-stage", "resume-not-a-checkpoint"],
+)
+def test_distill_teacher_and_resume_checkpoints_are_checked_in_one_line(
+    override: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """train_distill's checkpoints go through the same stage check as the other entry points' (item 27)."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    vqgan = tmp_path / "vqgan.ckpt"
+    torch.save({"hyper_parameters": {"n_codes": 8}, "state_dict": {}}, vqgan)
+    overrides = override.replace("NOTCKPT", str(text)).replace("VQGAN", str(vqgan)).split()
+    out = tmp_path / "run"
+    argv = ["dataset=synthetic", "trainer=cpu", f"paths.output_dir={out}", *overrides]
+    code, lines, err = _main("train_distill", argv, monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err and needle in lines[0], lines
+    assert not (out / "checkpoints").exists() and not (out / "teacher_pairs").exists()
