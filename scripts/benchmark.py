@@ -1,7 +1,7 @@
 """Performance benchmark of Med-LSDM: the command line of :mod:`scripts.bench` (see ``--help``).
 
-python scripts/benchmark.py --device cpu --quick --out runs/bench/quick.json
-python scripts/benchmark.py --device cpu --quick --out runs/bench/new.json --compare runs/bench/old.json
+python scripts/benchmark.py --device cpu --quick --out runs/bench/quick
+python scripts/benchmark.py --device cpu --quick --out runs/bench/new --compare runs/bench/old
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""Models and the Lightning ``Trainer``, composed from the project's own ``config/`` tree (never from a file read
-at run time: what is built is named by our configs, SPEC section 10)."""
+"""Models, the Lightning ``Trainer`` and a dataset's training volumes, composed from the project's ``config/`` tree
+(and the user's ``--config-dir`` on Hydra's search path, as the training entry points take it); nothing read from a
+checkpoint names what is built (SPEC section 10)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,50 +17,42 @@ from scripts.bench.common import ModelSpec, size_str
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 # what every benchmark Trainer leaves out: no logger, no checkpoints, no validation, no progress bar
 TRAINER_OVERRIDES = (
-    "logger=none",
-    "callbacks=none",
-    "trainer.max_epochs=1",
-    "trainer.max_steps=-1",
-    "trainer.enable_progress_bar=false",
-    "trainer.limit_val_batches=0",
-    "trainer.num_sanity_val_steps=0",
+    "logger=none", "callbacks=none", "trainer.max_epochs=1", "trainer.max_steps=-1",
+    "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=1",
-)
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Data:
+    """The dataset config the models are composed with: Hydra overrides, and the user's config folder."""
+
+    overrides: tuple[str, ...] = ("dataset=mni152",)
+    config_dir: str | None = None
+
+
+EMBEDDED = Data()
 
 
 @functools.cache
-def compose_config(primary: str, overrides: tuple[str, ...] = ()) -> Any:
-    """Compose ``config/<primary>.yaml`` with Hydra overrides (cached: callers only read the result)."""
+def compose_config(primary: str, overrides: tuple[str, ...] = (), config_dir: str | None = None) -> Any:
+    """``config/<primary>.yaml`` with overrides, ``config_dir`` on the search path (cached: callers only read)."""
     from hydra import compose, initialize_config_dir
 
+    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(primary, overrides=list(overrides))
-
-
-def compose_model_config(primary: str, model: str, overrides: tuple[str, ...] = ()) -> Any:
-    """``config/<primary>.yaml`` with ``model=<model>`` and the embedded mni152 dataset (label_nc 5)."""
-    return compose_config(primary, (f"model={model}", "dataset=mni152", *overrides))
+        return compose(primary, overrides=[*search, *overrides])
 
 
 def trainer_overrides(device: torch.device, precision: str, root: Path) -> tuple[str, ...]:
     """Hydra overrides selecting ``config/trainer/{cpu,gpu}.yaml`` for one fit of a benchmark."""
-    return (
-        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
-        f"trainer.precision={precision}",
-        f"paths.output_dir={root}",
-        *TRAINER_OVERRIDES,
-    )
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    return (f"trainer={kind}", f"trainer.precision={precision}", f"paths.output_dir={root}", *TRAINER_OVERRIDES)
 
 
 def build_trainer(device: torch.device, precision: str, root: Path, callbacks: Sequence[Any]) -> Any:
-    """A ``pytorch_lightning.Trainer`` from ``config/trainer`` (one epoch, no logger, no checkpoints).
-
-    Args:
-        device: CPU, or a CUDA device (its index becomes ``devices``).
-        precision: Lightning precision, e.g. ``32-true``, ``bf16-mixed``.
-        root: ``default_root_dir`` (nothing is written there with logging and checkpoints off).
-        callbacks: Lightning callbacks (the step timer).
-    """
+    """A ``pytorch_lightning.Trainer`` from ``config/trainer`` (one epoch, no logger, no checkpoints) with
+    ``precision`` (e.g. ``32-true``, ``bf16-mixed``) and ``callbacks`` (the step timer), rooted at ``root``."""
     import hydra
 
     cfg = compose_config("vqgan", trainer_overrides(device, precision, root))
@@ -68,57 +62,52 @@ def build_trainer(device: torch.device, precision: str, root: Path, callbacks: S
     return hydra.utils.instantiate(cfg.trainer, callbacks=list(callbacks), logger=False, **extra)
 
 
-def vgg_weights_missing() -> bool:
-    """True when the pretrained VGG16 file for LPIPS is not on this machine."""
-    from vq_gan_3d.perceptual import default_vgg16_path
-
-    return not default_vgg16_path().is_file()
-
-
-def build_vqgan(config: str, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+def build_vqgan(config: str, data: Data = EMBEDDED, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A VQGANModule from its config, with the GAN terms on from the first batch; returns it and the changes."""
     import hydra
 
-    cfg = compose_model_config("vqgan", config)
+    from vq_gan_3d.perceptual import default_vgg16_path
+
+    cfg = compose_config("vqgan", (f"model={config}", *data.overrides), data.config_dir)
     changes: dict[str, Any] = {"discriminator_iter_start": 0}  # measure the full step (GAN on), not the warm-up
-    if cfg.model.perceptual_weight > 0 and not cfg.model.perceptual_random_weights and vgg_weights_missing():
-        changes["perceptual_random_weights"] = True  # same cost; the pretrained VGG16 file is not on this machine
+    if cfg.model.perceptual_weight > 0 and not cfg.model.perceptual_random_weights:
+        if not default_vgg16_path().is_file():  # same cost; the pretrained VGG16 file is not on this machine
+            changes["perceptual_random_weights"] = True
     changes.update(kwargs)
     return hydra.utils.instantiate(cfg.model, _convert_="all", **changes), changes
 
 
 def build_diffusion(
-    config: str, first_stage: str, block: Sequence[int], label_nc: int | None = None, **kwargs: Any
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A LatentDiffusionModule from its config on an *untrained* first stage built from a VQ-GAN config.
-
-    ``label_nc``: classes of both stages (default: the embedded dataset's, 5).
-    """
+    config: str, first_stage: str, block: Sequence[int], data: Data = EMBEDDED, label_nc: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """A LatentDiffusionModule from its config on an *untrained* first stage built from a VQ-GAN config (the cost
+    of a step does not depend on the weights). ``label_nc``: classes of both stages instead of the dataset's."""
     import hydra
 
     from diffusion.first_stage import architecture_hparams
 
     classes: dict[str, Any] = {} if label_nc is None else {"label_nc": label_nc}
-    vq, _ = build_vqgan(first_stage, inference_only=True, **classes)
-    if label_nc is not None:  # not the embedded dataset's classes: its data_info (class names) does not apply
+    vq, _ = build_vqgan(first_stage, data, inference_only=True, **classes)
+    if label_nc is not None:  # not the dataset's classes: its data_info (class names) does not apply
         kwargs = {"data_info": None, **classes, **kwargs}
-    cfg = compose_model_config("diffusion", config, ("model.first_stage_ckpt=null",))
+    overrides = (f"model={config}", *data.overrides, "model.first_stage_ckpt=null")
+    cfg = compose_config("diffusion", overrides, data.config_dir)
     changes: dict[str, Any] = {"block_size": list(block), "latent_stats_batches": 1, **kwargs}
     model = hydra.utils.instantiate(
         cfg.model, _convert_="all", first_stage_hparams=architecture_hparams(vq), **changes
     )
-    changes["first_stage"] = f"{first_stage} (untrained)"
-    return model, changes
+    return model, {**changes, "first_stage": f"{first_stage} (untrained)"}
 
 
 def build_model(
-    spec: ModelSpec, size: Sequence[int], compile: bool = False, seed: int = 0, **kwargs: Any
+    spec: ModelSpec, size: Sequence[int], seed: int = 0, data: Data = EMBEDDED, **kwargs: Any
 ) -> tuple[torch.nn.Module, dict]:
     """The model of ``spec`` with seeded weights (a fast path and its fp32 baseline start from the same ones)."""
     torch.manual_seed(seed)
     if spec.stage == "vqgan":
-        return build_vqgan(spec.config, **kwargs)
-    return build_diffusion(spec.config, spec.first_stage or "vq_gan_3d_tiny", size, compile=compile, **kwargs)
+        return build_vqgan(spec.config, data, **kwargs)
+    return build_diffusion(spec.config, spec.first_stage or "vq_gan_3d_tiny", size, data, **kwargs)
 
 
 def validity_error(model: torch.nn.Module, spec: ModelSpec, size: Sequence[int]) -> str | None:
@@ -130,33 +119,54 @@ def validity_error(model: torch.nn.Module, spec: ModelSpec, size: Sequence[int])
         latent = [s // f for s, f in zip(size, factor)]
         mults = model.hparams.denoiser_kwargs.get("dim_mults", [1])
         div = 2 ** (len(mults) - 1)
-        axes = latent if model.hparams.denoiser == "monai_spade" else latent[1:]
-        if any(a % div for a in axes):
+        if any(a % div for a in (latent if model.hparams.denoiser == "monai_spade" else latent[1:])):
             return f"latent {size_str(latent)}: the downsampled axes must be divisible by {div} (dim_mults {mults})"
     return None
 
 
-def trainable_params(model: torch.nn.Module, spec: ModelSpec) -> int:
-    """Parameters a step updates: the VQ-GAN with its discriminators, or the diffusion model's denoiser."""
-    if spec.stage == "diffusion":
-        return sum(p.numel() for p in model.denoiser.parameters())
-    return sum(p.numel() for p in model.parameters())
+def describe(model: torch.nn.Module, spec: ModelSpec, size: Sequence[int]) -> dict[str, Any]:
+    """The (E, d, h, w) latent of an image of ``size`` and the parameters a step updates (the VQ-GAN with its
+    discriminators, or the denoiser), in millions."""
+    stage2 = spec.stage == "diffusion"
+    channels = model.first_stage.embedding_dim if stage2 else model.embedding_dim
+    params = sum(p.numel() for p in (model.denoiser if stage2 else model).parameters())
+    latent = [int(channels), *(int(s) // int(f) for s, f in zip(size, model.latent_factor))]
+    return {"latent": size_str(latent), "params_m": round(params / 1e6, 3)}
 
 
-def latent_shape(spec: ModelSpec, model: torch.nn.Module, size: Sequence[int]) -> list[int]:
-    """(E, d, h, w) latent of an image of ``size``."""
-    factor = model.latent_factor
-    channels = model.first_stage.embedding_dim if spec.stage == "diffusion" else model.embedding_dim
-    return [int(channels), *(int(s) // int(f) for s, f in zip(size, factor))]
-
-
-def fit_random_statistics(model: torch.nn.Module, block: Sequence[int], seed: int = 0) -> None:
-    """Latent statistics of a stage-2 model from one random volume through its (untrained) first stage.
-
-    For time and memory measurements of sampling on random weights: nothing trains the model, so nothing else
-    measures them.
-    """
+def fit_random_statistics(model: torch.nn.Module, block: Sequence[int], seed: int = 0) -> torch.nn.Module:
+    """Latent statistics of an untrained stage-2 model from one random volume through its first stage, so that
+    sampling runs (time and memory do not depend on the weights)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        x = torch.rand((1, 1, *block), generator=gen) * 2 - 1
-        model.latent_norm.fit_std([model.first_stage.encode(x)])
+        model.latent_norm.fit_std([model.first_stage.encode(torch.rand((1, 1, *block), generator=gen) * 2 - 1)])
+    return model
+
+
+def class_table_data(dataset: str, config_dir: str | None, table: str) -> Data:
+    """``dataset=<dataset>`` as configured (``table``), or ``raw``: no label table, every raw id (up to the
+    table's largest) a one-hot channel, used or not. DataError when the dataset config has no label table."""
+    from dataset.contract import DataError
+    from dataset.label_table import resolve_label_table
+
+    data = Data((f"dataset={dataset}",), config_dir)
+    found = resolve_label_table(compose_config("vqgan", data.overrides, config_dir).dataset.get("label_table"))
+    if table == "table":
+        return data
+    if found is None:
+        raise DataError(f"--dataset {dataset}: its config has no label_table (scripts/inspect_dataset.py writes one)")
+    raw_nc = max(found.remap) + 1
+    names = ",".join(["background", *[f"id_{k}" for k in range(1, raw_nc)]])
+    return Data((*data.overrides, "dataset.label_table=null", f"dataset.label_nc={raw_nc}",
+                 f"dataset.class_names=[{names}]"), config_dir)  # fmt: skip
+
+
+def dataset_samples(data: Data) -> list[dict[str, Any]]:
+    """Every training sample of the dataset config (loaded once: the timed steps read no files)."""
+    import hydra
+
+    datamodule = hydra.utils.instantiate(compose_config("vqgan", data.overrides, data.config_dir).dataset.datamodule,
+                                         _convert_="all")  # fmt: skip
+    datamodule.setup("fit")
+    ds = datamodule.train_dataloader().dataset
+    return [ds[i] for i in range(len(ds))]

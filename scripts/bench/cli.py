@@ -2,17 +2,21 @@
 
 Sections (each time a median over ``--repeats`` runs after ``--warmup`` untimed ones): ``training``, one optimiser
 step of every ``--models`` model at every ``--sizes`` size in a ``Trainer`` from ``config/trainer`` (time, peak
-memory; a size predicted to exceed the memory or ``--max-seconds`` is skipped with the reason), then bf16 autocast
-and ``compile`` against fp32; ``sampling`` (needs ``--ckpt``), time per volume and paired SSIM/PSNR of DDPM, DDIM
-and rectified flow; ``generation``, ``scripts/generate.py``'s pipeline from one block to the full size (windows,
-seam ratio, growth exponents, one sampling step), then ``--precision bf16`` and ``--compile`` against fp32.
+memory; a size predicted to exceed the memory or ``--max-seconds`` is skipped with the reason), on random blocky
+maps, on real ``--labels`` maps, or on a ``--dataset``'s training volumes under one or two ``--class-tables``
+(alternated over ``--rounds``), then bf16 autocast and ``compile`` against fp32; ``sampling`` (needs ``--ckpt``: a
+teacher and its students alike), seconds per volume (denoising and decoding apart) and paired quality (SSIM/PSNR,
+optionally nn-SSIM and a segmenter's Dice) over ``--seeds``; ``generation``, ``scripts/generate.py``'s pipeline from
+one block to the full size (windows, seam ratio, growth exponents, one sampling step), then ``--precision bf16``
+and ``--compile`` against fp32.
 
-The JSON report (``--out``) and its Markdown summary (``.md`` beside it) carry the machine, versions and commit;
-an existing report is only replaced with ``--overwrite``. Before / after: run the benchmark on both commits and
-pass the older report as ``--compare OLD.json`` (new/old ratios of every row both measured).
+``--out DIR`` receives ``benchmark.json`` (the report and run record: machine, common.versions, commit, settings) and
+``benchmark.md``; ``--overwrite`` replaces only a previous benchmark's files there. Before / after: run the
+benchmark on both commits and pass the older report as ``--compare OLD`` (new/old ratios of every row both
+measured).
 
-    python scripts/benchmark.py --device cpu --quick --out runs/bench/quick.json
-    python scripts/benchmark.py --device cuda --out bench.json --ckpt DIFFUSION.ckpt --rflow-ckpt RFLOW.ckpt
+    python scripts/benchmark.py --device cpu --quick --out runs/bench/quick
+    python scripts/benchmark.py --device cuda --out runs/bench/gpu --ckpt ddpm=DDPM.ckpt rflow=RFLOW.ckpt
 """
 
 from __future__ import annotations
@@ -25,181 +29,162 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, pick_device, positive_int, run_cli
+from dataset.contract import DataError
 from diffusion.sampling import WINDOW_MODES
-from scripts.bench.common import (
-    DEFAULT_SAMPLERS,
-    DEFAULT_SIZES,
-    GEN_BLOCKS,
-    GEN_MULTIPLES,
-    IMAGE_ATOL,
-    MODELS,
-    OUTPUT_RTOL,
-    QUICK_GEN_MULTIPLES,
-    QUICK_SIZES,
-    SCHEMA,
-    error_reason,
-    json_safe,
-    parse_sampler,
-    parse_size,
-    size_str,
-)
-from scripts.bench.machine import load_average, machine_info, versions
+from scripts.bench import common
+from scripts.bench.common import SCHEMA, error_reason, log, parse_sampler, parse_size, size_str
 
-log = logging.getLogger("benchmark")
 SECTIONS = ("training", "sampling", "generation")
+RECORD, SUMMARY = "benchmark.json", "benchmark.md"
 # (full, quick) defaults of the options left unset
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "warmup": (2, 1),
-    "repeats": (5, 2),
-    "max_seconds": (600.0, 60.0),
-    "sample_volumes": (4, 2),
-    "gen_steps": (10, 2),
-    "gen_repeats": (2, 1),
-}
+    "warmup": (2, 1), "repeats": (5, 2), "max_seconds": (600.0, 60.0), "sample_volumes": (4, 2),
+    "gen_steps": (10, 2), "gen_repeats": (2, 1),
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (``--help`` shows the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--out", required=True, type=Path, help="JSON report (the Markdown summary goes beside it, .md)")
-    add("--overwrite", action="store_true", help="replace an existing report")
-    add("--compare", type=Path, metavar="OLD.json", help="add new / old ratios against this older report")
-    add("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add("--out", required=True, type=Path, help=f"output folder ({RECORD}: the report; {SUMMARY}: its summary)")
+    add("--overwrite", action="store_true", help="replace a previous benchmark's files in --out")
+    add("--compare", type=Path, metavar="OLD", help="add new/old ratios against an older report (file or folder)")
+    add("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     add("--quick", action="store_true", help="small sizes, 1 warm-up + 2 repeats, no compile")
     add("--skip", nargs="+", choices=SECTIONS, default=[], help="sections to leave out")
-    add("--seed", type=int, default=0)
-    add("--warmup", type=int, help="untimed runs first (2; quick 1)")
-    add("--repeats", type=int, help="timed runs (5; quick 2)")
-    add("--max-seconds", type=float, help="skip a measurement predicted to take longer (600; quick 60)")
+    add("--seeds", nargs="+", type=nonnegative_int, default=[0], help="sampling seeds; the first seeds the rest")
+    add("--warmup", type=nonnegative_int, help="untimed runs first (2; quick 1)")
+    add("--repeats", type=positive_int, help="timed runs (5; quick 2)")
+    add("--max-seconds", type=float_in(0, None, lo_open=True), help="skip a longer predicted measurement (600; 60)")
     add("--compile", action=argparse.BooleanOptionalAction, help="measure torch.compile (default: on; off in --quick)")
-    g = p.add_argument_group("training")
-    g.add_argument("--models", nargs="+", choices=sorted(MODELS), help="models to train (default: all)")
-    g.add_argument("--sizes", nargs="+", type=parse_size, help="N or DxHxW (16 32 32x64x64 32x128x128 32x256x256)")
-    g.add_argument("--batch-size", type=int, default=1, help="training batch size (the paper runs use 1-2)")
-    g.add_argument("--label-nc", type=int, help="label classes of the models (default: the configs', 5)")
-    g.add_argument(
-        "--labels",
+    add("--log-level", default="info", help="logging level")
+    g = p.add_argument_group("training").add_argument
+    g("--models", nargs="+", choices=sorted(common.MODELS), help="models to train (default: all)")
+    g("--sizes", nargs="+", type=parse_size, help="N or DxHxW (16 32 32x64x64 32x128x128 32x256x256)")
+    g("--batch-size", type=positive_int, default=1, help="training batch size (the paper runs use 1-2)")
+    g("--label-nc", type=positive_int, help="label classes of the models (default: the dataset config's)")
+    g("--labels", nargs="+", help="real label maps (NIfTI) as the batches, e.g. a demo's data/test/labels/*.nii.gz "
+      "(the SPADE lookup's cost depends on the maps); --sizes becomes their shape")  # fmt: skip
+    g("--dataset", help="train on this dataset config's training volumes (its block is the size)")
+    g("--config-dir", type=Path, help="your config folder holding dataset/<--dataset>.yaml")
+    g(
+        "--class-tables",
         nargs="+",
-        help="real label maps (NIfTI) as the training batches instead of random blocky maps, e.g. a demo's "
-        "data/test/labels/*.nii.gz (the SPADE lookup's cost depends on the maps); --sizes becomes their shape",
+        choices=("table", "raw"),
+        help="with --dataset: its label table as configured "
+        "and/or raw ids (every id up to the largest a one-hot channel); each model once per table and round",
     )
-    g = p.add_argument_group("sampling (trained checkpoints)")
-    g.add_argument("--ckpt", type=Path, help="short-trained diffusion checkpoint")
-    g.add_argument("--rflow-ckpt", type=Path, help="checkpoint trained with model=diffusion_rflow")
-    g.add_argument(
-        "--samplers", nargs="+", type=parse_sampler, help="ddpm, ddim:N, rflow:N (" + " ".join(DEFAULT_SAMPLERS) + ")"
-    )
-    g.add_argument("--sample-volumes", type=int, help="real volumes paired per sampler (4; quick 2)")
-    g.add_argument("--split", default="test", help="dataset split of the real volumes")
-    g.add_argument("--data-root", help="override the checkpoint's dataset root (e.g. data/mni152)")
-    g.add_argument("--guidance", type=float, help="guidance weight (default: the checkpoint's)")
-    g = p.add_argument_group("generation (--ckpt, else an untrained model)")
-    g.add_argument("--gen-config", choices=sorted(GEN_BLOCKS), help="default: diffusion on cuda, else diffusion_tiny")
-    g.add_argument("--gen-block", type=parse_size, help="its training block (default per config)")
-    g.add_argument("--gen-sizes", nargs="+", type=parse_size, help="label-map sizes (default: block multiples)")
-    g.add_argument("--gen-steps", type=int, help="sampler steps per volume (10; quick 2)")
-    g.add_argument("--gen-sampler", choices=("ddim", "rflow", "ddpm"), help="default: ddim (or rflow)")
-    g.add_argument("--gen-repeats", type=int, help="timed runs per size (2; quick 1)")
-    g.add_argument("--gen-window", choices=WINDOW_MODES, default="auto", help="window layout (generate.py --window)")
+    g("--rounds", type=positive_int, default=1, help="measurements per row, class tables alternated")
+    g = p.add_argument_group("sampling (trained checkpoints)").add_argument
+    g("--ckpt", nargs="+", metavar="[NAME=]CKPT", help="stage-2 checkpoints (a teacher, its students)")
+    g("--samplers", nargs="+", type=parse_sampler, help="[CKPT=]ddpm, ddim:N, rflow:N; CKPT= for one checkpoint only "
+      "(" + " ".join(common.DEFAULT_SAMPLERS) + ")")  # fmt: skip
+    g("--sample-volumes", type=positive_int, help="real volumes paired per sampler (4; quick 2)")
+    g("--split", default="test", help="dataset split of the real volumes")
+    g("--data-root", help="override the checkpoint's dataset root (e.g. data/mni152)")
+    g("--guidance", type=float_in(0, None), help="guidance weight (default: each checkpoint's)")
+    g("--privacy-volumes", type=nonnegative_int, default=0, help="nn-SSIM against this many training volumes")
+    g("--segmenter", type=Path, help="Dice of this segmenter (evaluation/segmentation.py train) on the samples")
+    g = p.add_argument_group("generation (the first --ckpt, else an untrained model)").add_argument
+    g("--gen-config", choices=sorted(common.GEN_BLOCKS), help="default: diffusion on cuda, else diffusion_tiny")
+    g("--gen-block", type=parse_size, help="its training block (default per config)")
+    g("--gen-sizes", nargs="+", type=parse_size, help="label-map sizes (default: block multiples)")
+    g("--gen-steps", type=positive_int, help="sampler steps per volume (10; quick 2)")
+    g("--gen-sampler", choices=("ddim", "rflow", "ddpm"), help="default: ddim (or rflow)")
+    g("--gen-repeats", type=positive_int, help="timed runs per size (2; quick 1)")
+    g("--gen-window", choices=WINDOW_MODES, default="auto", help="window layout (generate.py --window)")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and fill the defaults (full or ``--quick``); bad values exit 2 with one line."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    q = int(args.quick)
+def check_args(args: argparse.Namespace) -> None:
+    """Fill the defaults (full or ``--quick``) and check what argparse cannot: DataError, before any work."""
+    from dataset.cli import read_stage_checkpoint
+    from scripts.bench.build import EMBEDDED, class_table_data
+
     for key, values in DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, values[q])
+            setattr(args, key, values[int(args.quick)])
+    check_unique(args.seeds, "--seeds")
+    args.label_maps = []
+    if args.labels and args.dataset:
+        raise DataError("--labels and --dataset both name the training data; give one")
+    if args.class_tables and not args.dataset:
+        raise DataError("--class-tables needs --dataset (a dataset config with a label_table)")
     if args.labels:  # the training batches are these maps: their (D, H, W) is the size
-        from dataset.nifti import load_label
+        from scripts.bench.common import load_labels
 
-        try:
-            shape = tuple(load_label(args.labels[0])[0].shape)
-        except (ValueError, OSError) as err:
-            p.error(f"--labels: {err}")
+        args.label_maps = load_labels(check_unique(args.labels, "--labels"), args.label_nc)
+        shape = tuple(args.label_maps[0].shape[1:])
         if args.sizes and [tuple(s) for s in args.sizes] != [shape]:
-            p.error(f"--sizes {' '.join(map(size_str, args.sizes))} differs from the --labels maps' {size_str(shape)}")
+            raise DataError(
+                f"--sizes {' '.join(map(size_str, args.sizes))} differs from the --labels' {size_str(shape)}"
+            )
         args.sizes = [shape]
-    args.sizes = args.sizes or list(QUICK_SIZES if q else DEFAULT_SIZES)
-    args.models = args.models or list(MODELS)
-    args.samplers = args.samplers or [parse_sampler(s) for s in DEFAULT_SAMPLERS]
-    args.gen_multiples = list(QUICK_GEN_MULTIPLES if q else GEN_MULTIPLES)
+    if args.dataset and args.sizes:
+        raise DataError("--sizes: with --dataset the size is its volumes' shape")
+    if args.config_dir is not None and not args.config_dir.is_dir():
+        raise DataError(f"--config-dir {args.config_dir} is not a folder")
+    tables = check_unique(args.class_tables, "--class-tables") or [None]
+    try:
+        cfg_dir = None if args.config_dir is None else str(args.config_dir)
+        args.class_data = {t: class_table_data(args.dataset, cfg_dir, t or "table") if args.dataset else EMBEDDED
+                           for t in tables}  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - Hydra's own errors (no such config, bad override): the user's to fix
+        raise DataError(f"--dataset {args.dataset}: {error_reason(err, 300)}") from None
+    args.sizes = args.sizes or (
+        [] if args.dataset else list(common.QUICK_SIZES if args.quick else common.DEFAULT_SIZES)
+    )
+    args.models = args.models or list(common.MODELS)
+    pairs = [(i.partition("=")[0], i.partition("=")[2]) if "=" in i else (i, i) for i in args.ckpt or []]
+    check_unique([n for n, _ in pairs], "--ckpt names")
+    for name, path in pairs:
+        read_stage_checkpoint(path, "diffusion", f"--ckpt {name}")
+    args.ckpt = {n: Path(path) for n, path in pairs}
+    args.samplers = args.samplers or [parse_sampler(s) for s in common.DEFAULT_SAMPLERS]
+    if unknown := sorted({c for c, _, _ in args.samplers if c is not None} - set(args.ckpt)):
+        raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
+    if args.segmenter is not None:
+        from evaluation.segmenter import is_our_checkpoint
+
+        if not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
+            raise DataError(f"--segmenter {args.segmenter}: not a segmenter checkpoint (evaluation/segmentation.py)")
+    args.gen_multiples = list(common.QUICK_GEN_MULTIPLES if args.quick else common.GEN_MULTIPLES)
     args.compile_skip_reason = (
         "--no-compile" if args.compile is False else "off in --quick (cold compiles take minutes)"
     )
-    args.compile = not q if args.compile is None else args.compile
-    for key in ("batch_size", "repeats", "sample_volumes", "gen_steps", "gen_repeats"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
-    return args
+    args.compile = not args.quick if args.compile is None else args.compile
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The ``--device`` (default: CUDA when there is one); ValueError when CUDA is asked for and absent."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def read_report(path: Path) -> dict[str, Any] | None:
+    """The JSON report this benchmark wrote at ``path`` (or in the folder ``path``; any schema version), else None."""
+    try:
+        data = json.loads((path / RECORD if path.is_dir() else path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA.rsplit("/", 1)[0] + "/")
+    return data if ours else None
 
 
-def settings_record(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """What the run was asked for, for the report (sizes as ``DxHxW``, paths as text)."""
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "compile_skip_reason"}
-    record.update(
-        device=str(device),
-        sizes=[size_str(s) for s in args.sizes],
-        output_rtol=OUTPUT_RTOL,
-        gen_sizes=[size_str(s) for s in args.gen_sizes or []],
-        image_atol=IMAGE_ATOL,
-    )
-    return record
-
-
-def setup_logging() -> None:
-    """Logging to stderr, without the libraries' and the product's INFO lines (each measurement logs its own line);
-    nothing changes where a host (pytest, a caller) already configured the root logger: its logging is its own."""
-    if logging.getLogger().handlers:
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import pytorch_lightning  # noqa: F401 - sets its loggers to INFO on import; quieten them after that
-
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo", "torch._inductor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("diffusion", "dataset", "vq_gan_3d"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # e.g. the random-VGG note: recorded per row instead
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every section; returns the report (also what is written)."""
-    import warnings
-
+def run(args: argparse.Namespace, device: Any, argv: list[str]) -> dict[str, Any]:
+    """Every section; a failed one is reported and the others still run. Returns the report."""
     from scripts.bench.generation import bench_generation
     from scripts.bench.sampling import bench_sampling
     from scripts.bench.training import bench_training
 
-    warnings.filterwarnings("ignore", module="pytorch_lightning")
-    warnings.filterwarnings("ignore", module="lightning_fabric")
-    device = resolve_device(args.device)
-    if args.gen_config is None:
-        args.gen_config = "diffusion" if device.type == "cuda" else "diffusion_tiny"
+    args.gen_config = args.gen_config or ("diffusion" if device.type == "cuda" else "diffusion_tiny")
     t_start = time.perf_counter()
+    hidden = ("label_maps", "class_data", "compile_skip_reason", "log_level")
+    settings = {k: v for k, v in vars(args).items() if k not in hidden}
+    settings.update(device=str(device), sizes=[size_str(s) for s in args.sizes], output_rtol=common.OUTPUT_RTOL,
+                    gen_sizes=[size_str(s) for s in args.gen_sizes or []], image_atol=common.IMAGE_ATOL)  # fmt: skip
     report: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "machine": machine_info(device),
-        "versions": versions(),
-        "settings": {**settings_record(args, device), "gen_config": args.gen_config},
-        "section_time_s": {},
-    }
-    sections = {"training": bench_training, "sampling": bench_sampling, "generation": bench_generation}
-    for name, fn in sections.items():
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": ["benchmark.py", *argv], "machine": common.machine_info(device), "versions": common.versions(),
+        "settings": settings, "section_time_s": {},
+    }  # fmt: skip
+    for name, fn in {"training": bench_training, "sampling": bench_sampling, "generation": bench_generation}.items():
         if name in args.skip:
             report[name] = {"status": "skipped", "reason": "--skip"}
             continue
@@ -211,52 +196,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.exception("%s failed", name)
             report[name] = {"status": "error", "reason": error_reason(err, 1000)}
         report["section_time_s"][name] = round(time.perf_counter() - t0, 1)
-    report["machine"]["load_average_end"] = load_average()
+    report["machine"]["load_average_end"] = common.load_average()
     report["total_time_s"] = round(time.perf_counter() - t_start, 1)
     return report
 
 
-def read_report(path: Path) -> dict[str, Any] | None:
-    """The JSON report this benchmark wrote at ``path`` (any schema version), else None."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ours = isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA.rsplit("/", 1)[0] + "/")
-    return data if ours else None
+def command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Check every option and input, claim ``--out``, run, write the report and its summary."""
+    import warnings
+
+    import pytorch_lightning  # noqa: F401 - sets its loggers to INFO on import; quieten them after that
+
+    from dataset.files import OutputFolder, atomic_write_text, write_run_record
+    from scripts.bench.report import compare, markdown
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo", "torch._inductor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("diffusion", "dataset", "vq_gan_3d"):  # e.g. the random-VGG note: recorded per row instead
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning|lightning_fabric")
+    device = pick_device(args.device)
+    check_args(args)
+    old = read_report(args.compare) if args.compare is not None else None
+    if args.compare is not None and old is None:
+        raise DataError(f"--compare {args.compare}: no benchmark report there (a JSON file with a {SCHEMA!r} schema)")
+    with OutputFolder(args.out, args.overwrite) as out:
+        plan = out.plan([RECORD, SUMMARY], RECORD, tool="benchmark")
+        report = run(args, device, argv)
+        if old is not None:
+            report["compare"] = compare(report, old, str(args.compare))
+        report = common.json_safe(report)
+        text = markdown(report)
+        atomic_write_text(out.path / SUMMARY, text + "\n")
+        plan.remove_stale()
+        write_run_record(out.path / RECORD, {"tool": "benchmark", **report, "outputs": [RECORD, SUMMARY]})
+    sys.stdout.write(text + "\n")
+    log.info("wrote %s (%.0f s)", args.out, report["total_time_s"])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 on success, 2 on a user error (one line, no traceback)."""
-    from dataset.files import atomic_write_json, atomic_write_text, check_output_dir
-    from scripts.bench.report import compare, markdown
-
-    setup_logging()
-    args = parse_args(argv)
-    md_path = args.out.with_suffix(".md")
-    existing = [str(p) for p in (args.out, md_path) if p.exists()]
-    if existing and not args.overwrite:
-        log.error("%s exist(s); pass --overwrite to replace", ", ".join(existing))
-        return 2
-    if args.out.exists() and read_report(args.out) is None:
-        log.error("%s is not a benchmark report (no %r schema); --overwrite only replaces reports", args.out, SCHEMA)
-        return 2
-    old = read_report(args.compare) if args.compare is not None else None
-    if args.compare is not None and old is None:
-        log.error("--compare %s: no benchmark report there (a JSON file with a %r schema)", args.compare, SCHEMA)
-        return 2
-    try:
-        check_output_dir(args.out.parent)
-        report = run(args)
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
-    if old is not None:
-        report["compare"] = compare(report, old, str(args.compare))
-    report = json_safe(report)
-    text = markdown(report)
-    atomic_write_json(args.out, report)
-    atomic_write_text(md_path, text + "\n")
-    sys.stdout.write(text + "\n")
-    log.info("wrote %s and %s (%.0f s)", args.out, md_path, report["total_time_s"])
-    return 0
+    """Run the benchmark; 0 on success, 2 (one line) on a user error (``dataset.cli.run_cli``)."""
+    return run_cli(build_parser(), command, argv)

@@ -1,18 +1,30 @@
-"""What every benchmark section shares: constants, value parsers, statistics and the training data."""
+"""What every benchmark section shares: constants, value parsers, statistics, the training data, one guarded
+measurement, the denoise/decode split of a sampling call, the machine record and the peak-memory probe."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import gc
+import logging
 import math
+import os
+import platform
+import resource
 import statistics
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-SCHEMA = "med-lsdm-benchmark/3"
+log = logging.getLogger("benchmark")
+SCHEMA = "med-lsdm-benchmark/4"
 PAPER_BLOCK = (32, 256, 256)  # image block of the paper; latent 8x8x64x64 with the [4, 4, 4] VQ-GAN
 DEFAULT_SIZES = ((16, 16, 16), (32, 32, 32), (32, 64, 64), (32, 128, 128), PAPER_BLOCK)
 QUICK_SIZES = ((16, 16, 16),)
@@ -27,8 +39,7 @@ IMAGE_ATOL = {"bf16": 5e-2, "16": 2e-2, "compile": 1e-3}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to train: its stage, its config (``config/model/<config>.yaml``) and, for stage 2, the VQ-GAN config
-    of its (untrained) first stage."""
+    """A model to train: its stage, ``config/model/<config>.yaml`` and, for stage 2, its first stage's config."""
 
     stage: str
     config: str
@@ -51,9 +62,8 @@ def parse_size(text: str) -> tuple[int, int, int]:
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or DxHxW with positive ints, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 3
+        parts = []
+    parts = parts * 3 if len(parts) == 1 else parts
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"size must be N or DxHxW with positive ints, got {text!r}")
     return tuple(parts)  # type: ignore[return-value]
@@ -64,14 +74,16 @@ def size_str(size: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in size)
 
 
-def parse_sampler(text: str) -> tuple[str, int | None]:
-    """``"ddpm"`` → ("ddpm", None) (all T steps); ``"ddim:50"`` → ("ddim", 50)."""
-    name, _, steps = text.partition(":")
+def parse_sampler(text: str) -> tuple[str | None, str, int | None]:
+    """``[CKPT=]SAMPLER[:STEPS]``: ``"ddpm"`` → (None, "ddpm", None) (all T steps); ``"student=rflow:4"`` →
+    ("student", "rflow", 4): a row of that checkpoint only."""
+    ckpt, _, spec = text.rpartition("=")
+    name, _, steps = spec.partition(":")
     if name not in ("ddpm", "ddim", "rflow") or (steps and (not steps.isdigit() or int(steps) < 1)):
-        raise argparse.ArgumentTypeError(f"sampler must be ddpm, ddim:N or rflow:N, got {text!r}")
+        raise argparse.ArgumentTypeError(f"sampler must be [CKPT=]ddpm, ddim:N or rflow:N, got {text!r}")
     if name == "ddpm" and steps:
         raise argparse.ArgumentTypeError("ddpm always runs all T steps: write 'ddpm'")
-    return name, int(steps) if steps else None
+    return ckpt or None, name, int(steps) if steps else None
 
 
 def summary(values: Sequence[float]) -> dict[str, float | int]:
@@ -79,11 +91,13 @@ def summary(values: Sequence[float]) -> dict[str, float | int]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Least-squares fit of ``log y = k log x + log c``: the exponent k of y ~ c x^k.
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value): a quality over seeds."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
-    Returns:
-        ``{"exponent": k, "coefficient": c, "r2": R^2 in log space, "points": n}``.
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least-squares fit of ``log y = k log x + log c``: ``{"exponent": k, "coefficient": c, "r2", "points"}``.
 
     Raises:
         ValueError: fewer than two points, non-positive values or a single distinct x.
@@ -96,28 +110,41 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     if np.ptp(lx) == 0:
         raise ValueError("x has a single distinct value")
     k, logc = np.polyfit(lx, ly, 1)
-    resid = ly - (k * lx + logc)
     ss_tot = float(((ly - ly.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    r2 = 1.0 - float(((ly - (k * lx + logc)) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
     return {"exponent": float(k), "coefficient": float(math.exp(logc)), "r2": r2, "points": len(x)}
 
 
 def json_safe(value: Any) -> Any:
-    """NaN/inf → None (JSON has neither), tuples → lists, numpy scalars → Python numbers."""
+    """NaN/inf → None (JSON has neither), tuples → lists, numpy scalars → Python numbers, paths → text."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    if isinstance(value, Path):
+        return str(value)
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def error_reason(err: BaseException, limit: int = 500) -> str:
     """``"TypeName: message"``, cut to ``limit`` characters (what a failed row records)."""
     return f"{type(err).__name__}: {err}"[:limit]
+
+
+def measured(row: dict[str, Any], what: str, fn: Callable[[], dict[str, Any]], device: torch.device) -> bool:
+    """Fill ``row`` with one measurement (``status`` ok and ``fn()``'s values); a failure (out of memory, no
+    compiler) becomes ``status`` error with its reason and the benchmark goes on. True when it was measured."""
+    try:
+        row.update({"status": "ok", **fn()})
+        return True
+    except Exception as err:  # noqa: BLE001 - recorded in the row, the next measurement runs
+        row.update(status="error", reason=error_reason(err))
+        log.warning("%s failed: %s", what, row["reason"])
+        return False
+    finally:
+        free_memory(device)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,62 +153,210 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-30))
 
 
-class RandomVolumes(torch.utils.data.Dataset):
-    """Seeded random batches in the data contract: image (1, D, H, W) in [-1, 1] and a blocky K-class label
-    (1, D, H, W) int64 (the cost of a step does not depend on the content)."""
+class Volumes(torch.utils.data.Dataset):
+    """``n`` training samples in the data contract: ``samples`` in turn when given (a dataset's real volumes), else
+    an image (1, D, H, W) in [-1, 1] derived from a label (1, D, H, W) int64: the ``labels`` in turn (real maps: the
+    SPADE lookup's cost grows with their distinct neighbourhoods) or a seeded blocky K-class map of ``size``."""
 
-    def __init__(self, n: int, size: Sequence[int], label_nc: int, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, size: Sequence[int], label_nc: int, seed: int = 0, labels: Sequence[torch.Tensor] = (),
+        samples: Sequence[dict[str, Any]] = (),
+    ) -> None:  # fmt: skip
         self.n, self.size, self.label_nc, self.seed = n, tuple(size), label_nc, seed
+        self.labels, self.samples = list(labels), list(samples)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.samples:
+            return self.samples[i % len(self.samples)]
         g = torch.Generator().manual_seed(self.seed + i)
-        coarse = torch.randint(0, self.label_nc, tuple(max(s // 4, 1) for s in self.size), generator=g)
-        label = torch.nn.functional.interpolate(coarse[None, None].float(), size=self.size, mode="nearest").long()[0]
-        image = (label.float() / max(self.label_nc - 1, 1)) * 1.6 - 0.8 + 0.1 * torch.randn(1, *self.size, generator=g)
-        return {"image": image.clamp(-1, 1), "label": label}
-
-
-class LabelFileVolumes(torch.utils.data.Dataset):
-    """Batches built on real label maps (NIfTI files, taken in turn), with an image derived from each as in
-    :class:`RandomVolumes`. For the SPADE lookup, whose work grows with the number of distinct label
-    neighbourhoods, the content of the label map does change the cost: anatomy is the case that decides it."""
-
-    def __init__(self, n: int, files: Sequence[str], label_nc: int, seed: int = 0) -> None:
-        from dataset.nifti import load_label
-
-        if not files:
-            raise ValueError("no label files")
-        self.n, self.label_nc, self.seed = n, label_nc, seed
-        self.labels = [torch.from_numpy(load_label(f, label_nc)[0]).long()[None] for f in files]
-        if len({tuple(t.shape) for t in self.labels}) != 1:
-            raise ValueError(f"label files of different shapes: {sorted({tuple(t.shape) for t in self.labels})}")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        label = self.labels[i % len(self.labels)]
-        g = torch.Generator().manual_seed(self.seed + i)
+        if self.labels:
+            label = self.labels[i % len(self.labels)]
+        else:
+            coarse = torch.randint(0, self.label_nc, tuple(max(s // 4, 1) for s in self.size), generator=g)
+            label = torch.nn.functional.interpolate(coarse[None, None].float(), size=self.size).long()[0]
         image = (label.float() / max(self.label_nc - 1, 1)) * 1.6 - 0.8 + 0.1 * torch.randn(label.shape, generator=g)
         return {"image": image.clamp(-1, 1), "label": label}
 
 
-def training_volumes(
-    n: int, size: Sequence[int], label_nc: int, seed: int = 0, label_files: Sequence[str] | None = None
-) -> torch.utils.data.Dataset:
-    """:class:`LabelFileVolumes` on ``label_files`` when given (their shape must be ``size``), else
-    :class:`RandomVolumes`."""
-    if not label_files:
-        return RandomVolumes(n, size, label_nc, seed)
-    data = LabelFileVolumes(n, label_files, label_nc, seed)
-    if tuple(data.labels[0].shape[1:]) != tuple(size):
-        raise ValueError(f"label files are {tuple(data.labels[0].shape[1:])}, the benchmark size is {tuple(size)}")
-    return data
+def load_labels(files: Sequence[str], label_nc: int | None = None) -> list[torch.Tensor]:
+    """Label maps (NIfTI) as (1, D, H, W) int64 tensors of one shape (ValueError otherwise)."""
+    from dataset.nifti import load_label
+
+    labels = [torch.from_numpy(load_label(f, label_nc)[0].astype(np.int64))[None] for f in files]
+    if len({tuple(t.shape) for t in labels}) != 1:
+        raise ValueError(f"--labels maps of different shapes: {sorted({tuple(t.shape[1:]) for t in labels})}")
+    return labels
 
 
 def random_label(size: Sequence[int], label_nc: int, seed: int = 0) -> np.ndarray:
     """A blocky (D, H, W) int64 label map (content does not change the cost)."""
-    return RandomVolumes(1, size, label_nc, seed)[0]["label"][0].numpy()
+    return Volumes(1, size, label_nc, seed)[0]["label"][0].numpy()
+
+
+class Stopwatch:
+    """Accumulated wall-clock seconds of the calls it wraps."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
+
+@contextlib.contextmanager
+def split_timing(model: Any) -> Iterator[tuple[Stopwatch, Stopwatch]]:
+    """Time the sampler loop (``model.schedule.sample``) and the decoding (``model.first_stage.decode``, which every
+    decoding path ends in) apart; instance attributes shadow the methods meanwhile, so the product runs unchanged."""
+    denoise, decode = Stopwatch(), Stopwatch()
+    model.schedule.sample = denoise.wrap(model.schedule.sample)
+    model.first_stage.decode = decode.wrap(model.first_stage.decode)
+    try:
+        yield denoise, decode
+    finally:
+        del model.schedule.sample, model.first_stage.decode
+
+
+# ------------------------------------------------------------------------------------------------ the machine
+def proc_kb(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``field: N kB`` value of a /proc file (None where there is no /proc or no such field)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open(path, encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: other processes on a shared machine slow every number down."""
+    with contextlib.suppress(OSError, AttributeError):
+        return [round(v, 2) for v in os.getloadavg()]
+    return None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU model, cores, threads, RAM, GPU (if any) and the date of the run."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "ram_total_mb": round((proc_kb("MemTotal", "/proc/meminfo") or 0) / 1024) or None,
+        "load_average_start": load_average(),
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device if device.type == "cuda" else 0)
+        info["gpu"] = {"name": props.name, "memory_mb": round(props.total_memory / 2**20),
+                       "capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
+                       "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}  # fmt: skip
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    """The commit (``+dirty`` with uncommitted changes: what ``--compare`` compares across) and the versions of
+    Python and of the libraries whose speed the numbers depend on."""
+    import monai
+    import pytorch_lightning as pl
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        run = {"cwd": Path(__file__).resolve().parents[2], "capture_output": True, "text": True, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], timeout=10, **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], timeout=10, **run).stdout
+        commit += "+dirty" if dirty.strip() else ""
+    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "monai": monai.__version__, "numpy": np.__version__}  # fmt: skip
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a wall-clock time covers it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage and hand freed memory back (CUDA cache; glibc heap, so that RSS counts live memory only)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory of one measurement: the CUDA allocator's peak, or the process's peak RSS on the CPU (VmHWM, reset
+    through /proc/self/clear_refs; where that is impossible, ru_maxrss since the start, so only increases count)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.resettable = device.type == "cuda" or self._reset_rss()
+        how = "VmHWM, reset before each measurement" if self.resettable else "ru_maxrss: only increases count"
+        self.kind = (
+            "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
+            if device.type == "cuda"
+            else f"process peak RSS ({how})"
+        )
+        self.baseline_mb = 0.0
+
+    @staticmethod
+    def _reset_rss() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            return proc_kb("VmHWM") is not None
+        except OSError:
+            return False
+
+    def current_mb(self) -> float:
+        """Memory in use now (CUDA tensors, or this process's RSS)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return (proc_kb("VmRSS") or 0) / 1024
+
+    def reset(self) -> None:
+        """Start a measurement: free what can be freed, reset the peak, remember the baseline."""
+        free_memory(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.resettable:
+            self._reset_rss()
+        self.baseline_mb = self.current_mb()
+
+    def result(self) -> dict[str, float]:
+        """``{"peak_mb", "baseline_mb", "increase_mb"}`` of the measurement since :meth:`reset`."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.resettable:
+            peak = (proc_kb("VmHWM") or 0) / 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        inc = max(peak - self.baseline_mb, 0.0)
+        return {"peak_mb": round(peak, 1), "baseline_mb": round(self.baseline_mb, 1), "increase_mb": round(inc, 1)}
+
+    def limit_mb(self) -> float:
+        """Memory a measurement may predictably reach: 90 % of the GPU, or this RSS plus 85 % of MemAvailable."""
+        if self.device.type == "cuda":
+            return 0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**20
+        avail = proc_kb("MemAvailable", "/proc/meminfo")
+        return self.current_mb() + 0.85 * avail / 1024 if avail is not None else math.inf

@@ -1,8 +1,6 @@
-"""The Markdown summary of a benchmark report (written beside the JSON), and the comparison with an older report.
-
-``--compare OLD.json`` (a report of this benchmark, typically run on another commit) matches the rows of each
-table by their identifying fields and adds a "new/old" ratio column for each compared quantity.
-"""
+"""The Markdown summary of a benchmark report (written beside the JSON), and the comparison with an older report:
+``--compare OLD`` (a report of this benchmark, typically run on another commit) matches the rows of each table by
+their identifying fields and adds a "new/old" ratio column for each compared quantity."""
 
 from __future__ import annotations
 
@@ -10,30 +8,32 @@ from typing import Any
 
 # table -> (section, list of rows, the fields that identify a row, columns: (header, dotted path, compared))
 TABLES: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
-    "training": ("training", "results", ("model", "size"), [
-        ("model", "model", False), ("image", "size", False), ("latent", "latent", False),
-        ("params (M)", "params_m", False), ("step s", "step_time_s.median", True),
-        ("first step s", "first_step_s", False), ("peak MB", "memory.peak_mb", True),
-        ("+MB", "memory.increase_mb", False)]),
-    "training_fast": ("training", "fast_paths", ("model", "size", "option"), [
+    "training": ("training", "results", ("model", "size", "classes"), [
+        ("model", "model", False), ("image", "size", False), ("classes", "classes", False),
+        ("latent", "latent", False), ("params (M)", "params_m", False), ("step s", "step_time_s.median", True),
+        ("x first table", "vs_first_table", False), ("first step s", "first_step_s", False),
+        ("peak MB", "memory.peak_mb", True), ("+MB", "memory.increase_mb", False)]),
+    "training_fast": ("training", "fast_paths", ("model", "size", "classes", "option"), [
         ("model", "model", False), ("image", "size", False), ("option", "option", False),
         ("step s", "step_time_s.median", True), ("fp32 step s", "baseline_step_s", False),
         ("speedup", "speedup", False), ("output rel. error", "output_rel_error", False),
         ("equal", "equal_within_tolerance", False)]),
     "sampling": ("sampling", "results", ("checkpoint", "label"), [
-        ("ckpt", "checkpoint", False), ("sampler", "label", False), ("s / volume", "time_per_volume_s.median", True),
-        ("speedup vs DDPM", "speedup_vs_ddpm", False), ("SSIM", "ssim", True), ("PSNR dB", "psnr", False),
-        ("ΔSSIM", "ssim_minus_ddpm", False), ("ΔPSNR", "psnr_minus_ddpm", False)]),
+        ("ckpt", "checkpoint", False), ("sampler", "label", False), ("passes/step", "passes_per_step", False),
+        ("s / volume", "time_per_volume_s.median", True), ("denoise s", "denoise_s.median", False),
+        ("decode s", "decode_s.median", False), ("speedup", "speedup", False), ("SSIM", "ssim", True),
+        ("PSNR dB", "psnr", False), ("Dice", "dice", False), ("nn-SSIM", "nn_ssim", False),
+        ("ΔSSIM", "ssim_minus_ref", False), ("ΔPSNR", "psnr_minus_ref", False)]),
     "generation": ("generation", "results", ("size",), [
         ("size", "size", False), ("voxels", "voxels", False), ("windows", "windows", False),
-        ("time s", "time_s.median", True), ("s / Mvoxel", "time_per_megavoxel_s", False),
-        ("peak MB", "memory.peak_mb", True), ("+MB", "memory.increase_mb", False),
-        ("seam ratio", "seam_ratio", False)]),
+        ("time s", "time_s.median", True), ("denoise s", "denoise_s", False), ("decode s", "decode_s", False),
+        ("s / Mvoxel", "time_per_megavoxel_s", False), ("peak MB", "memory.peak_mb", True),
+        ("+MB", "memory.increase_mb", False), ("seam ratio", "seam_ratio", False)]),
     "generation_fast": ("generation", "fast_paths", ("option", "size"), [
         ("option", "option", False), ("size", "size", False), ("time s", "time_s", True),
-        ("speedup", "speedup", False),
-        ("first call s", "first_call_s", False), ("mean abs diff", "mean_abs_diff", False),
-        ("max abs diff", "max_abs_diff", False), ("equal", "equal_within_tolerance", False)]),
+        ("speedup", "speedup", False), ("first call s", "first_call_s", False),
+        ("mean abs diff", "mean_abs_diff", False), ("max abs diff", "max_abs_diff", False),
+        ("equal", "equal_within_tolerance", False)]),
 }  # fmt: skip
 
 
@@ -51,7 +51,8 @@ def rows_of(report: dict, table: str) -> list[dict]:
 
 
 def compare(report: dict[str, Any], old: dict[str, Any], old_path: str) -> dict[str, Any]:
-    """new / old of every compared quantity of every row that both reports measured, per table."""
+    """new / old of every compared quantity of every row that both reports measured, per table (a key field an
+    older report lacks, e.g. ``classes``, counts as unset)."""
     tables: dict[str, list[dict[str, Any]]] = {}
     for table, (_, _, keys, columns) in TABLES.items():
         before = {tuple(r.get(k) for k in keys): r for r in rows_of(old, table) if r.get("status") == "ok"}
@@ -60,17 +61,20 @@ def compare(report: dict[str, Any], old: dict[str, Any], old_path: str) -> dict[
             if o is not None and r.get("status") == "ok":
                 ratios = {h: ratio(get(r, p), get(o, p)) for h, p, compared in columns if compared}
                 tables.setdefault(table, []).append({**{k: r.get(k) for k in keys}, **ratios})
-    commit = get(old, "versions.commit")
-    return {"against": old_path, "old_created": old.get("created"), "old_commit": commit, "tables": tables}
+    return {"against": old_path, "old_created": old.get("created"), "old_commit": get(old, "versions.commit"),
+            "tables": tables}  # fmt: skip
 
 
-def ratio(new: float | None, old: float | None) -> float | None:
-    """``new / old``, or None when either is missing or ``old`` is not positive."""
+def ratio(new: Any, old: Any) -> float | None:
+    """``new / old`` (of the means of mean ± std values), or None when either is missing or ``old`` is not positive."""
+    new, old = (v.get("mean") if isinstance(v, dict) else v for v in (new, old))
     return new / old if new is not None and old is not None and old > 0 else None
 
 
 def fmt(v: Any, digits: int = 3) -> str:
-    """A number in ``digits`` significant digits ("–" for None, yes / NO for booleans)."""
+    """A number in ``digits`` significant digits ("–" for None, yes / NO for booleans, mean ± std)."""
+    if isinstance(v, dict) and "mean" in v:
+        return f"{fmt(v['mean'], digits)} ± {fmt(v['std'], 2)}"
     if v is None:
         return "–"
     if isinstance(v, bool):
@@ -86,16 +90,18 @@ def note(row: dict) -> str:
 
 
 def table(report: dict, name: str) -> list[str]:
-    """The Markdown table ``name``, with a "new/old" column per compared quantity under --compare."""
+    """The Markdown table ``name`` (columns no row fills are left out), with "new/old" columns under --compare."""
     _, _, keys, columns = TABLES[name]
-    headers = [h for h, _, _ in columns]
+    rows = rows_of(report, name)
+    shown = [(h, p) for h, p, _ in columns if any(get(r, p) is not None for r in rows)]
+    headers = [h for h, _ in shown]
     compared = report.get("compare")
     ratios = {tuple(r.get(k) for k in keys): r for r in get(compared, f"tables.{name}") or []}
     if compared:
         headers += [f"{h} new/old" for h, _, c in columns if c]
     lines = ["| " + " | ".join([*headers, "note"]) + " |", "|" + " --- |" * (len(headers) + 1)]
-    for r in rows_of(report, name):
-        cells = [get(r, p) for _, p, _ in columns]
+    for r in rows:
+        cells = [get(r, p) for _, p in shown]
         if compared:
             cells += [get(ratios.get(tuple(r.get(k) for k in keys)), h) for h, _, c in columns if c]
         lines.append("| " + " | ".join([*map(fmt, cells), note(r)]) + " |")
@@ -103,7 +109,7 @@ def table(report: dict, name: str) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The Markdown summary of a report (also written beside the JSON): machine, then one part per section."""
+    """The Markdown summary of a report: machine, then one part per section."""
     m, v, s = report["machine"], report["versions"], report["settings"]
     load = "/".join(f"{x:.2f}" for x in m.get("load_average_start") or []) or "–"
     lines = [
@@ -126,29 +132,32 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [f"## {title}", "", note(section), ""]
     if tr.get("status") == "ok":
         lines += ["## Training step", "", f"fp32, GAN terms on. Memory: {tr['memory_kind']}.", ""]
-        lines += table(report, "training") + ["### Precision and compile (training)", ""]
-        lines += table(report, "training_fast")
+        lines += [
+            *table(report, "training"),
+            "### Precision and compile (training)",
+            "",
+            *table(report, "training_fast"),
+        ]
     if sa.get("status") == "ok":
         lines += ["## Sampling", ""]
         for key, c in sa["checkpoints"].items():
-            ceiling = c["first_stage_ceiling"]
-            lines.append(
-                f"- `{key}`: {c['path']} (objective {c['objective']}, T {c['num_train_timesteps']}, guidance "
-                f"{c['guidance']}, {len(c['volumes'])} {sa['split']} volume(s); VQ-GAN reconstruction ceiling "
-                f"SSIM {ceiling['ssim']:.3f}, PSNR {ceiling['psnr']:.2f} dB)"
-            )
-        lines += ["", f"Metrics: {sa['metric_convention']}.", "", *table(report, "sampling")]
+            ceiling = ", ".join(f"{k} {fmt(x)}" for k, x in c["first_stage_ceiling"].items())
+            lines.append(f"- `{key}`: {c['path']} (objective {c['objective']}, T {c['num_train_timesteps']}, guidance "
+                         f"{c['guidance']}, {len(c['volumes'])} {sa['split']} volume(s); VQ-GAN reconstruction "
+                         f"ceiling: {ceiling}; real volumes' Dice {fmt(c.get('real_dice'))})")  # fmt: skip
+        lines += ["", f"Seeds {sa['seeds']} (quality: mean ± std over seeds); reference row {sa['reference']}. "
+                  f"Metrics: {sa['metric_convention']}.", "", *table(report, "sampling")]  # fmt: skip
     if ge.get("status") == "ok":
-        step = fmt(get(ge, "step_time_s.median"))
         lines += [
             "## Block-wise generation",
             "",
             f"Model: {ge['model']['source']}; block {ge['model']['block']}; {ge['sampler']} {ge['steps']} steps, "
             f"window {ge['window']}, overlap {ge['overlap']}, guidance {ge['guidance']}; one sampling step at the "
-            f"block size (steady state): {step} s. Memory: {ge['memory_kind']}. Seam ratio: evaluation.seams.",
+            f"block size (steady state): {fmt(get(ge, 'step_time_s.median'))} s. Memory: {ge['memory_kind']}. "
+            "Seam ratio: evaluation.seams.",
             "",
             *table(report, "generation"),
-            _fit_line(ge["fit"]),
+            fit_line(ge["fit"]),
             "",
             "### Precision and compile (generation)",
             "",
@@ -157,7 +166,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fit_line(fit: dict[str, Any]) -> str:
+def fit_line(fit: dict[str, Any]) -> str:
+    """The growth exponents of time and memory, one sentence."""
     if fit.get("status") != "ok":
         return f"Growth fit: {fit.get('reason', 'not available')}."
     tv, mv, pv = fit["time_vs_voxels"], fit["memory_increase_vs_voxels"], fit["peak_memory_vs_voxels"]

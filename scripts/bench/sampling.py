@@ -1,40 +1,36 @@
-"""Samplers on trained checkpoints: time per volume and paired SSIM/PSNR against the real volumes of the split.
+"""Samplers on trained checkpoints (a teacher and its distilled students alike): seconds per volume split into
+denoising and decoding, and the paired quality of the same volumes, mean ± std over seeds: SSIM / PSNR against the
+real volume of the same label map, optionally the privacy audit's nearest-neighbour SSIM against training volumes
+and the Dice of a real-trained segmenter on the synthetic volumes.
 
 The real volumes come from the checkpoint's plain dataset information through the fixed table of
-:mod:`dataset.registry`: nothing read from the checkpoint names code to build (SPEC section 10).
+:mod:`dataset.registry`: nothing read from a checkpoint names code to build (SPEC section 10).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
-from scripts.bench.common import summary
-from scripts.bench.machine import free_memory, synchronize
+from scripts.bench.common import log, mean_std, measured, split_timing, summary, synchronize
 
-log = logging.getLogger("benchmark")
+METRICS = ("ssim", "psnr", "nn_ssim", "dice")
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Model scale [-1, 1] → [0, 1] (the image metrics' convention, data range 1)."""
+    """Model scale [-1, 1] → [0, 1] (the image metrics' convention, data range 1), on the CPU."""
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def real_volumes(model: torch.nn.Module, split: str, n: int, data_root: str | None) -> list[dict[str, Any]]:
-    """The first n (image, label) pairs of the checkpoint's dataset split.
-
-    Built by :func:`dataset.registry.build_split` from the checkpoint's plain data info (name, sizes, root): the
-    dataset class comes from that fixed table; anything that names code (``_target_``) is refused.
-
-    Raises:
-        DataError: no dataset recorded, unknown or malformed fields.
-    """
+def real_volumes(model: Any, split: str, n: int | None, data_root: str | None) -> list[dict[str, Any]]:
+    """The first ``n`` (all: None) samples of the checkpoint's dataset split, built by
+    :func:`dataset.registry.build_split` from its plain data info (DataError: none recorded, or it names code)."""
     from dataset.contract import DataError
     from dataset.registry import build_split
 
@@ -42,94 +38,126 @@ def real_volumes(model: torch.nn.Module, split: str, n: int, data_root: str | No
     if not info:
         raise DataError("the checkpoint records no dataset (data_info); cannot pair real volumes")
     ds = build_split(info, split, data_root)
-    return [ds[i] for i in range(min(n, len(ds)))]
+    return [ds[i] for i in range(len(ds) if n is None else min(n, len(ds)))]
+
+
+class Judge:
+    """The paired quality of generated (1, 1, D, H, W) volumes in [-1, 1] against the real volumes of their label
+    maps: ``evaluation.image_metrics`` SSIM / PSNR, the privacy audit's nearest-neighbour SSIM (the highest SSIM to
+    any training volume, :func:`evaluation.privacy.privacy_audit`'s ``nn_ssim``) and a segmenter's mean Dice."""
+
+    def __init__(self, vols: list[dict[str, Any]], train: list[dict[str, Any]], segmenter: Any) -> None:
+        self.reals = [to_unit(torch.as_tensor(v["image"])[0]) for v in vols]
+        self.labels = [torch.as_tensor(v["label"]).long() for v in vols]
+        self.train = [to_unit(torch.as_tensor(v["image"])[0]) for v in train]
+        self.segmenter = segmenter
+
+    def dice(self, image: torch.Tensor, label: torch.Tensor) -> float:
+        from evaluation.segmenter import Case, dice_of_cases
+
+        net, cfg, info = self.segmenter
+        case = Case("v", None, image[None], label, np.eye(4))  # type: ignore[arg-type]
+        return float(np.nanmean(dice_of_cases(net, [case], tuple(info["window"]), cfg.num_classes)))
+
+    def __call__(self, images: list[torch.Tensor]) -> dict[str, float]:
+        """Mean over the volumes of each metric (``nn_ssim``: median, as the audit reports it)."""
+        from evaluation.image_metrics import psnr, ssim3d
+
+        fakes = [to_unit(x[0, 0]) for x in images]
+        out = {"ssim": statistics.fmean(ssim3d(x, r)[0] for x, r in zip(fakes, self.reals)),
+               "psnr": statistics.fmean(psnr(x, r) for x, r in zip(fakes, self.reals))}  # fmt: skip
+        if self.train:
+            out["nn_ssim"] = statistics.median(max(ssim3d(x, t)[0] for t in self.train) for x in fakes)
+        if self.segmenter is not None:
+            out["dice"] = statistics.fmean(self.dice(x, lab) for x, lab in zip(fakes, self.labels))
+        return out
+
+
+def measure(
+    model: Any, segs: list, judge: Judge, args: argparse.Namespace, device: torch.device, sampler: str,
+    steps: int | None, n_steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One sampler row: every label map (one-hot ``segs``) sampled once per seed, timed, then judged per seed."""
+    times, denoise_s, decode_s, per_seed = [], [], [], []
+    for seed in args.seeds:
+        samples = []
+        for i, seg in enumerate(segs):
+            gen = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
+            with split_timing(model) as (denoise, decode):
+                synchronize(device)
+                t0 = time.perf_counter()
+                samples.append(model.sample(seg, sampler, steps, args.guidance, generator=gen))
+                synchronize(device)
+            times.append(time.perf_counter() - t0)
+            denoise_s.append(denoise.seconds)
+            decode_s.append(decode.seconds)
+        per_seed.append(judge(samples))
+    quality = {k: mean_std([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
+    return {"steps": n_steps, "time_per_volume_s": summary(times), "denoise_s": summary(denoise_s),
+            "decode_s": summary(decode_s), "per_seed": per_seed, **quality}  # fmt: skip
 
 
 def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Time per volume and paired SSIM/PSNR of each sampler on each given checkpoint, with the first stage's own
-    reconstruction quality of the same volumes (what no sampler can beat) and each sampler against DDPM."""
+    """Every ``--samplers`` row on every ``--ckpt`` it applies to, for every seed; the first stage's own
+    reconstruction of the same volumes (what no sampler can beat) and the segmenter's Dice on the real ones; each
+    row against the reference row (DDPM, else the most steps): speed-up and quality difference."""
     from dataset.contract import one_hot
-    from evaluation.image_metrics import psnr, ssim3d
-    from scripts.generate import load_model
+    from diffusion.generation.pipeline import load_model
+    from evaluation.segmenter import load_checkpoint
 
-    ckpts = [(key, path) for key, path in (("ckpt", args.ckpt), ("rflow_ckpt", args.rflow_ckpt)) if path]
-    if not ckpts:
-        return {
-            "status": "skipped",
-            "reason": "no --ckpt given: pass a short-trained diffusion checkpoint (train/train_diffusion.py "
-            "experiment=mni152_diffusion_cpu) and, for rectified flow, --rflow-ckpt (model=diffusion_rflow)",
-        }
+    if not args.ckpt:
+        return {"status": "skipped", "reason": "no --ckpt given: pass short-trained diffusion checkpoints (e.g. "
+                "experiment=mni152_diffusion_cpu, and model=diffusion_rflow_tiny for rectified flow)"}  # fmt: skip
+    segmenter = load_checkpoint(args.segmenter, str(device)) if args.segmenter else None
     out: dict[str, Any] = {
-        "status": "ok",
-        "metric_convention": "images mapped from [-1, 1] to [0, 1]; data range 1; evaluation.image_metrics "
-        "psnr and ssim3d (Gaussian window sigma 1.5, 11 taps or the largest odd size that fits)",
-        "split": args.split,
-        "checkpoints": {},
-        "results": [],
-    }
-
-    def quality(images: list[torch.Tensor]) -> tuple[list[float], list[float]]:
-        pairs = [(to_unit(x[0, 0]), real) for x, real in zip(images, reals)]
-        return [ssim3d(x, real)[0] for x, real in pairs], [psnr(x, real) for x, real in pairs]
-
-    for key, path in ckpts:
-        model = load_model(Path(path), device)
+        "status": "ok", "split": args.split, "seeds": args.seeds, "checkpoints": {}, "results": [],
+        "metric_convention": "images mapped from [-1, 1] to [0, 1]; data range 1; evaluation.image_metrics psnr and "
+        "ssim3d (Gaussian window sigma 1.5, 11 taps or the largest odd size that fits); nn_ssim: median over volumes "
+        "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice",
+    }  # fmt: skip
+    for key, path in args.ckpt.items():
+        model = load_model(path, device)
         hp, vq, samplers = model.hparams, model.first_stage, list(model.schedule.samplers)
         vols = real_volumes(model, args.split, args.sample_volumes, args.data_root)
+        train = real_volumes(model, "train", args.privacy_volumes, args.data_root) if args.privacy_volumes else []
+        judge = Judge(vols, train, segmenter)
         segs = [one_hot(torch.as_tensor(v["label"])[None], model.label_nc).to(device) for v in vols]
-        reals = [to_unit(torch.as_tensor(v["image"])[0]) for v in vols]
-        images = [torch.as_tensor(v["image"])[None].to(device) for v in vols]
         with torch.no_grad():
-            recs = [
-                vq.decode(vq.encode(x), seg if vq.decoder_type == "spade" else None) for x, seg in zip(images, segs)
-            ]
-        ceiling = quality(recs)
+            recs = [vq.decode(vq.encode(torch.as_tensor(v["image"])[None].to(device)),
+                              seg if vq.decoder_type == "spade" else None) for v, seg in zip(vols, segs)]  # fmt: skip
+        guidance = float(hp.guidance if args.guidance is None else args.guidance)
         out["checkpoints"][key] = {
-            "path": str(path),
-            "objective": hp.objective,
-            "prediction_type": hp.prediction_type,
-            "num_train_timesteps": hp.num_train_timesteps,
-            "samplers": samplers,
-            "guidance": hp.guidance if args.guidance is None else args.guidance,
+            "path": str(path), "objective": hp.objective, "prediction_type": hp.prediction_type,
+            "num_train_timesteps": hp.num_train_timesteps, "samplers": samplers, "guidance": guidance,
             "volumes": [str(v["id"]) for v in vols],
-            "first_stage_ceiling": {"ssim": statistics.fmean(ceiling[0]), "psnr": statistics.fmean(ceiling[1])},
-        }
+            "first_stage_ceiling": judge(recs),
+        }  # fmt: skip
+        if segmenter is not None:
+            out["checkpoints"][key]["real_dice"] = statistics.fmean(map(judge.dice, judge.reals, judge.labels))
         model.sample(segs[0], sampler=samplers[-1], steps=2, guidance=args.guidance)  # warm-up: allocations, kernels
-        for sampler, steps in args.samplers:
-            n_steps = hp.num_train_timesteps if sampler == "ddpm" else steps
-            row: dict[str, Any] = {"checkpoint": key, "sampler": sampler, "label": f"{sampler}-{n_steps}"}
+        for only, sampler, steps in args.samplers:
+            if only is not None and only != key:
+                continue
+            n_steps = hp.num_train_timesteps if sampler == "ddpm" else steps or hp.sample_steps
+            passes = 1 if guidance in (0.0, 1.0) else 2
+            row = {"checkpoint": key, "sampler": sampler, "label": f"{sampler}-{n_steps}", "passes_per_step": passes}
             out["results"].append(row)
             if sampler not in samplers:
-                hint = " (pass --rflow-ckpt: trained with model=diffusion_rflow)" if sampler == "rflow" else ""
+                hint = " (pass a checkpoint trained with model=diffusion_rflow)" if sampler == "rflow" else ""
                 reason = f"checkpoint objective {hp.objective!r} samples with {samplers} only{hint}"
                 row.update(status="not applicable", reason=reason)
                 continue
-            times, samples = [], []
-            for i, seg in enumerate(segs):
-                gen = torch.Generator(device=device).manual_seed(args.seed + i)
-                synchronize(device)
-                t0 = time.perf_counter()
-                samples.append(model.sample(seg, sampler=sampler, steps=steps, guidance=args.guidance, generator=gen))
-                synchronize(device)
-                times.append(time.perf_counter() - t0)
-            ssims, psnrs = quality(samples)
-            row.update(
-                status="ok",
-                steps=n_steps,
-                time_per_volume_s=summary(times),
-                ssim_per_volume=ssims,
-                psnr_per_volume=psnrs,
-                ssim=statistics.fmean(ssims),
-                psnr=statistics.fmean(psnrs),
-            )
-            log.info(
-                "sampling %s %s: %.2f s/volume, SSIM %.3f", key, row["label"], summary(times)["median"], row["ssim"]
-            )
+
+            run = partial(measure, model, segs, judge, args, device, sampler, steps, n_steps)
+            if measured(row, f"sampling {key} {row['label']}", run, device):
+                log.info("sampling %s %s: %.2f s/volume, SSIM %.3f", key, row["label"],
+                         row["time_per_volume_s"]["median"], row["ssim"]["mean"])  # fmt: skip
         model = None
-        free_memory(device)
     ok = [r for r in out["results"] if r.get("status") == "ok"]
-    ref = next((r for r in ok if r["sampler"] == "ddpm"), None)
+    ref = next((r for r in ok if r["sampler"] == "ddpm"), None) or max(ok, key=lambda r: r["steps"], default=None)
+    out["reference"] = ref and f"{ref['checkpoint']} {ref['label']}"
     for r in ok if ref is not None else []:
-        r["speedup_vs_ddpm"] = ref["time_per_volume_s"]["median"] / r["time_per_volume_s"]["median"]
-        r["ssim_minus_ddpm"], r["psnr_minus_ddpm"] = r["ssim"] - ref["ssim"], r["psnr"] - ref["psnr"]
+        r["speedup"] = ref["time_per_volume_s"]["median"] / r["time_per_volume_s"]["median"]
+        r["ssim_minus_ref"] = r["ssim"]["mean"] - ref["ssim"]["mean"]
+        r["psnr_minus_ref"] = r["psnr"]["mean"] - ref["psnr"]["mean"]
     return out

@@ -1,58 +1,52 @@
-"""Training step time and peak memory of every model at every size, in a ``Trainer`` from ``config/trainer``; then
-the fast paths (the Trainer's mixed precision, the diffusion model's ``compile``) against fp32, with the network
-outputs compared within the benchmark's tolerances."""
+"""Training step time and peak memory of every model at every size (random blocky maps, ``--labels`` maps, or a
+dataset's real volumes under one or two class tables), in a ``Trainer`` from ``config/trainer``; then the fast
+paths (the Trainer's mixed precision, the diffusion model's ``compile``) against fp32, outputs compared within the
+benchmark's tolerances."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scripts.bench.build import build_model, build_trainer, latent_shape, trainable_params, validity_error
+from scripts.bench.build import Data, build_model, build_trainer, dataset_samples, describe, validity_error
 from scripts.bench.common import (
     MODELS,
     OUTPUT_RTOL,
     ModelSpec,
-    error_reason,
-    parse_size,
+    PeakMemory,
+    Volumes,
+    log,
+    measured,
     relative_error,
     size_str,
     summary,
-    training_volumes,
+    synchronize,
 )
-from scripts.bench.machine import PeakMemory, free_memory, synchronize
 
-log = logging.getLogger("benchmark")
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def classes(args: argparse.Namespace) -> dict[str, int]:
-    """``label_nc`` for the model builders when ``--label-nc`` is given (else the configs' own)."""
-    return {} if args.label_nc is None else {"label_nc": args.label_nc}
 
 
 def train_steps(
     model: torch.nn.Module,
     stage: str,
-    size: Sequence[int],
-    args: argparse.Namespace,
+    data: torch.utils.data.Dataset,
     device: torch.device,
     precision: str,
     memory: PeakMemory,
-    data: torch.utils.data.Dataset | None = None,
+    warmup: int = 0,
+    batch_size: int = 1,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Warm-up + repeats batches of random volumes in a ``Trainer`` from ``config/trainer``: the median wall time of
-    a step (CUDA synchronised) after the warm-up, the peak memory, and the first batch's loss.
-
-    ``data``: samples to train on instead (at least ``(warmup + repeats) * batch_size``), e.g. a dataset's real
-    volumes (``scripts/bench/vocabulary.py``)."""
+    """Fit ``model`` on ``data`` in a ``Trainer`` from ``config/trainer``: the timed steps' wall times (CUDA
+    synchronised, after ``warmup`` untimed ones), the first step's, the peak memory and the first loss."""
     import pytorch_lightning as pl
 
     times: list[float] = []
@@ -69,21 +63,16 @@ def train_steps(
             times.append(time.perf_counter() - t0[0])
             losses.append(trainer.callback_metrics.get("train/rec_loss" if stage == "vqgan" else "train/loss"))
 
-    n = args.warmup + args.repeats
-    if data is None:
-        data = training_volumes(n, size, int(model.hparams.label_nc), args.seed, args.labels)
     memory.reset()
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
         trainer = build_trainer(device, precision, Path(root), [StepTimer()])
-        pl.seed_everything(args.seed, verbose=False)
+        pl.seed_everything(seed, verbose=False)
         # a datamodule: the diffusion models measure their latent statistics on its training loader
-        trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=args.batch_size))
-    if len(times) != n:
-        raise RuntimeError(f"expected {n} timed batches, got {len(times)}")
+        trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=batch_size))
+    if len(times) != math.ceil(len(data) / batch_size):
+        raise RuntimeError(f"expected {math.ceil(len(data) / batch_size)} timed batches, got {len(times)}")
     return {
-        "status": "ok",
-        "step_time_s": summary(times[args.warmup :]),
-        "step_times_s": [round(t, 4) for t in times[args.warmup :]],  # pooled over runs by bench/vocabulary.py
+        "step_times_s": [round(t, 4) for t in times[warmup:]],
         "first_step_s": round(times[0], 4),
         "memory": memory.result(),
         "first_loss": None if losses[0] is None else float(losses[0]),
@@ -105,57 +94,76 @@ def predicted_skip(prev: dict | None, voxels: int, n_steps: int, memory: PeakMem
     return None
 
 
+class Setup:
+    """What the rows of one run share: the data each class table trains on, and how a model is built."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, memory: PeakMemory) -> None:
+        self.args, self.device, self.memory = args, device, memory
+        self.data: dict[str | None, Data] = args.class_data
+        self.samples = {t: dataset_samples(d) for t, d in self.data.items()} if args.dataset else {}
+
+    def model(self, spec: ModelSpec, size: Sequence[int], table: str | None, compile: bool = False) -> Any:
+        kwargs: dict[str, Any] = {"compile": compile} if spec.stage == "diffusion" else {}
+        if self.args.label_nc is not None:
+            kwargs["label_nc"] = self.args.label_nc
+        return build_model(spec, size, self.args.seeds[0], self.data[table], **kwargs)
+
+    def steps(self, model: Any, spec: ModelSpec, size: Sequence[int], table: str | None, precision: str) -> dict:
+        """Warm-up + repeats steps of ``model`` on this run's data, and the first batch (for the output check)."""
+        a = self.args
+        n, nc = (a.warmup + a.repeats) * a.batch_size, int(model.hparams.label_nc)
+        data = Volumes(n, size, nc, a.seeds[0], a.label_maps, self.samples.get(table, ()))
+        res = train_steps(model, spec.stage, data, self.device, precision, self.memory, a.warmup, a.batch_size,
+                          a.seeds[0])  # fmt: skip
+        return {**res, "batch": {k: v[None].to(self.device) for k, v in data[0].items() if k in ("image", "label")}}
+
+
+def measure(setup: Setup, spec: ModelSpec, size: Sequence[int], row: dict[str, Any]) -> dict[str, Any]:
+    """One more fp32 measurement of ``row`` (a fresh model): its step times pooled with the earlier rounds'."""
+    model, changes = setup.model(spec, size, row["classes"])
+    row.update(config_changes=changes, label_nc=int(model.hparams.label_nc), **describe(model, spec, size))
+    if (why := validity_error(model, spec, size)) is not None:
+        return {"status": "skipped", "reason": why}
+    res = setup.steps(model, spec, size, row["classes"], "32-true")
+    del res["batch"]
+    times = row.get("step_times_s", []) + res.pop("step_times_s")
+    peak = max(row.get("memory", res["memory"]), res["memory"], key=lambda m: m["peak_mb"])
+    return {**res, "memory": peak, "step_times_s": times, "step_time_s": summary(times)}
+
+
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Step time and peak memory of every ``--models`` model at every ``--sizes`` size, then its fast paths at the
-    largest size measured."""
+    """Step time and peak memory of every ``--models`` model at every size under every class table (alternated
+    over ``--rounds``, each a fresh model, steps pooled), then its fast paths at the largest size measured."""
     memory = PeakMemory(device)
+    setup = Setup(args, device, memory)
     results: list[dict[str, Any]] = []
     fast: list[dict[str, Any]] = []
+    shapes = {tuple(samples[0]["image"].shape[1:]) for samples in setup.samples.values()}
     for name in args.models:
-        spec = MODELS[name]
-        prev: dict | None = None
-        for size in sorted(args.sizes, key=math.prod):
-            row: dict[str, Any] = {
-                "model": name,
-                "stage": spec.stage,
-                "config": spec.config,
-                "size": size_str(size),
-                "voxels": math.prod(size),
-                "batch_size": args.batch_size,
-            }
-            results.append(row)
-            reason = predicted_skip(prev, row["voxels"], args.warmup + args.repeats, memory, args.max_seconds)
-            try:
-                if reason is None:
-                    model, changes = build_model(spec, size, seed=args.seed, **classes(args))
-                    row.update(
-                        latent=size_str(latent_shape(spec, model, size)),
-                        config_changes=changes,
-                        params_m=round(trainable_params(model, spec) / 1e6, 3),
-                    )
-                    reason = validity_error(model, spec, size)
+        spec, prev = MODELS[name], None
+        for size in sorted(shapes or args.sizes, key=math.prod):
+            rows = [{"model": name, "size": size_str(size), "classes": t, "voxels": math.prod(size),
+                     "batch_size": args.batch_size} for t in setup.data]  # fmt: skip
+            results.extend(rows)
+            n = (args.warmup + args.repeats) * args.rounds
+            reason = predicted_skip(prev, math.prod(size), n, memory, args.max_seconds)
+            for r in range(args.rounds if reason is None else 0):
+                for row in rows[:: 1 if r % 2 == 0 else -1]:  # alternated: neither table always goes first
+                    if row.get("status") in (None, "ok"):
+                        measured(
+                            row, f"training {name} {row['size']}", partial(measure, setup, spec, size, row), device
+                        )
+            for row in rows:
                 if reason is not None:
                     row.update(status="skipped", reason=reason)
-                    log.info("training %s %s: skipped: %s", name, row["size"], reason)
-                    continue
-                row.update(train_steps(model, spec.stage, size, args, device, "32-true", memory))
-            except Exception as err:  # noqa: BLE001 - recorded, the benchmark goes on with the next measurement
-                row.update(status="error", reason=error_reason(err))
-                log.warning("training %s %s failed: %s", name, row["size"], row["reason"])
-                continue
-            finally:
-                model = None
-                free_memory(device)
-            log.info(
-                "training %s %s: %.3f s/step, peak %.0f MB",
-                name,
-                row["size"],
-                row["step_time_s"]["median"],
-                row["memory"]["peak_mb"],
-            )
-            prev = row
+                if row["status"] == "ok" and len(rows) > 1 and rows[0]["status"] == "ok":
+                    row["vs_first_table"] = row["step_time_s"]["median"] / rows[0]["step_time_s"]["median"]
+                if row["status"] == "ok":
+                    log.info("training %s %s %s: %.3f s/step, peak %.0f MB", name, row["size"], row["classes"] or "",
+                             row["step_time_s"]["median"], row["memory"]["peak_mb"])  # fmt: skip
+                    prev = row
         if prev is not None:
-            fast.extend(training_fast_paths(args, device, spec, name, prev, memory))
+            fast.extend(training_fast_paths(args, device, spec, prev, setup))
     return {"status": "ok", "results": results, "fast_paths": fast, "memory_kind": memory.kind}
 
 
@@ -185,47 +193,34 @@ def forward_outputs(model: torch.nn.Module, stage: str, batch: dict[str, torch.T
     return [net(model.schedule.add_noise(z0, noise, t), t, seg)]
 
 
-def output_check(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    size: Sequence[int],
-    device: torch.device,
-    args: argparse.Namespace,
-    precision: str,
-    compile: bool,
-) -> dict[str, Any]:
-    """Relative error of the fast path's outputs against fp32 / eager on the same weights and input."""
-    model = model.to(device).train()  # training mode, as in the fit: a compiled graph is reused, not recompiled
-    data = training_volumes(1, size, int(model.hparams.label_nc), args.seed, args.labels)
-    batch = {k: v[None].to(device) for k, v in data[0].items()}
+def measure_fast(setup: Setup, spec: ModelSpec, base: dict, precision: str, compile: bool) -> dict[str, Any]:
+    """One fast path's steps and its outputs' relative error against fp32 / eager on the same weights and input."""
+    size = tuple(int(s) for s in base["size"].split("x"))
+    model = setup.model(spec, size, base["classes"], compile)[0]
+    res = setup.steps(model, spec, size, base["classes"], precision)
+    model, batch = model.to(setup.device).train(), res.pop("batch")  # train mode as in the fit: no recompile
     with torch.no_grad():
         ref = forward_outputs(model, spec.stage, batch, eager=True)
-        if compile:
-            out, tol = forward_outputs(model, spec.stage, batch), OUTPUT_RTOL["compile"]
-        else:
-            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]):
-                out, tol = forward_outputs(model, spec.stage, batch), OUTPUT_RTOL[precision]
-    err = max(relative_error(a, b) for a, b in zip(ref, out))
-    return {"output_rel_error": err, "tolerance": tol, "equal_within_tolerance": err <= tol}
+        with torch.autocast(setup.device.type, AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=not compile):
+            got = forward_outputs(model, spec.stage, batch)
+    err, tol = max(map(relative_error, ref, got)), OUTPUT_RTOL["compile" if compile else precision]
+    step = summary(res.pop("step_times_s"))
+    return {**res, "step_time_s": step, "speedup": base["step_time_s"]["median"] / step["median"],
+            "output_rel_error": err, "tolerance": tol, "equal_within_tolerance": err <= tol}  # fmt: skip
 
 
 def training_fast_paths(
-    args: argparse.Namespace, device: torch.device, spec: ModelSpec, name: str, base: dict, memory: PeakMemory
+    args: argparse.Namespace, device: torch.device, spec: ModelSpec, base: dict, setup: Setup
 ) -> list[dict[str, Any]]:
-    """Mixed precision and ``compile`` against the fp32 row ``base`` (same size, seed and first batch): step time,
-    memory, the outputs' relative error against fp32 / eager and, for information, the first loss's difference."""
-    size = parse_size(base["size"])
-    variants = [("bf16-mixed", False)] + ([("16-mixed", False)] if device.type == "cuda" else []) + [("32-true", True)]
+    """Mixed precision and ``compile`` against the fp32 row ``base`` (same size, seed, first batch, class table):
+    step time, memory, the outputs' relative error against fp32 / eager and, for information, the first loss's."""
+    variants = [("bf16-mixed", False)] + [("16-mixed", False)] * (device.type == "cuda") + [("32-true", True)]
     out = []
     for precision, compile in variants:
-        row: dict[str, Any] = {
-            "model": name,
-            "size": base["size"],
-            "precision": precision,
-            "compile": compile,
-            "option": "model.compile=true" if compile else f"trainer.precision={precision}",
-            "baseline_step_s": base["step_time_s"]["median"],
-        }
+        option = "model.compile=true" if compile else f"trainer.precision={precision}"
+        row: dict[str, Any] = {"model": base["model"], "size": base["size"], "classes": base["classes"],
+                               "precision": precision, "compile": compile, "option": option,
+                               "baseline_step_s": base["step_time_s"]["median"]}  # fmt: skip
         out.append(row)
         t_pred = base["step_time_s"]["median"] * (args.warmup + args.repeats)
         if compile and spec.stage != "diffusion":
@@ -236,29 +231,12 @@ def training_fast_paths(
             row.update(status="skipped", reason=f"predicted {t_pred:.0f} s (the fp32 steps) > --max-seconds")
         elif precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             row.update(status="skipped", reason="this GPU has no bf16")
-        if "status" in row:
-            continue
-        try:
-            model, _ = build_model(spec, size, compile=compile, seed=args.seed, **classes(args))
-            row.update(train_steps(model, spec.stage, size, args, device, precision, memory))
-            row.update(output_check(model, spec, size, device, args, precision, compile))
-        except Exception as err:  # noqa: BLE001 - recorded
-            row.update(status="error", reason=error_reason(err))
-            log.warning("fast path %s %s failed: %s", name, row["option"], row["reason"])
-            continue
-        finally:
-            model = None
-            free_memory(device)
-        row["speedup"] = base["step_time_s"]["median"] / row["step_time_s"]["median"]
-        a, b = base.get("first_loss"), row.get("first_loss")
-        if a is not None and b is not None:
-            row["first_loss_rel_diff"] = abs(b - a) / max(abs(a), 1e-12)
-        log.info(
-            "fast path %s %s: %.3f s/step (x%.2f vs fp32), output rel. error %.1e",
-            name,
-            row["option"],
-            row["step_time_s"]["median"],
-            row["speedup"],
-            row["output_rel_error"],
-        )
+        elif measured(
+            row, f"fast path {option}", partial(measure_fast, setup, spec, base, precision, compile), device
+        ):
+            a, b = base.get("first_loss"), row.get("first_loss")
+            if a is not None and b is not None:
+                row["first_loss_rel_diff"] = abs(b - a) / max(abs(a), 1e-12)
+            log.info("fast path %s %s: %.3f s/step (x%.2f vs fp32), output rel. error %.1e", base["model"], option,
+                     row["step_time_s"]["median"], row["speedup"], row["output_rel_error"])  # fmt: skip
     return out

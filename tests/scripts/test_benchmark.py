@@ -1,6 +1,7 @@
-"""scripts/benchmark.py and the scripts/bench package: the report and its comparison with an older one, the helpers
-with known answers, the Trainer composed from config/trainer, checkpoint data never building code, and the fast
-paths it times.
+"""scripts/benchmark.py and the scripts/bench package: the output folder and option contract, the report and its
+comparison with an older one, the helpers with known answers, the Trainer composed from config/trainer, checkpoint
+data never building code, the sampling section on a teacher-like and a student-like checkpoint (paired quality,
+privacy nn-SSIM, a segmenter's Dice), the class-table comparison, and the fast paths it times.
 
 The fast paths the benchmark measures are real options (``trainer.precision``, ``model.compile``, ``generate.py
 --precision / --compile``); here they are checked to give the fp32 / eager result within the benchmark's own
@@ -27,12 +28,11 @@ from omegaconf import OmegaConf
 from dataset.contract import DataError, one_hot
 from diffusion.denoiser_factory import build_denoiser
 from diffusion.first_stage import architecture_hparams
-from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate
+from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate, load_model
 from diffusion.module import LatentDiffusionModule
 from scripts.bench import build, cli, common, report
-from scripts.bench.sampling import real_volumes
+from scripts.bench.sampling import Judge, real_volumes
 from scripts.bench.training import forward_outputs
-from scripts.generate import load_model
 from scripts.generate import parse_args as generate_args
 from vq_gan_3d.module import VQGANModule
 
@@ -101,60 +101,120 @@ def test_fit_power_law_rejects_unusable_data(x: list[float], y: list[float]) -> 
 def test_parsers() -> None:
     assert common.parse_size("16") == (16, 16, 16)
     assert common.parse_size("32x256x256") == (32, 256, 256)
-    assert common.parse_sampler("ddpm") == ("ddpm", None)
-    assert common.parse_sampler("ddim:50") == ("ddim", 50)
-    for bad in ("ddpm:500", "euler:3", "ddim:0"):
+    assert common.parse_sampler("ddpm") == (None, "ddpm", None)
+    assert common.parse_sampler("ddim:50") == (None, "ddim", 50)
+    assert common.parse_sampler("student=rflow:4") == ("student", "rflow", 4)  # a row of that checkpoint only
+    for bad in ("ddpm:500", "euler:3", "ddim:0", "s=ddim:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             common.parse_sampler(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="size"):
         common.parse_size("16x16")
 
 
-def test_overwrite_replaces_only_a_benchmark_report(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    out.write_text('{"not": "ours"}')
-    argv = ["--device", "cpu", "--quick", "--out", str(out), "--overwrite", "--skip", *cli.SECTIONS]
-    assert cli.main(argv) == 2  # someone else's JSON is never replaced
-    assert out.read_text() == '{"not": "ours"}'
-    out.write_text(json.dumps({"schema": "med-lsdm-benchmark/2"}))  # a report of an earlier version is ours
-    assert cli.main(argv) == 0
-    report_data = json.loads(out.read_text())
-    assert report_data["schema"] == common.SCHEMA
-    assert report_data["machine"]["cpu_count"] >= 1 and report_data["machine"]["date"]
-    assert "commit" in report_data["versions"] and report_data["settings"]["quick"] is True
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+def test_known_answer_statistics_and_training_data() -> None:
+    assert common.summary([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert common.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}
+    assert common.mean_std([5.0])["std"] == 0.0
+    assert common.json_safe({"a": (float("nan"), np.float32(1.5), Path("x"))}) == {"a": [None, 1.5, "x"]}
+    data = common.Volumes(3, (8, 8, 8), 4, seed=7)
+    a, b = data[0], common.Volumes(3, (8, 8, 8), 4, seed=7)[0]
+    assert torch.equal(a["label"], b["label"]) and torch.equal(a["image"], b["image"])  # seeded
+    assert a["label"].shape == (1, 8, 8, 8) and 0 <= int(a["label"].min()) and int(a["label"].max()) < 4
+    assert -1.0 <= float(a["image"].min()) and float(a["image"].max()) <= 1.0
+    samples = [{"image": torch.zeros(1, 2, 2, 2), "label": torch.ones(1, 2, 2, 2, dtype=torch.long)}]
+    assert common.Volumes(2, (2, 2, 2), 4, samples=samples)[1] is samples[0]  # real samples in turn
 
 
-def test_bad_input_is_refused_before_any_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "run", lambda args: pytest.fail("the benchmark ran although its input was refused"))
-    out = tmp_path / "bench.json"
-    out.write_text("keep")
-    assert cli.main(["--device", "cpu", "--quick", "--out", str(out)]) == 2  # exists, no --overwrite
-    assert out.read_text() == "keep" and not out.with_suffix(".md").exists()
-    new = str(tmp_path / "new.json")
-    assert cli.main(["--quick", "--out", new, "--compare", str(tmp_path / "missing.json")]) == 2
-    assert cli.main(["--quick", "--out", new, "--compare", str(out)]) == 2  # not a report
-    with pytest.raises(SystemExit) as err:
-        cli.parse_args(["--out", new, "--repeats", "0"])
-    assert err.value.code == 2
+def test_split_timing_counts_the_wrapped_calls_and_restores_the_methods() -> None:
+    class Schedule:
+        def sample(self) -> int:
+            return 1
+
+    class FirstStage:
+        def decode(self) -> int:
+            return 2
+
+    model = SimpleNamespace(schedule=Schedule(), first_stage=FirstStage())
+    with common.split_timing(model) as (denoise, decode):
+        assert model.schedule.sample() == 1 and model.first_stage.decode() == 2
+        assert "sample" in vars(model.schedule) and "decode" in vars(model.first_stage)
+    assert denoise.seconds > 0 and decode.seconds > 0
+    assert "sample" not in vars(model.schedule) and "decode" not in vars(model.first_stage)
+
+
+def test_measured_records_a_failure_and_goes_on() -> None:
+    row: dict = {"model": "m"}
+    assert common.measured(row, "m", lambda: {"x": 1}, torch.device("cpu")) and row == {"model": "m", "status": "ok",
+                                                                                         "x": 1}  # fmt: skip
+    row = {}
+    assert not common.measured(row, "m", lambda: 1 / 0, torch.device("cpu"))
+    assert row == {"status": "error", "reason": "ZeroDivisionError: division by zero"}
+
+
+SKIP_ALL = ["--device", "cpu", "--quick", "--skip", *cli.SECTIONS]
+
+
+def test_out_folder_contract(tmp_path: Path) -> None:
+    """--out is claimed as every command's output folder: a previous benchmark's files are replaced only with
+    --overwrite, a file we did not record is never replaced, an entry that is a link is refused."""
+    out = tmp_path / "bench"
+    assert cli.main([*SKIP_ALL, "--out", str(out)]) == 0
+    data = json.loads((out / cli.RECORD).read_text())
+    assert data["schema"] == common.SCHEMA and data["tool"] == "benchmark"
+    assert data["outputs"] == [cli.RECORD, cli.SUMMARY] and data["producer"] == "med-lsdm"
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["date"] and "commit" in data["versions"]
+    assert data["settings"]["quick"] is True and data["command"][1:] == [*SKIP_ALL, "--out", str(out)]
+    assert cli.main([*SKIP_ALL, "--out", str(out)]) == 2  # needs --overwrite
+    (out / "notes.txt").write_text("mine")
+    assert cli.main([*SKIP_ALL, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == [cli.RECORD, cli.SUMMARY, "notes.txt"]  # no lock, no temp
+    (out / cli.SUMMARY).unlink()
+    (out / cli.SUMMARY).symlink_to(out / "notes.txt")
+    assert cli.main([*SKIP_ALL, "--out", str(out), "--overwrite"]) == 2
+    assert (out / "notes.txt").read_text() == "mine"  # nothing written through the link
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / cli.RECORD).write_text('{"not": "ours"}')
+    assert cli.main([*SKIP_ALL, "--out", str(foreign), "--overwrite"]) == 2  # someone else's JSON stays
+    assert (foreign / cli.RECORD).read_text() == '{"not": "ours"}'
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--repeats", "0"], ["--max-seconds", "nan"], ["--guidance", "inf"], ["--seeds", "0", "0"],
+     ["--sizes", "16x16"], ["--compare", "missing.json"], ["--compare", "not_a_report.json"],
+     ["--ckpt", "not_a_report.json"], ["--samplers", "teacher=ddim:2"], ["--class-tables", "raw"],
+     ["--labels", "a.nii.gz", "--dataset", "x"], ["--dataset", "no_such_dataset"], ["--segmenter", "missing.pt"],
+     ["--device", "meta"]],
+    ids=lambda e: " ".join(e),
+)  # fmt: skip
+def test_bad_input_is_refused_before_any_measurement(
+    extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cli, "run", lambda *a: pytest.fail("the benchmark ran although its input was refused"))
+    monkeypatch.chdir(tmp_path)
+    Path("not_a_report.json").write_text("{}")
+    assert cli.main(["--quick", "--out", "bench", *extra]) == 2
+    assert not Path("bench").exists()  # refused before the folder was claimed
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One run on the tiny diffusion model: a 16^3 training step and its bf16 variant, generation on 8^3 blocks."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    out = tmp_path_factory.mktemp("bench") / "bench"
     argv = [
         "--device", "cpu", "--quick", "--out", str(out), "--skip", "sampling", "--models", "diffusion_tiny",
         "--sizes", "16", "--warmup", "0", "--repeats", "1", "--gen-block", "8", "--gen-sizes", "8", "16",
         "--gen-steps", "2",
     ]  # fmt: skip
     assert cli.main(argv) == 0
-    return json.loads(out.read_text()) | {"_md": out.with_suffix(".md").read_text()}
+    return json.loads((out / cli.RECORD).read_text()) | {"_md": (out / cli.SUMMARY).read_text()}
 
 
 def test_tiny_run_measures_training_and_generation(tiny_run: dict) -> None:
     (row,) = tiny_run["training"]["results"]
-    assert row["status"] == "ok" and row["latent"] == "8x4x4x4", row
+    assert row["status"] == "ok" and row["latent"] == "8x4x4x4" and row["classes"] is None, row
     assert row["step_time_s"]["median"] > 0 and row["memory"]["peak_mb"] >= row["memory"]["baseline_mb"] > 0
     fast = {r["option"]: r for r in tiny_run["training"]["fast_paths"]}
     assert fast["trainer.precision=bf16-mixed"]["equal_within_tolerance"] is True
@@ -164,26 +224,34 @@ def test_tiny_run_measures_training_and_generation(tiny_run: dict) -> None:
     assert [r["status"] for r in rows.values()] == ["ok", "ok"]
     assert rows["8x8x8"]["windows"] == 1 and rows["8x8x8"]["seam_ratio"] is None  # one window: no seam
     assert rows["16x16x16"]["windows"] > 1 and rows["16x16x16"]["seam_ratio"] > 0
+    for r in rows.values():  # denoising and decoding are parts of the whole call
+        assert 0 < r["denoise_s"] and 0 < r["decode_s"] and r["denoise_s"] + r["decode_s"] <= r["time_s"]["max"]
     assert gen["fit"]["status"] == "ok"
     assert gen["step_time_s"] is None or gen["step_time_s"]["median"] > 0  # None: below the timing noise
     bf16 = next(r for r in gen["fast_paths"] if r["option"] == "--precision bf16")
     assert bf16["status"] == "ok" and bf16["equal_within_tolerance"] is True
     for heading in ("# Med-LSDM benchmark", "## Training step", "## Sampling", "## Block-wise generation",
-                    "time ~ voxels^", "skipped: --skip"):  # fmt: skip
+                    "time ~ voxels^", "skipped: --skip", "| denoise s | decode s |"):  # fmt: skip
         assert heading in tiny_run["_md"], heading
 
 
-def test_compare_gives_new_over_old_ratios_of_matching_rows(tiny_run: dict) -> None:
+def test_compare_gives_new_over_old_ratios_of_matching_rows(tiny_run: dict, tmp_path: Path) -> None:
     old = copy.deepcopy(tiny_run)
     old["versions"]["commit"] = "abc1234"
+    old["schema"] = "med-lsdm-benchmark/3"  # an older benchmark's report: its rows have no "classes"
+    del old["training"]["results"][0]["classes"]
     old["training"]["results"][0]["step_time_s"]["median"] *= 2
     old["training"]["results"][0]["memory"]["peak_mb"] *= 4
     old["generation"]["results"] = old["generation"]["results"][:1]  # 16^3 was not measured then
     old["generation"]["results"][0]["time_s"]["median"] *= 2
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert cli.read_report(tmp_path / "old.json") == old
     new = copy.deepcopy(tiny_run) | {"compare": report.compare(tiny_run, old, "old.json")}
     tables = new["compare"]["tables"]
     assert new["compare"]["old_commit"] == "abc1234"
-    assert tables["training"] == [{"model": "diffusion_tiny", "size": "16x16x16", "step s": 0.5, "peak MB": 0.25}]
+    assert tables["training"] == [
+        {"model": "diffusion_tiny", "size": "16x16x16", "classes": None, "step s": 0.5, "peak MB": 0.25}
+    ]
     assert [(r["size"], r["time s"]) for r in tables["generation"]] == [("8x8x8", 0.5)]
     md = report.markdown(new)
     assert "Compared with old.json (commit abc1234" in md and "| step s new/old | peak MB new/old |" in md
@@ -192,29 +260,71 @@ def test_compare_gives_new_over_old_ratios_of_matching_rows(tiny_run: dict) -> N
 
 
 # ------------------------------------------------------------------------------------------------ sampling section
-def test_sampling_section_on_ddpm_and_rflow_checkpoints(tmp_path: Path) -> None:
+class FixedSegmenter(torch.nn.Module):
+    """A stand-in segmenter whose prediction is a given label map (a known Dice)."""
+
+    def __init__(self, label: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(one_hot(label[None], num_classes).float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, -1, -1, -1)
+
+
+def test_judge_known_answers() -> None:
+    """Real volumes judged against themselves: SSIM 1, nearest training volume itself (nn-SSIM 1); a segmenter
+    that predicts the label map gives Dice 1, one that predicts background Dice 0."""
+    label = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    label[:, 4:12, 4:12, 4:12] = 2
+    label[:, 6:10, 6:10, 6:10] = 1
+    image = label.float() - 1  # [-1, 1]
+    vols = [{"image": image, "label": label}]
+    seg = (FixedSegmenter(label[0], 3), SimpleNamespace(num_classes=3), {"window": [16, 16, 16]})
+    judge = Judge(vols, vols, seg)
+    got = judge([image[None]])
+    assert got["ssim"] == pytest.approx(1.0) and got["nn_ssim"] == pytest.approx(1.0) and got["dice"] == 1.0
+    assert got["psnr"] > 60 or got["psnr"] == float("inf")
+    judge.segmenter = (FixedSegmenter(torch.zeros_like(label[0]), 3), SimpleNamespace(num_classes=3), seg[2])
+    assert judge([image[None]])["dice"] == 0.0
+
+
+def test_sampling_section_on_a_teacher_and_a_student_checkpoint(tmp_path: Path) -> None:
+    from evaluation.segmenter import SegConfig, build_net, save_checkpoint
+
     eps = _save(_tiny_model(), tmp_path / "eps.ckpt")
     rflow = _save(_tiny_model("rflow"), tmp_path / "rflow.ckpt")
-    out = tmp_path / "bench.json"
+    cfg = SegConfig(num_classes=SYNTHETIC_NC, channels=(4, 8))
+    save_checkpoint(tmp_path / "seg.pt", build_net(cfg), cfg, {"window": [16, 16, 16]})
+    out = tmp_path / "bench"
     argv = [
         "--device", "cpu", "--quick", "--out", str(out), "--skip", "training", "generation",
-        "--ckpt", str(eps), "--rflow-ckpt", str(rflow), "--samplers", "ddpm", "ddim:2", "rflow:2",
-        "--sample-volumes", "1",
+        "--ckpt", f"teacher={eps}", f"student={rflow}", "--samplers", "ddpm", "ddim:2", "rflow:1",
+        "student=rflow:2", "--sample-volumes", "1", "--seeds", "0", "1", "--privacy-volumes", "2",
+        "--segmenter", str(tmp_path / "seg.pt"),
     ]  # fmt: skip
     assert cli.main(argv) == 0
-    sampling = json.loads(out.read_text())["sampling"]
-    rows = {(r["checkpoint"], r["sampler"]): r for r in sampling["results"]}
-    for key in (("ckpt", "ddpm"), ("ckpt", "ddim"), ("rflow_ckpt", "rflow")):
+    sampling = json.loads((out / cli.RECORD).read_text())["sampling"]
+    rows = {(r["checkpoint"], r["label"]): r for r in sampling["results"]}
+    assert sorted(rows) == [("student", "ddim-2"), ("student", "ddpm-20"), ("student", "rflow-1"),
+                            ("student", "rflow-2"), ("teacher", "ddim-2"), ("teacher", "ddpm-20"),
+                            ("teacher", "rflow-1")]  # fmt: skip
+    for key in (("teacher", "ddpm-20"), ("teacher", "ddim-2"), ("student", "rflow-1"), ("student", "rflow-2")):
         row = rows[key]
         assert row["status"] == "ok", row
-        assert 0.0 < row["time_per_volume_s"]["median"] and -1.0 <= row["ssim"] <= 1.0 and row["psnr"] > 0
-    assert rows[("ckpt", "ddpm")]["steps"] == 20 and rows[("ckpt", "ddpm")]["speedup_vs_ddpm"] == 1.0
-    assert (
-        rows[("ckpt", "rflow")]["status"] == "not applicable" and "--rflow-ckpt" in rows[("ckpt", "rflow")]["reason"]
-    )
-    assert rows[("rflow_ckpt", "ddim")]["status"] == "not applicable"
-    assert sampling["checkpoints"]["ckpt"]["objective"] == "ddpm"
+        assert row["time_per_volume_s"]["n"] == 2 and len(row["per_seed"]) == 2  # one volume, two seeds
+        assert 0 < row["denoise_s"]["median"] and 0 < row["decode_s"]["median"]
+        assert row["denoise_s"]["max"] + row["decode_s"]["max"] <= row["time_per_volume_s"]["max"]
+        assert -1.0 <= row["ssim"]["mean"] <= 1.0 and row["psnr"]["mean"] > 0 and row["ssim"]["std"] >= 0
+        assert 0 <= row["dice"]["mean"] <= 1 and -1 <= row["nn_ssim"]["mean"] <= 1
+    assert rows[("teacher", "ddpm-20")]["speedup"] == 1.0 and sampling["reference"] == "teacher ddpm-20"
+    assert rows[("teacher", "rflow-1")]["status"] == "not applicable"
+    assert rows[("student", "ddim-2")]["status"] == "not applicable"
+    assert rows[("teacher", "ddpm-20")]["passes_per_step"] == 2  # guidance 1.5: two passes per step
+    ckpt = sampling["checkpoints"]["teacher"]
+    assert ckpt["objective"] == "ddpm" and ckpt["path"] == str(eps) and 0 <= ckpt["real_dice"] <= 1
+    assert set(ckpt["first_stage_ceiling"]) == {"ssim", "psnr", "nn_ssim", "dice"}
     assert "data range 1" in sampling["metric_convention"]
+    assert "| Dice | nn-SSIM |" in (out / cli.SUMMARY).read_text()
 
 
 # ------------------------------------------------------------------------------------------------ fast paths
@@ -324,13 +434,21 @@ def test_real_volumes_come_from_the_registry_never_from_checkpoint_code(tmp_path
 def test_fmt_of_report_cells() -> None:
     assert report.fmt(None) == "–" and report.fmt(True) == "yes" and report.fmt(False) == "NO"
     assert report.fmt(0.123456) == "0.123" and report.fmt(123456.7) == "123457"
+    assert report.fmt({"mean": 0.81234, "std": 0.0123}) == "0.812 ± 0.012"
+    assert report.ratio({"mean": 0.4, "std": 0.1}, 0.8) == 0.5 and report.ratio(1.0, 0.0) is None
     assert report.note({"status": "ok"}) == "" and report.note({"status": "error", "reason": "a|b"}) == "error: a/b"
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    args = cli.build_parser().parse_args(["--out", "x", "--quick", *argv])
+    cli.check_args(args)
+    return args
 
 
 def test_training_on_real_label_maps(tmp_path: Path) -> None:
     """``--labels``: the training batches carry the given maps (their shape becomes the size); a mismatch is
     refused."""
-    from dataset.nifti import save_nifti
+    from dataset.nifti import load_label, save_nifti
 
     files = []
     for i in range(2):
@@ -338,21 +456,55 @@ def test_training_on_real_label_maps(tmp_path: Path) -> None:
         label[2:6, 3 + i : 10, 2:9] = 3
         label[:, :4] = 1
         files.append(str(save_nifti(tmp_path / f"s{i}.nii.gz", label, np.eye(4))))
-    args = cli.parse_args(["--out", "x.json", "--quick", "--labels", *files, "--label-nc", "4"])
+    args = _args(["--labels", *files, "--label-nc", "4"])
     assert args.sizes == [(8, 16, 12)] and args.labels == files and args.label_nc == 4
-    data = common.training_volumes(3, args.sizes[0], 4, 0, files)
+    data = common.Volumes(3, args.sizes[0], 4, 0, args.label_maps)
     batches = [data[i] for i in range(3)]
-    assert torch.equal(batches[1]["label"][0], torch.from_numpy(np.asarray(stored_label(files[1]))))
+    assert torch.equal(batches[1]["label"][0], torch.from_numpy(load_label(files[1])[0].astype(np.int64)))
     assert torch.equal(batches[2]["label"], batches[0]["label"])  # the maps are taken in turn
     assert float(batches[0]["image"].min()) >= -1.0 and float(batches[0]["image"].max()) <= 1.0
-    with pytest.raises(SystemExit) as err:
-        cli.parse_args(["--out", "x.json", "--labels", *files, "--sizes", "8x16x16"])
-    assert err.value.code == 2
-    with pytest.raises(ValueError, match="benchmark size"):
-        common.training_volumes(1, (8, 8, 8), 4, 0, files)
+    with pytest.raises(DataError, match="differs"):
+        _args(["--labels", *files, "--sizes", "8x16x16"])
 
 
-def stored_label(path: str) -> np.ndarray:
-    from dataset.nifti import load_label
+@pytest.fixture(scope="module")
+def sparse_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config folder with ``dataset/ts.yaml`` (a label table of 4 classes over raw ids up to 117) for a tiny
+    sparse CT folder, written by scripts/inspect_dataset.py as a user would."""
+    from scripts.inspect_dataset import main as inspect_main
+    from tests.scripts.own_data import write_sparse_ct_folder
 
-    return load_label(path)[0].astype(np.int64)
+    root = tmp_path_factory.mktemp("own")
+    write_sparse_ct_folder(root / "ts", n_cases=4)
+    (root / "my_configs" / "dataset").mkdir(parents=True)
+    assert inspect_main([str(root / "ts"), "--out", str(root / "my_configs" / "dataset" / "ts.yaml")]) == 0
+    return root / "my_configs"
+
+
+def test_class_tables_compose_the_table_and_the_raw_ids(sparse_dataset: Path) -> None:
+    args = _args(["--config-dir", str(sparse_dataset), "--dataset", "ts", "--class-tables", "table", "raw"])
+    assert list(args.class_data) == ["table", "raw"] and args.sizes == []
+    composed = {
+        t: build.compose_config("vqgan", d.overrides, d.config_dir).dataset for t, d in args.class_data.items()
+    }
+    assert (composed["table"].label_nc, composed["raw"].label_nc) == (4, 118)  # ids 0, 5, 51, 117: 118 raw channels
+    assert composed["raw"].label_table is None and len(composed["raw"].class_names) == 118
+    with pytest.raises(DataError, match="--class-tables needs --dataset"):
+        _args(["--class-tables", "raw"])
+
+
+@pytest.mark.slow  # four tiny trainings and their bf16 variants (about a minute on one core)
+def test_raw_ids_and_table_are_both_measured_for_both_stages(sparse_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vocab"
+    argv = ["--device", "cpu", "--quick", "--config-dir", str(sparse_dataset), "--dataset", "ts", "--class-tables",
+            "table", "raw", "--models", "vqgan_spade_tiny", "diffusion_tiny", "--skip", "sampling", "generation",
+            "--warmup", "0", "--repeats", "1", "--rounds", "2", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = {(r["model"], r["classes"]): r for r in json.loads((out / cli.RECORD).read_text())["training"]["results"]}
+    for model in ("vqgan_spade_tiny", "diffusion_tiny"):
+        table, raw = rows[(model, "table")], rows[(model, "raw")]
+        assert (table["label_nc"], raw["label_nc"]) == (4, 118)
+        assert table["status"] == raw["status"] == "ok" and table["size"] == raw["size"]
+        assert len(raw["step_times_s"]) == 2  # two rounds of one timed step, pooled
+        assert raw["vs_first_table"] == pytest.approx(raw["step_time_s"]["median"] / table["step_time_s"]["median"])
+    assert "| x first table |" in (out / cli.SUMMARY).read_text()
