@@ -121,13 +121,25 @@ class LatentDiffusionBase(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def _loss(
-        self, net: nn.Module, z0: torch.Tensor, cond: Sequence[torch.Tensor], generator: torch.Generator | None
+        self,
+        net: nn.Module,
+        z0: torch.Tensor,
+        cond: Sequence[torch.Tensor],
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Diffusion loss of ``net`` on clean latents z0 (B, C, d, h, w): ``net(x_t, t, *cond)`` vs the target."""
-        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        """Diffusion loss of ``net`` on clean latents z0 (B, C, d, h, w): ``net(x_t, t, *cond)`` vs the target.
+
+        ``noise``: (B, C, d, h, w), the noise paired with z0 (a reflow pair); None draws it from ``generator``.
+        """
+        if noise is None:
+            noise = torch.randn(z0.shape, device=z0.device, generator=generator)
         t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
         pred = net(self.schedule.add_noise(z0, noise, t), t, *cond).float()
-        target = self.schedule.target(z0, noise, t)
+        return self._distance(pred, self.schedule.target(z0, noise, t))
+
+    def _distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss between a prediction and its target, both (B, C, d, h, w): mean L1 or squared error."""
         return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dataset.contract import DataError, one_hot
@@ -372,17 +371,11 @@ class DistillationModule(LatentDiffusionModule):
                      self.distill["progressive_start_steps"] >> (r + 1))  # fmt: skip
         return self._teacher[0].to(self.device)
 
-    def _l(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(pred, target) if self.hparams.loss_type == "l1" else F.mse_loss(pred, target)
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Reflow: rectified-flow loss on teacher pairs ``{"label", "noise", "latent"}``; progressive: see below."""
         if self.method == "reflow":
-            z0, noise = batch["latent"].float(), batch["noise"].float()
             seg = one_hot(batch["label"], self.label_nc)
-            t = self.schedule.sample_timesteps(z0.shape[0], z0.device)
-            pred = self.denoiser(self.schedule.add_noise(z0, noise, t), t, seg).float()
-            loss = self._l(pred, self.schedule.target(z0, noise, t))
+            loss = self._loss(self.denoiser, batch["latent"].float(), (seg,), None, noise=batch["noise"].float())
         else:
             loss = self._progressive_loss(batch)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["label"].shape[0])
@@ -414,4 +407,4 @@ class DistillationModule(LatentDiffusionModule):
             x_end = x_mid + guided(x_mid, t_mid).float() * ((t_mid - t_next).float() / big_t).view(shape)
             target = (x_end - x) * (big_t / (t - t_next).float()).view(shape)
         pred = self.denoiser(x, t, seg).float()
-        return self._l(pred, target)
+        return self._distance(pred, target)
