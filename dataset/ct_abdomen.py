@@ -59,7 +59,7 @@ from filelock import FileLock
 from scipy import ndimage as ndi
 
 from dataset.contract import DataError
-from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built
+from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built, write_manifest, write_subject
 from dataset.files import PRODUCER, atomic_write_json
 from dataset.intensity import ct_window
 from dataset.label_table import LabelTable, load_label_table, remap_labels
@@ -468,40 +468,13 @@ def build_subjects(folder: Path, config: CTAbdomenConfig, source: Path, sha256: 
         image, lab = deform(base_image, base_label, slab_affine, config, seed)
         image_dhw = ct_window(ijk_to_dhw(image[:, :, k0 : k0 + depth]), *config.hu_window).astype(np.float32)
         label_dhw = ijk_to_dhw(lab[:, :, k0 : k0 + depth])
-        sid = f"{NAME}_s{index:04d}"
-        save_nifti(folder / "images" / f"{sid}.nii.gz", image_dhw, out_affine, dtype=np.float32)
-        save_nifti(folder / "labels" / f"{sid}.nii.gz", label_dhw, out_affine, dtype=np.uint8)
-        entries.append(
-            {
-                "id": sid,
-                "image": f"images/{sid}.nii.gz",
-                "label": f"labels/{sid}.nii.gz",
-                "split": splits[index],
-                "patient": sid,
-                "subject_index": index,
-                "subject_seed": seed,
-                "class_counts": np.bincount(label_dhw.ravel(), minlength=table.label_nc).tolist(),
-            }
-        )
+        entries.append(write_subject(folder, NAME, index, seed, splits[index], image_dhw, label_dhw, out_affine,
+                                     table.label_nc))  # fmt: skip
     shutil.copyfile(source / "LICENSE", folder / f"LICENSE-{PACKAGE}")
-    manifest = {
-        "producer": PRODUCER,
-        "format_version": 1,
-        "dataset": NAME,
-        "modality": "ct",
-        "label_nc": table.label_nc,
-        "class_names": list(table.class_names),
-        "intensity": config.intensity,
-        "images_normalized": True,
-        "voxel_size": [round(float(v), 4) for v in np.linalg.norm(out_affine[:3, :3], axis=0)[[2, 0, 1]]],
-        "source": {"package": PACKAGE, "version": VERSION, "sha256": sha256, "license": LICENSE,
-                   "files": sorted(MEMBERS), "licence_file": f"LICENSE-{PACKAGE}"},
-        "config": asdict(config),
-        "config_hash": config.digest(sha256),
-        "entries": entries,
-    }  # fmt: skip
-    atomic_write_json(folder / MANIFEST_NAME, manifest, overwrite=False)
-    return manifest
+    provenance = {"package": PACKAGE, "version": VERSION, "sha256": sha256, "license": LICENSE,
+                  "files": sorted(MEMBERS), "licence_file": f"LICENSE-{PACKAGE}"}  # fmt: skip
+    return write_manifest(folder, NAME, "ct", table.class_names, config.intensity, out_affine, config,
+                          config.digest(sha256), entries, {"source": provenance})  # fmt: skip
 
 
 def ensure_cache(

@@ -13,15 +13,18 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from filelock import FileLock
 from torch.utils.data import Dataset
 
 from dataset.contract import Sample
+from dataset.files import PRODUCER, atomic_write_json
+from dataset.nifti import save_nifti
 from dataset.nifti_pairs import NiftiPairsDataset
 from dataset.splits import check_split, split_by_count
 from dataset.transaction import MANIFEST_NAME
@@ -94,6 +97,71 @@ def ensure_built(folder: Path, build: Callable[[Path], Any], what: str) -> tuple
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder, True
+
+
+def write_subject(
+    folder: Path,
+    name: str,
+    index: int,
+    seed: int,
+    split: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    label_nc: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write subject ``index`` (id ``<name>_s<index:04d>``) into a cache being built.
+
+    Args:
+        folder: the cache's temporary folder; the pair goes to ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``.
+        name: the dataset's name.
+        index, seed: the subject's index and its augmentation seed.
+        split: its split.
+        image: (D, H, W) float32 in [-1, 1]; label: (D, H, W) class indices < ``label_nc`` (written as uint8).
+        affine: (4, 4) voxel-to-world matrix of both.
+        extra: more fields of its manifest entry (e.g. its intensity record), before the class counts.
+
+    Returns:
+        The subject's manifest entry.
+    """
+    sid = f"{name}_s{index:04d}"
+    save_nifti(folder / "images" / f"{sid}.nii.gz", image, affine, dtype=np.float32)
+    save_nifti(folder / "labels" / f"{sid}.nii.gz", label, affine, dtype=np.uint8)
+    return {"id": sid, "image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz", "split": split,
+            "patient": sid, "subject_index": index, "subject_seed": seed, **(extra or {}),
+            "class_counts": np.bincount(label.ravel(), minlength=label_nc).tolist()}  # fmt: skip
+
+
+def write_manifest(
+    folder: Path,
+    name: str,
+    modality: str,
+    class_names: Sequence[str],
+    intensity: Mapping[str, Any],
+    affine: np.ndarray,
+    config: EmbeddedConfig,
+    config_hash: str,
+    entries: list[dict[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the manifest that completes a cache being built (:func:`ensure_built`) and return it.
+
+    Args:
+        folder: the cache's temporary folder.
+        name, modality, class_names, intensity: the dataset's (``intensity``: the spec of the written images).
+        affine: (4, 4) voxel-to-world matrix of every subject (their voxel size is recorded in (D, H, W) order).
+        config, config_hash: what the subjects were built from, and its hash (the folder's name).
+        entries: the subjects' entries (:func:`write_subject`).
+        extra: more fields (e.g. the source's provenance), before the config.
+    """
+    voxel_size = [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)[[2, 0, 1]]]
+    manifest = {"producer": PRODUCER, "format_version": 1, "dataset": name, "modality": modality,
+                "label_nc": len(class_names), "class_names": list(class_names), "intensity": dict(intensity),
+                "images_normalized": True, "voxel_size": voxel_size, **(extra or {}), "config": asdict(config),
+                "config_hash": config_hash, "entries": entries}  # fmt: skip
+    atomic_write_json(folder / MANIFEST_NAME, manifest, overwrite=False)
+    return manifest
 
 
 class EmbeddedPairs(Dataset):

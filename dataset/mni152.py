@@ -46,13 +46,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built
-from dataset.files import PRODUCER, atomic_write_json
+from dataset.embedded import EmbeddedConfig, EmbeddedPairs, ensure_built, write_manifest, write_subject
 from dataset.intensity import percentile_normalize
-from dataset.nifti import ijk_to_dhw, save_nifti
+from dataset.nifti import ijk_to_dhw
 from dataset.resample import box, index_map, resample
 from dataset.splits import split_by_count
-from dataset.transaction import MANIFEST_NAME
 
 NAME = "mni152"
 CLASS_NAMES = ("background", "other_head_tissue", "csf_other_brain", "grey_matter", "white_matter")
@@ -276,39 +274,10 @@ def build_subjects(folder: Path, config: MNI152Config) -> dict[str, Any]:
         seed = subject_seed(config.seed, index)
         image, label = augment_subject(base_image, base_label, out_affine, config, seed)
         image_dhw, record = percentile_normalize(ijk_to_dhw(image), 0.5, 99.5, source=f"mni152 subject {index}")
-        label_dhw = ijk_to_dhw(label)
-        sid = f"mni152_s{index:04d}"
-        save_nifti(folder / "images" / f"{sid}.nii.gz", image_dhw, out_affine, dtype=np.float32)
-        save_nifti(folder / "labels" / f"{sid}.nii.gz", label_dhw, out_affine, dtype=np.uint8)
-        entries.append(
-            {
-                "id": sid,
-                "image": f"images/{sid}.nii.gz",
-                "label": f"labels/{sid}.nii.gz",
-                "split": splits[index],
-                "patient": sid,
-                "subject_index": index,
-                "subject_seed": seed,
-                "intensity_record": record,
-                "class_counts": np.bincount(label_dhw.ravel(), minlength=LABEL_NC).tolist(),
-            }
-        )
-    manifest = {
-        "producer": PRODUCER,
-        "format_version": 1,
-        "dataset": NAME,
-        "modality": "mr",
-        "label_nc": LABEL_NC,
-        "class_names": list(CLASS_NAMES),
-        "intensity": {"kind": "percentile", "lower": 0.5, "upper": 99.5, "invertible": False},
-        "images_normalized": True,
-        "voxel_size": [round(float(v), 4) for v in np.linalg.norm(out_affine[:3, :3], axis=0)[[2, 0, 1]]],
-        "config": asdict(config),
-        "config_hash": config.digest(),
-        "entries": entries,
-    }
-    atomic_write_json(folder / MANIFEST_NAME, manifest, overwrite=False)
-    return manifest
+        entries.append(write_subject(folder, NAME, index, seed, splits[index], image_dhw, ijk_to_dhw(label),
+                                     out_affine, LABEL_NC, {"intensity_record": record}))  # fmt: skip
+    intensity = {"kind": "percentile", "lower": 0.5, "upper": 99.5, "invertible": False}
+    return write_manifest(folder, NAME, "mr", CLASS_NAMES, intensity, out_affine, config, config.digest(), entries)
 
 
 def ensure_cache(root: str | Path, config: MNI152Config) -> tuple[Path, bool]:
