@@ -189,6 +189,10 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+#: The log lines of the long-running commands (pipeline drivers, preprocessing) carry the time.
+TIMED_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     command: Callable[[argparse.Namespace, list[str]], object],

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dataset.cli import ArgumentParser, finite_float, float_in, positive_int, run_cli
+from dataset.cli import TIMED_LOG_FORMAT, ArgumentParser, finite_float, float_in, positive_int, run_cli
 from dataset.files import OutputFolder
 from dataset.preprocess import PreprocessOptions
 
@@ -144,4 +144,4 @@ def run_preprocess(
             manifest = job(args, options)
         log.info("done: %s", dict(manifest.get("counts", {})))
 
-    return run_cli(parser, command, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(parser, command, argv, log_format=TIMED_LOG_FORMAT)

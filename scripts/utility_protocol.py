@@ -34,7 +34,15 @@ import time
 from pathlib import Path
 
 from dataset import DataError
-from dataset.cli import ArgumentParser, check_unique, float_in, nonnegative_int, positive_int, run_cli
+from dataset.cli import (
+    TIMED_LOG_FORMAT,
+    ArgumentParser,
+    check_unique,
+    float_in,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+)
 from dataset.embedded import LOWER_BOUND_NOTES
 from dataset.files import atomic_write_text, claim_run_folder
 from dataset.visualization import pair_montages
@@ -124,7 +132,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> int:
 @report_failure
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol; 0 on success, 2 (one line) on a user error, a failed step's exit status otherwise."""
-    return run_cli(build_parser(), command, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(build_parser(), command, argv, log_format=TIMED_LOG_FORMAT)
 
 
 def run_steps(args: argparse.Namespace) -> int:
