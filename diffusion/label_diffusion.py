@@ -33,7 +33,7 @@ from diffusion.base import LatentDiffusionBase
 from diffusion.guidance import combine
 from diffusion.sampling import sample_latent
 from diffusion.schedulers import NoiseSchedule
-from diffusion.unet3d import Unet3D
+from diffusion.unet3d import Unet3D, coordinate_grid
 from vq_gan_3d.label_autoencoder import (
     architecture_hparams,
     build_label_autoencoder,
@@ -80,8 +80,7 @@ def label_attributes(
     counts = torch.stack([(lab == c).flatten(1).sum(1) for c in range(1, label_nc)], 1).double()  # (B, K-1)
     out = [counts * voxel_ml.to(counts).view(b, 1)]
     if centroid_idx:
-        axes = [torch.linspace(-1, 1, n, device=lab.device, dtype=torch.float64) for n in lab.shape[1:]]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, D, H, W)
+        grid = coordinate_grid(lab.shape[1:], lab.device, torch.float64)  # (3, D, H, W)
         for c in centroid_idx:
             mask = (lab == c).double()  # (B, D, H, W)
             n = mask.flatten(1).sum(1).clamp(min=1)

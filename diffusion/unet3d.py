@@ -37,6 +37,12 @@ from diffusion.blocks import ResBlock, SinusoidalPosEmb, downsample, upsample
 from diffusion.denoiser_base import Denoiser
 
 
+def coordinate_grid(size: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(3, D, H, W) voxel-centre coordinates of a (D, H, W) grid, each axis on ``linspace(-1, 1, n)``."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
 class Unet3D(Denoiser):
     """Pseudo-3D U-Net denoiser on VQ-GAN latents.
 
@@ -61,6 +67,11 @@ class Unet3D(Denoiser):
         label_encoder: "conv" or "pool".
         label_channels: conv label-encoder output channels (the reference's ``spade_input_channel``).
         label_hidden: conv label-encoder hidden channels.
+        position_input: concatenate three fixed coordinate channels (D, H, W each on ``linspace(-1, 1)``) to the
+            input. Convolutions are in-plane only and depth attention sees relative positions only, so without
+            them nothing tells the network where along depth it is; a generator whose input is pure noise (the
+            label diffusion) then places anatomy at any depth, wrapped or doubled. Stage 2 gets its positions
+            from the label map and leaves this off.
     """
 
     def __init__(
@@ -84,6 +95,7 @@ class Unet3D(Denoiser):
         label_encoder: str = "conv",
         label_channels: int = 64,
         label_hidden: Sequence[int] = (64, 128),
+        position_input: bool = False,
     ) -> None:
         super().__init__(channels, label_nc, latent_factor, conditioning, label_encoder, label_channels, label_hidden)
         dim_mults = [int(m) for m in dim_mults]
@@ -94,6 +106,7 @@ class Unet3D(Denoiser):
         if attn_heads < 1 or attn_dim_head < 2:
             raise ValueError(f"need attn_heads >= 1 and attn_dim_head >= 2, got {attn_heads}, {attn_dim_head}")
         init_dim = init_dim or dim
+        self.position_input = bool(position_input)
         self.num_downsamples = len(dim_mults) - 1
 
         spade_channels = self.label_channels if conditioning == "spade" else None
@@ -114,7 +127,7 @@ class Unet3D(Denoiser):
         self.rel_pos_bias = RelativePositionBias(attn_heads, rel_pos_buckets, rel_pos_max_distance)
 
         # 1. input: concat mode widens the init conv by the label-feature channels
-        in_ch = channels + (self.label_channels if conditioning == "concat" else 0)
+        in_ch = channels + (self.label_channels if conditioning == "concat" else 0) + (3 if position_input else 0)
         pad = init_kernel_size // 2
         self.init_conv = nn.Conv3d(in_ch, init_dim, (1, init_kernel_size, init_kernel_size), padding=(0, pad, pad))
         self.init_depth_attn = depth_attn(init_dim)
@@ -223,6 +236,9 @@ class Unet3D(Denoiser):
         spade_feats = label_features if self.conditioning == "spade" else None
         if self.conditioning == "concat":
             x = torch.cat((x, label_features.to(x.dtype)), dim=1)
+        if self.position_input:
+            grid = coordinate_grid(x.shape[2:], x.device, x.dtype)
+            x = torch.cat((x, grid.expand(x.shape[0], -1, -1, -1, -1)), dim=1)
 
         x = self.init_conv(x)
         x = self.init_depth_attn(x, pos_bias)

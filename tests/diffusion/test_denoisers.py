@@ -8,7 +8,7 @@ import torch
 from dataset.contract import one_hot
 from diffusion.attention import RelativePositionBias, RotaryEmbedding
 from diffusion.denoiser_factory import build_denoiser
-from diffusion.unet3d import Unet3D, Unet3DSPADE
+from diffusion.unet3d import Unet3D, Unet3DSPADE, coordinate_grid
 
 TINY = {"dim": 8, "dim_mults": (1, 2), "attn_heads": 2, "attn_dim_head": 4, "label_channels": 4, "label_hidden": (4,)}
 VARIANTS = {
@@ -97,6 +97,32 @@ def test_unet3d_spade_architecture_facts() -> None:
     x = torch.randn(1, 8, 2, 8, 8)
     with torch.no_grad():
         assert net(x, torch.tensor([7]), torch.zeros(1, 37, 8, 32, 32)).shape == x.shape
+
+
+def test_coordinate_grid_known_values() -> None:
+    grid = coordinate_grid((3, 2, 5), torch.device("cpu"), torch.float32)
+    assert grid.shape == (3, 3, 2, 5)
+    assert torch.equal(grid[0, :, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.equal(grid[1, 0, :, 0], torch.tensor([-1.0, 1.0]))
+    assert torch.equal(grid[2, 0, 0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    assert torch.equal(grid[0, 1], torch.zeros(2, 5))  # depth coordinate constant within a slice
+
+
+@pytest.mark.parametrize("position_input", [False, True])
+def test_only_position_input_tells_the_unet_where_along_depth_it_is(position_input: bool) -> None:
+    """Convolutions are in-plane and depth attention sees relative positions only, so without coordinates an input
+    that is the same in every slice gives the same output in every slice: the network cannot know where along depth
+    a slice lies (the label generator's wrapped and doubled anatomy, issue 25). Coordinates break the symmetry."""
+    torch.manual_seed(0)
+    net = Unet3D(3, 1, (4, 4, 4), conditioning="none", position_input=position_input, **TINY).eval()
+    x = torch.randn(1, 3, 1, 4, 4).expand(1, 3, 6, 4, 4).contiguous()  # every depth slice identical
+    with torch.no_grad():
+        out = net(x, torch.tensor([0.5]), None)
+    spread = (out - out[:, :, :1]).abs().max().item()
+    if position_input:
+        assert spread > 1e-3
+    else:
+        assert spread < 1e-5
 
 
 def test_relative_position_bias_buckets() -> None:
