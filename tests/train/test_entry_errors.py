@@ -189,3 +189,24 @@ def test_distill_teacher_and_resume_checkpoints_are_checked_in_one_line(
     assert code == 2 and len(lines) == 1, err
     assert "Traceback" not in err and needle in lines[0], lines
     assert not (out / "checkpoints").exists() and not (out / "teacher_pairs").exists()
+
+
+def test_label_value_outside_the_table_stops_training_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 23: a file value the dataset's label table lacks names the file and the value, before any step."""
+    from tests.scripts.own_data import write_sparse_ct_folder
+
+    data = tmp_path / "ts"
+    write_sparse_ct_folder(data, n_cases=4)  # values 0, 5, 51, 117
+    table = tmp_path / "ts_labels.yaml"  # 117 (costal cartilages) left out, as a table written for another tool
+    table.write_text("name: ts\nclasses: [background, liver, heart]\nremap: {0: 0, 5: liver, 51: heart}\n")
+    out = tmp_path / "run"
+    argv = ["experiment=nifti_pairs_vqgan_cpu", "trainer.max_steps=2", f"dataset.root={data}", "dataset.label_nc=3",
+            "dataset.class_names=[background,liver,heart]", f"dataset.label_table={table}",
+            "dataset.block_size=[16,16,16]", "dataset.intensity={kind: ct_window, hu_min: -1000, hu_max: 1000}",
+            "logger=csv", f"paths.output_dir={out}"]  # fmt: skip
+    code, lines, err = _main("train_vqgan", argv, monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err and ".nii.gz" in lines[0] and "[117]" in lines[0], lines
+    assert not (out / "checkpoints").exists()
