@@ -25,8 +25,12 @@ import numpy as np
 import yaml
 
 from dataset.contract import DataError
+from dataset.files import read_run_record
 
 TABLE_PACKAGE_DIR = "label_tables"
+#: Run records that hold the label table of the maps written beside them: ``generate.py`` (and its
+#: ``--export-real``) write ``generation.json``, ``generate_labels.py`` writes ``labels_run.json``.
+TABLE_RECORDS = ("generation.json", "labels_run.json")
 
 
 @dataclass(frozen=True)
@@ -370,6 +374,50 @@ def class_names_from_masks(folder: str | Path, label_maps: Sequence[Path]) -> tu
             f"--names {folder}: {len(unmatched)} masks are empty there, so without an id: {unmatched[:8]}{more}"
         )
     return names, warnings
+
+
+def recorded_label_table(*folders: str | Path | None) -> LabelTable | None:
+    """The label table that the run records of ``folders`` hold: their label maps are in its source ids.
+
+    A folder's own record counts (:data:`TABLE_RECORDS`), and its parent's where that record lists files inside
+    the folder (``generate.py --export-real DIR`` writes ``DIR/labels/`` and records it in ``DIR``).
+
+    Args:
+        folders: folders of label maps or of volumes generated from them (None entries are skipped).
+
+    Returns:
+        The table, or None when no record holds one (the maps hold class ids ``0..K-1``).
+
+    Raises:
+        DataError: a malformed table, or two folders recording different tables (their ids name other classes).
+    """
+    found: dict[str, LabelTable] = {}
+    for folder in folders:
+        if folder is None:
+            continue
+        folder = Path(folder)
+        candidates = [(folder / name, None) for name in TABLE_RECORDS]
+        candidates += [(folder.parent / name, folder.name) for name in TABLE_RECORDS]
+        for path, inside in candidates:
+            record = read_run_record(path)
+            if not record or record.get("label_table") is None:
+                continue
+            if inside is not None and not any(
+                str(rel).startswith(f"{inside}/") for rel in record.get("outputs") or []
+            ):
+                continue  # the parent's record is about other files
+            try:
+                found[str(path)] = parse_label_table(record["label_table"], f"{path}: label_table")
+            except ValueError as err:
+                raise DataError(str(err)) from None
+            break
+    tables = list(found.items())
+    for path, table in tables[1:]:
+        if (table.class_names, table.remap) != (tables[0][1].class_names, tables[0][1].remap):
+            raise DataError(
+                f"{path} and {tables[0][0]} record different label tables: their label ids name different classes"
+            )
+    return tables[0][1] if tables else None
 
 
 def load_class_ids(path: str | Path, label_nc: int, table: LabelTable | None) -> tuple[np.ndarray, np.ndarray]:

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from dataset.contract import DataError
 from dataset.files import atomic_write
-from dataset.nifti import load_image, load_label
+from dataset.label_table import load_class_ids, recorded_label_table
+from dataset.nifti import load_image
 
 OVERLAY_ALPHA = 0.45
 MIN_TILE_PIXELS = 96
@@ -493,15 +495,19 @@ def pair_montages(
     """(label | image) montages of the first ``count`` generated pairs in ``pairs/{labels,images}``, into ``report``.
 
     Each label map ``pairs/labels/<id>.nii.gz`` is drawn above its image ``pairs/images/<id>_s0.nii.gz`` as
-    ``report/pair_<id>_montage.png``.
+    ``report/pair_<id>_montage.png``. Maps in the user's ids (a model trained with a label table) are read through
+    the table their run record holds, so colours and legend follow the classes.
 
     Returns:
         the report's Markdown lines, one image each.
     """
+    table = recorded_label_table(pairs / "labels")
+    if table is not None and table.label_nc != len(class_names):
+        raise DataError(f"{pairs / 'labels'}: label table of {table.label_nc} classes, {len(class_names)} names given")
     shown = []
     for path in sorted((pairs / "labels").glob("*.nii.gz"))[:count]:
         vid = path.name[: -len(".nii.gz")]
-        label, affine = load_label(path)
+        label, affine = load_class_ids(path, len(class_names), table)
         image, _ = load_image(pairs / "images" / f"{vid}_s0.nii.gz")
         rows = [("new label", torch.from_numpy(label)), ("synthetic", torch.from_numpy(image))]
         save_montage(report / f"pair_{vid}_montage.png", rows, num_slices=8, label_nc=len(class_names),

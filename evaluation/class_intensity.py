@@ -1,7 +1,7 @@
 """Per-class intensity of synthetic against real volumes: each class's voxels' median and quartiles, pooled.
 
     python -m evaluation.class_intensity --real REAL_DIR --fake FAKE_DIR --labels LABEL_DIR \
-        --class-names background spleen ... --out report/class_intensity.json
+        [--class-names background spleen ...] --out report/class_intensity.json
 
 Each synthetic file pairs with its real image and label map by name (:mod:`evaluation.pairing`: ``<id>`` with
 ``<id>`` or ``<id>_s<k>``). For every class, the voxels under that class in the label map are pooled over all
@@ -10,6 +10,10 @@ the voxel count and the real and synthetic median and quartiles in the files' ow
 the medians (synthetic - real). For CT generated from a ``ct_window`` dataset both are in HU, so "liver: real 52,
 synthetic 61" reads directly as a tissue contrast check. Both folders must be in the same units: where both record
 a range (``evaluation.intensity.recorded_range``) the ranges must agree.
+
+For a model trained with a label table (sparse ids such as TotalSegmentator's) the label maps hold the user's ids:
+the table recorded beside the folders (``generation.json`` of ``generate.py`` and of its ``--export-real``) reads
+them into classes and names the rows, so ``--class-names`` may be left out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 from dataset import DataError
 from dataset.cli import ArgumentParser, check_unique, run_cli
 from dataset.files import check_output_files, read_run_record
-from dataset.nifti import load_image, load_label
+from dataset.label_table import LabelTable, load_class_ids, recorded_label_table
+from dataset.nifti import load_image
 from evaluation.cli_common import HelpFormatter
 from evaluation.intensity import recorded_range
 from evaluation.nifti_io import list_nifti
@@ -35,7 +40,7 @@ QUANTILES = (25.0, 50.0, 75.0)
 
 
 def class_intensity(
-    real_dir: Path, fake_dir: Path, label_dir: Path, class_names: list[str]
+    real_dir: Path, fake_dir: Path, label_dir: Path, class_names: list[str], table: LabelTable | None = None
 ) -> dict[str, dict[str, float | int | None]]:
     """Per-class pooled quartiles of real and synthetic voxels (module docstring).
 
@@ -43,13 +48,15 @@ def class_intensity(
         real_dir, fake_dir, label_dir: folders of ``<id>`` real images, ``<id>[_s<k>]`` synthetic volumes and
             ``<id>`` label maps; every volume of a case on one (D, H, W) grid.
         class_names: names of classes 0..K-1 (label values must lie below K).
+        table: the label table the maps' values are source ids of; None: they are class ids.
 
     Returns:
         class name -> ``{"voxels", "real_p25", "real_median", "real_p75", "fake_p25", "fake_median", "fake_p75",
         "median_difference"}``, for the classes that occur (voxels: in the real label maps, once per case).
 
     Raises:
-        DataError: unpaired files, a missing label map, grids that differ, label values out of range.
+        DataError: unpaired files, a missing label map, grids that differ, label values out of range (or not in
+            the table).
     """
     pairs = pair_folders(real_dir, fake_dir)
     labels = list_nifti(label_dir)
@@ -60,7 +67,7 @@ def class_intensity(
     for pair in pairs:
         if pair.id not in labels:
             raise DataError(f"{label_dir}: no label map {pair.id}.nii.gz for {pair.synthetic.name}")
-        label, _ = load_label(labels[pair.id], k)
+        label, _ = load_class_ids(labels[pair.id], k, table)
         fake, _ = load_image(pair.synthetic)
         if fake.shape != label.shape:
             raise DataError(f"{pair.synthetic}: shape {fake.shape} differs from its label map's {label.shape}")
@@ -114,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=Path, required=True, help="folder of real images <id>.nii[.gz]")
     p.add_argument("--fake", type=Path, required=True, help="folder of synthetic volumes <id>[_s<k>].nii[.gz]")
     p.add_argument("--labels", type=Path, required=True, help="folder of label maps <id>.nii[.gz]")
-    p.add_argument("--class-names", nargs="+", required=True, help="names of classes 0..K-1")
+    p.add_argument("--class-names", nargs="+", default=None, help="names of classes 0..K-1 (default: the label "
+                   "table recorded beside the folders)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="report JSON (its Markdown twin beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report of this tool")
     p.add_argument("--log-level", default="info", help="logging level")
@@ -132,8 +140,17 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
     if len(known) == 2 and known["--real"] != known["--fake"]:
         raise DataError(f"--real and --fake are recorded in different ranges ({known}); compare like with like")
     units = "recorded range " + str(list(known.get("--real") or known.get("--fake") or ("?", "?")))
-    table = class_intensity(args.real, args.fake, args.labels, check_unique(args.class_names, "--class-names"))
+    label_table = recorded_label_table(args.fake, args.real, args.labels)  # maps in the user's ids, if any
+    names = args.class_names or (list(label_table.class_names) if label_table is not None else None)
+    if not names:
+        raise DataError(f"--class-names is needed: no label table is recorded beside {args.fake} or {args.real}")
+    names = check_unique(names, "--class-names")
+    if label_table is not None and label_table.label_nc != len(names):
+        raise DataError(f"--class-names gives {len(names)} classes, the recorded label table {label_table.label_nc}")
+    table = class_intensity(args.real, args.fake, args.labels, names, label_table)
     report = header("evaluation.class_intensity", argv) | {"units": units, "classes": table}
+    if label_table is not None:
+        report["label_table"] = label_table.to_plain()
     write_report(args.out, report, markdown(table, units))
     log.info("wrote %s and %s", json_path, md_path)
 

@@ -2,9 +2,11 @@
 demo's (and the utility protocol's) exported subjects (:func:`export_config_split`).
 
 Images are written in the units generation writes (HU for a ``ct_window`` dataset, else the model's [-1, 1]), so
-real and synthetic volumes compare like with like; label maps hold the model's class ids (0..K-1, what
-``evaluation/`` reads). The images' folder gets a run record (``generation.json``) with their units and range, so
-the evaluation tools read the range instead of assuming one, and ``--overwrite`` replaces exactly these files.
+real and synthetic volumes compare like with like; label maps hold the model's class ids (0..K-1), or, for a dataset
+with a label table (sparse ids such as TotalSegmentator's), the user's ids again, as the dataset's own files and the
+generated maps hold them. The images' folder gets a run record (``generation.json``) with their units and range
+(and the label table), so the evaluation tools read the range instead of assuming one and the label maps through
+the table (:func:`dataset.label_table.recorded_label_table`), and ``--overwrite`` replaces exactly these files.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dataset.files import check_name, check_output_files, plan_outputs, write_run_record
 from dataset.intensity import invert
+from dataset.label_table import LabelTable, restore_labels
 from dataset.nifti import save_nifti
-from dataset.registry import build_split, plain_data_info
+from dataset.registry import build_split, label_table_of, plain_data_info
 from diffusion.generation.pipeline import RECORD_NAME, output_units
 
 
@@ -31,6 +34,7 @@ def export_split(
     overwrite: bool = False,
     record: dict[str, Any] | None = None,
     what: str = "--export-real",
+    table: LabelTable | None = None,
 ) -> list[str]:
     """Write every sample of ``ds`` as ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``; return the ids.
 
@@ -43,6 +47,7 @@ def export_split(
         overwrite: replace the files a previous export recorded (never anything else).
         record: extra plain data for the run record (checkpoint hash, command).
         what: the option naming the folder, in messages.
+        table: the dataset's label table: label maps are written back in its source ids, and it is recorded.
 
     Raises:
         DataError / FileExistsError: an unsafe id, outputs in the way (checked before anything is written).
@@ -63,11 +68,15 @@ def export_split(
             image = invert(image, intensity)
         affine = np.asarray(s["affine"])
         save_nifti(images / f"{vid}.nii.gz", image.astype(np.float32), affine, overwrite=overwrite)
-        save_nifti(labels / f"{vid}.nii.gz", s["label"][0].numpy(), affine, overwrite=overwrite)
+        label = s["label"][0].numpy()
+        if table is not None:  # the user's ids, as in their own files and the generated maps
+            label = restore_labels(label, table)
+        save_nifti(labels / f"{vid}.nii.gz", label, affine, overwrite=overwrite)
     plan.remove_stale()
     write_run_record(
         images / RECORD_NAME,
         {"command": "export", **(record or {}), "split": split, **units,
+         **({"label_table": table.to_plain()} if table is not None else {}),
          "outputs": [str(p.relative_to(images)) for p in recorded]},
     )  # fmt: skip
     return ids
@@ -79,4 +88,4 @@ def export_config_split(dataset_cfg: DictConfig, out: Path, split: str) -> list[
     # Built from the fixed dataset table, like generation's split=..., never by instantiating a config node.
     info = plain_data_info(OmegaConf.to_container(dataset_cfg, resolve=True))
     return export_split(build_split(info, split), split, out / "images", out / "labels", info.get("intensity"),
-                        record={"command": "demo export"}, what="--out")  # fmt: skip
+                        record={"command": "demo export"}, what="--out", table=label_table_of(info))  # fmt: skip

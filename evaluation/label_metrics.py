@@ -26,6 +26,10 @@ Every folder holds integer NIfTI label maps; volumes use each file's own voxel s
   train``) segments each generated image; Dice against the map it was generated from, next to the same on real
   test pairs.
 
+Maps of a model trained with a label table (sparse ids) are in the user's ids; the table recorded beside them
+(``labels_run.json`` of ``generate_labels``, ``generation.json`` of ``generate --export-real``) reads them back
+into classes, and names them where ``--class-names`` is not given.
+
 A JSON report with every number and a Markdown table next to it (``evaluation.report``).
 """
 
@@ -44,7 +48,7 @@ from dataset import DataError
 from dataset.cli import ArgumentParser, check_unique, finite_float, float_in, run_cli
 from dataset.dice import mean_dice
 from dataset.files import check_output_files, read_run_record
-from dataset.label_table import LabelTable, load_class_ids, parse_label_table
+from dataset.label_table import LabelTable, load_class_ids, recorded_label_table
 from evaluation.cli_common import HelpFormatter
 from evaluation.coherence import summary as coherence_summary
 from evaluation.nifti_io import list_nifti
@@ -66,7 +70,7 @@ class LabelMap:
 
 def load_maps(folder: Path, num_classes: int, table: LabelTable | None = None) -> list[LabelMap]:
     """Every NIfTI label map in ``folder``: class ids checked against ``num_classes``, or the user's ids read
-    through ``table`` (the label table of the run record in ``--fake``: generated maps are in those ids)."""
+    through ``table`` (the label table recorded beside the maps: generated maps are in those ids)."""
     maps = []
     for stem, path in list_nifti(Path(folder)).items():
         label, affine = load_class_ids(path, num_classes, table)
@@ -217,8 +221,11 @@ def control_summary(record: dict | None, fake: list[LabelMap], names: list[str],
     return out
 
 
-def adherence(args: argparse.Namespace, names: list[str]) -> dict | None:
-    """Dice of a real-trained segmenter on generated images vs their maps, and on real test pairs."""
+def adherence(args: argparse.Namespace, names: list[str], table: LabelTable | None = None) -> dict | None:
+    """Dice of a real-trained segmenter on generated images vs their maps, and on real test pairs.
+
+    The maps are read through ``table`` (their ids are the user's), the segmenter predicts class ids 0..K-1.
+    """
     if args.segmenter is None:
         return None
     from evaluation.dice import summarise_dice
@@ -230,10 +237,10 @@ def adherence(args: argparse.Namespace, names: list[str]) -> dict | None:
     # clipped voxels are counted and reported; a volume entirely outside the range is refused (IntensityRange)
     rng = IntensityRange(*args.data_range, clip=True, source="the command line (--data-range)")
     out: dict = {"segmenter": args.segmenter.name}
-    fake_cases = load_cases(args.fake_images, args.fake, len(names), rng)
+    fake_cases = load_cases(args.fake_images, args.fake, len(names), rng, table)
     out["fake"] = summarise_dice(dice_of_cases(net, fake_cases, window, len(names)), names)
     if args.real_images is not None:
-        real_cases = load_cases(args.real_images, args.real, len(names), rng)
+        real_cases = load_cases(args.real_images, args.real, len(names), rng, table)
         out["real"] = summarise_dice(dice_of_cases(net, real_cases, window, len(names)), names)
     out["intensity"] = rng.describe()
     if rng.clipped_voxels:
@@ -373,7 +380,13 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     )  # fmt: skip
     check_adherence_options(args)
     record = read_run_record(args.fake / RUN_RECORD) if (args.fake / RUN_RECORD).is_file() else None
-    names = args.class_names or (record or {}).get("class_names")
+    # the maps' ids: a label table recorded beside them (generate_labels, generate --export-real), else class ids
+    table = recorded_label_table(args.fake, args.real, args.train)
+    names = (
+        args.class_names
+        or (record or {}).get("class_names")
+        or (list(table.class_names) if table is not None else None)
+    )
     if not names:
         raise ValueError(f"--class-names is needed: {args.fake} has no {RUN_RECORD} naming the classes")
     names = check_unique([str(n) for n in names], "--class-names")
@@ -382,14 +395,12 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     if not 0.0 < args.copy_threshold <= 1.0:
         raise ValueError(f"--copy-threshold must be in (0, 1], got {args.copy_threshold}")
     k = len(names)
-    stored = (record or {}).get("label_table")
-    table = parse_label_table(stored, f"{args.fake / RUN_RECORD}: label_table") if stored else None
     if table is not None and table.label_nc != k:
-        raise ValueError(f"--class-names gives {k} classes, the label table of {args.fake} {table.label_nc}")
+        raise ValueError(f"--class-names gives {k} classes, the recorded label table {table.label_nc}")
     fake, real = load_maps(args.fake, k, table), load_maps(args.real, k, table)
     train = load_maps(args.train, k, table) if args.train is not None else []
     results = evaluate(fake, real, train, names, record, args.copy_threshold)
-    results["adherence"] = adherence(args, names)
+    results["adherence"] = adherence(args, names, table)
     report = {
         **header("label_metrics", argv),
         # as the user typed them (reports are shared: no resolved absolute paths)

@@ -23,6 +23,7 @@ from dataset import DataError
 from dataset.cli import one_line
 from dataset.dice import per_class_dice
 from dataset.files import atomic_torch_save, read_checkpoint
+from dataset.label_table import LabelTable, remap_labels
 from dataset.nifti import load_pair, save_nifti
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
@@ -114,15 +115,27 @@ def build_net(cfg: SegConfig) -> torch.nn.Module:
     )
 
 
-def load_cases(image_dir: Path, label_dir: Path, num_classes: int, rng: IntensityRange) -> list[Case]:
+def load_cases(
+    image_dir: Path, label_dir: Path, num_classes: int, rng: IntensityRange, table: LabelTable | None = None
+) -> list[Case]:
     """Images paired with label maps by name (``<id>`` or ``<id>_s<k>`` images, ``<id>`` labels).
+
+    Args:
+        table: the label table the maps' values are source ids of (a model trained on sparse ids): read through
+            it into class ids 0..num_classes-1; None: the maps hold class ids.
 
     Raises:
         DataError: pairing problems, grid mismatch, bad label values, out-of-range intensities.
+        ValueError: a table of another class count than ``num_classes``.
     """
+    if table is not None and table.label_nc != num_classes:
+        raise ValueError(f"label table {table.name!r} has {table.label_nc} classes, the segmenter {num_classes}")
     cases = []
     for pair in pair_folders(label_dir, image_dir):
-        data, label, affine = load_pair(pair.synthetic, pair.reference, num_classes)  # also checks the grids
+        # also checks the grids; with a table the values are checked by remap_labels instead of the range
+        data, label, affine = load_pair(pair.synthetic, pair.reference, None if table is not None else num_classes)
+        if table is not None:
+            label = remap_labels(label, table, str(pair.reference))
         image = torch.from_numpy(rng.to_unit(data, str(pair.synthetic)))[None]
         label_t = torch.from_numpy(label)[None]
         cases.append(Case(id=pair.id, image_path=pair.synthetic, image=image, label=label_t, affine=affine))

@@ -32,6 +32,7 @@ import numpy as np
 
 from dataset.cli import ArgumentParser, check_unique, finite_float, nonnegative_int, positive_int, run_cli
 from dataset.files import check_output_files
+from dataset.label_table import recorded_label_table
 from evaluation.cli_common import HelpFormatter
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
@@ -218,10 +219,13 @@ def command(args: argparse.Namespace, argv: list[str]) -> dict:
     names = list(args.class_names)
     k = len(names)
     rng = IntensityRange(*args.data_range, clip=True, source="the command line (--data-range)")
-    real = load_cases(args.train_images, args.train_labels, k, rng)
-    synth = load_cases(args.synth_images, args.train_labels, k, rng)
-    new = load_cases(args.new_images, args.new_labels, k, rng)
-    test = load_cases(args.test_images, args.test_labels, k, rng)
+    # a model trained with a label table writes the user's ids, recording the table beside the new pairs
+    folders = (args.new_labels, args.new_images, args.synth_images, args.train_labels, args.test_labels)
+    table = recorded_label_table(*folders)
+    real = load_cases(args.train_images, args.train_labels, k, rng, table)
+    synth = load_cases(args.synth_images, args.train_labels, k, rng, table)
+    new = load_cases(args.new_images, args.new_labels, k, rng, table)
+    test = load_cases(args.test_images, args.test_labels, k, rng, table)
     results = run_experiment(real, synth, new, test, names, args.regimes, args.seeds, args.steps, args.jobs)
     report = {**header("utility", argv), "class_names": names,
               "settings": {"regimes": args.regimes, "seeds": args.seeds, "steps": args.steps,

@@ -17,8 +17,8 @@ the split's real images as ``DIR/<id>.nii.gz`` and its label maps as ``DIR/label
 
 A model trained with a label table (sparse ids such as TotalSegmentator's, ``dataset.label_table``) speaks the
 user's ids: label files are read through its table (a value outside it is refused in one line before any
-sampling), the record holds the table, and montages name the classes. ``--export-real`` label maps stay in the
-model's class ids 0..K-1, the ids the evaluation tools read next to them.
+sampling), the record holds the table, and montages name the classes. ``--export-real`` label maps are written in
+the user's ids too, with the table in that folder's record: the evaluation tools read both folders through it.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def command(args: argparse.Namespace, _argv: list[str]) -> None:
             from evaluation.export import export_split
 
             export_split(ds, source.split, args.export_real, args.export_real / "labels", info.get("intensity"),
-                         args.overwrite, {"command": "export-real", **record})  # fmt: skip
+                         args.overwrite, {"command": "export-real", **record}, table=table)  # fmt: skip
         written = generate(
             model,
             volumes,

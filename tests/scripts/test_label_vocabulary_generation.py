@@ -105,3 +105,23 @@ def test_generated_label_maps_are_written_back_in_the_users_ids(
     mismatch = ["--image-ckpt", str(tiny_model.diffusion), "--out", str(tmp_path / "p2")]
     assert generate_pairs.main([*pairs, *mismatch]) == EXIT_ERROR
     assert "label table" in _errors(caplog)[0]
+
+
+def test_export_real_writes_the_users_ids_and_the_evaluation_reads_them(tiny_model: TinyModel, tmp_path: Path) -> None:
+    from evaluation import class_intensity
+
+    ckpt = _with_table(tiny_model.diffusion, tmp_path / "sparse.ckpt")
+    fake, real = tmp_path / "fake", tmp_path / "real"
+    assert cli(tiny_model, "split=test", fake, "--export-real", str(real), ckpt=ckpt) == 0
+    import nibabel as nib
+
+    exported = sorted((real / "labels").glob("*.nii.gz"))
+    values = set().union(*(np.unique(np.asarray(nib.load(str(p)).dataobj)).tolist() for p in exported))
+    assert values <= set(SPARSE_IDS) and values - {0}, values  # as the user's own files, not 0..3
+    assert json.loads((real / "generation.json").read_text())["label_table"]["remap"] == REMAP
+    # class_intensity reads them through the recorded table and names the rows from it
+    out = tmp_path / "ci.json"
+    argv = ["--real", str(real), "--fake", str(fake), "--labels", str(real / "labels"), "--out", str(out)]
+    assert class_intensity.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert len(report["classes"]) > 1 and set(report["classes"]) <= set(report["label_table"]["classes"])
