@@ -104,7 +104,7 @@ def generation_row(args: argparse.Namespace, pick: Callable[[str], Any], compile
     from diffusion.generation.pipeline import GenerationSettings
     from scripts.bench.build import build_diffusion, fit_random_statistics
     from scripts.bench.common import PeakMemory
-    from scripts.bench.generation import generate_once
+    from scripts.bench.generation import Runner
 
     (config, first_stage), block = pick("diffusion"), pick("block")
     torch.manual_seed(args.seed)
@@ -116,7 +116,7 @@ def generation_row(args: argparse.Namespace, pick: Callable[[str], Any], compile
     )
     memory = PeakMemory(args.device)
     with tempfile.TemporaryDirectory(prefix="medlsdm-gpu-check-") as tmp:
-        res = generate_once(model, pick("generation_size"), settings, memory, args.device, Path(tmp), args.seed)[0]
+        res = Runner(model, memory, args.device, Path(tmp), args.seed).once(pick("generation_size"), settings)[0]
     return {**{k: round(v, 3) for k, v in res.items() if k != "memory"}, "memory": res["memory"],
             "memory_kind": memory.kind}  # fmt: skip
 

@@ -1,19 +1,12 @@
-"""Performance benchmark of Med-LSDM (SPEC section 9): training steps, samplers, block-wise generation.
+"""Performance benchmark of Med-LSDM (SPEC section 9); each time a median over ``--repeats`` after ``--warmup``.
 
-Sections (each time a median over ``--repeats`` runs after ``--warmup`` untimed ones): ``training``, one optimiser
-step of every ``--models`` model at every ``--sizes`` size in a ``Trainer`` from ``config/trainer`` (time, peak
-memory; a size predicted to exceed the memory or ``--max-seconds`` is skipped with the reason), on random blocky
-maps, on real ``--labels`` maps, or on a ``--dataset``'s training volumes under one or two ``--class-tables``
-(alternated over ``--rounds``), then bf16 autocast and ``compile`` against fp32; ``sampling`` (needs ``--ckpt``: a
-teacher and its students alike), seconds per volume (denoising and decoding apart) and paired quality (SSIM/PSNR,
-optionally nn-SSIM and a segmenter's Dice) over ``--seeds``; ``generation``, ``scripts/generate.py``'s pipeline from
-one block to the full size (windows, seam ratio, growth exponents, one sampling step), then ``--precision bf16``
-and ``--compile`` against fp32.
-
-``--out DIR`` receives ``benchmark.json`` (the report and run record: machine, common.versions, commit, settings) and
-``benchmark.md``; ``--overwrite`` replaces only a previous benchmark's files there. Before / after: run the
-benchmark on both commits and pass the older report as ``--compare OLD`` (new/old ratios of every row both
-measured).
+Sections: ``training``, a step of every ``--models`` model at every ``--sizes`` size (random maps, ``--labels`` maps
+or a ``--dataset``'s volumes under one or two ``--class-tables``) in a ``Trainer`` from ``config/trainer``, then
+bf16 / ``compile``; ``sampling``, samplers on every ``--ckpt`` (a teacher and its students alike): seconds per
+volume, denoising and decoding apart, and paired quality over ``--seeds``; ``generation``, ``generate.py``'s
+pipeline from one block to the full size (windows, seams, growth exponents, one step), then bf16 / ``--compile``.
+``--out DIR`` gets ``benchmark.json`` (report and run record: machine, versions, commit) and ``benchmark.md``;
+``--compare OLD`` adds new/old ratios against a report of another commit.
 
     python scripts/benchmark.py --device cpu --quick --out runs/bench/quick
     python scripts/benchmark.py --device cuda --out runs/bench/gpu --ckpt ddpm=DDPM.ckpt rflow=RFLOW.ckpt
@@ -101,36 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Fill the defaults (full or ``--quick``) and check what argparse cannot: DataError, before any work."""
     from dataset.cli import read_stage_checkpoint
+    from evaluation.segmenter import is_our_checkpoint
     from scripts.bench.build import EMBEDDED, class_table_data
 
     for key, values in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, values[int(args.quick)])
+        setattr(args, key, values[int(args.quick)] if getattr(args, key) is None else getattr(args, key))
     check_unique(args.seeds, "--seeds")
-    args.label_maps = []
-    if args.labels and args.dataset:
-        raise DataError("--labels and --dataset both name the training data; give one")
+    if args.labels and args.dataset or args.dataset and args.sizes:
+        raise DataError("--dataset: its volumes are the training data and their shape the size (no --labels, --sizes)")
     if args.class_tables and not args.dataset:
         raise DataError("--class-tables needs --dataset (a dataset config with a label_table)")
+    if args.config_dir is not None and not args.config_dir.is_dir():
+        raise DataError(f"--config-dir {args.config_dir} is not a folder")
+    args.label_maps = common.load_labels(check_unique(args.labels, "--labels"), args.label_nc) if args.labels else []
     if args.labels:  # the training batches are these maps: their (D, H, W) is the size
-        from scripts.bench.common import load_labels
-
-        args.label_maps = load_labels(check_unique(args.labels, "--labels"), args.label_nc)
         shape = tuple(args.label_maps[0].shape[1:])
         if args.sizes and [tuple(s) for s in args.sizes] != [shape]:
             raise DataError(
                 f"--sizes {' '.join(map(size_str, args.sizes))} differs from the --labels' {size_str(shape)}"
             )
         args.sizes = [shape]
-    if args.dataset and args.sizes:
-        raise DataError("--sizes: with --dataset the size is its volumes' shape")
-    if args.config_dir is not None and not args.config_dir.is_dir():
-        raise DataError(f"--config-dir {args.config_dir} is not a folder")
-    tables = check_unique(args.class_tables, "--class-tables") or [None]
     try:
-        cfg_dir = None if args.config_dir is None else str(args.config_dir)
-        args.class_data = {t: class_table_data(args.dataset, cfg_dir, t or "table") if args.dataset else EMBEDDED
-                           for t in tables}  # fmt: skip
+        cfg = None if args.config_dir is None else str(args.config_dir)
+        args.class_data = {t: class_table_data(args.dataset, cfg, t or "table") if args.dataset else EMBEDDED
+                           for t in check_unique(args.class_tables, "--class-tables") or [None]}  # fmt: skip
     except Exception as err:  # noqa: BLE001 - Hydra's own errors (no such config, bad override): the user's to fix
         raise DataError(f"--dataset {args.dataset}: {error_reason(err, 300)}") from None
     args.sizes = args.sizes or (
@@ -138,18 +125,13 @@ def check_args(args: argparse.Namespace) -> None:
     )
     args.models = args.models or list(common.MODELS)
     pairs = [(i.partition("=")[0], i.partition("=")[2]) if "=" in i else (i, i) for i in args.ckpt or []]
+    args.ckpt = {n: Path(path) for n, path in pairs if read_stage_checkpoint(path, "diffusion", f"--ckpt {n}")}
     check_unique([n for n, _ in pairs], "--ckpt names")
-    for name, path in pairs:
-        read_stage_checkpoint(path, "diffusion", f"--ckpt {name}")
-    args.ckpt = {n: Path(path) for n, path in pairs}
     args.samplers = args.samplers or [parse_sampler(s) for s in common.DEFAULT_SAMPLERS]
     if unknown := sorted({c for c, _, _ in args.samplers if c is not None} - set(args.ckpt)):
         raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
-    if args.segmenter is not None:
-        from evaluation.segmenter import is_our_checkpoint
-
-        if not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
-            raise DataError(f"--segmenter {args.segmenter}: not a segmenter checkpoint (evaluation/segmentation.py)")
+    if args.segmenter is not None and not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
+        raise DataError(f"--segmenter {args.segmenter}: not a segmenter checkpoint (evaluation/segmentation.py)")
     args.gen_multiples = list(common.QUICK_GEN_MULTIPLES if args.quick else common.GEN_MULTIPLES)
     args.compile_skip_reason = (
         "--no-compile" if args.compile is False else "off in --quick (cold compiles take minutes)"

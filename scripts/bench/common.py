@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime as dt
 import gc
 import logging
@@ -196,32 +197,27 @@ def random_label(size: Sequence[int], label_nc: int, seed: int = 0) -> np.ndarra
     return Volumes(1, size, label_nc, seed)[0]["label"][0].numpy()
 
 
-class Stopwatch:
-    """Accumulated wall-clock seconds of the calls it wraps."""
+@contextlib.contextmanager
+def split_timing(model: Any) -> Iterator[dict[str, float]]:
+    """Seconds spent in the sampler loop (``model.schedule.sample``: ``"denoise"``) and in decoding
+    (``model.first_stage.decode``, where every decoding path ends: ``"decode"``); instance attributes shadow the
+    methods meanwhile, so the product runs unchanged."""
+    seconds = {"denoise": 0.0, "decode": 0.0}
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*a: Any, **k: Any) -> Any:
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def call(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                self.seconds += time.perf_counter() - t0
+                seconds[key] += time.perf_counter() - t0
 
-        return timed
+        return call
 
-
-@contextlib.contextmanager
-def split_timing(model: Any) -> Iterator[tuple[Stopwatch, Stopwatch]]:
-    """Time the sampler loop (``model.schedule.sample``) and the decoding (``model.first_stage.decode``, which every
-    decoding path ends in) apart; instance attributes shadow the methods meanwhile, so the product runs unchanged."""
-    denoise, decode = Stopwatch(), Stopwatch()
-    model.schedule.sample = denoise.wrap(model.schedule.sample)
-    model.first_stage.decode = decode.wrap(model.first_stage.decode)
+    model.schedule.sample = timed(model.schedule.sample, "denoise")
+    model.first_stage.decode = timed(model.first_stage.decode, "decode")
     try:
-        yield denoise, decode
+        yield seconds
     finally:
         del model.schedule.sample, model.first_stage.decode
 
@@ -249,18 +245,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "hostname": platform.node(),
+        "platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "ram_total_mb": round((proc_kb("MemTotal", "/proc/meminfo") or 0) / 1024) or None,
-        "load_average_start": load_average(),
-        "gpu": None,
-    }
+        "load_average_start": load_average(), "gpu": None,
+    }  # fmt: skip
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device if device.type == "cuda" else 0)
         info["gpu"] = {"name": props.name, "memory_mb": round(props.total_memory / 2**20),
@@ -297,8 +288,6 @@ def free_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
@@ -307,30 +296,22 @@ class PeakMemory:
     through /proc/self/clear_refs; where that is impossible, ru_maxrss since the start, so only increases count)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.resettable = device.type == "cuda" or self._reset_rss()
+        self.device, self.resettable = device, device.type == "cuda" or self._reset_rss()
         how = "VmHWM, reset before each measurement" if self.resettable else "ru_maxrss: only increases count"
-        self.kind = (
-            "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
-            if device.type == "cuda"
-            else f"process peak RSS ({how})"
-        )
-        self.baseline_mb = 0.0
+        cuda = "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
+        self.kind, self.baseline_mb = cuda if device.type == "cuda" else f"process peak RSS ({how})", 0.0
 
     @staticmethod
     def _reset_rss() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
             return proc_kb("VmHWM") is not None
-        except OSError:
-            return False
+        return False
 
     def current_mb(self) -> float:
         """Memory in use now (CUDA tensors, or this process's RSS)."""
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device) / 2**20
-        return (proc_kb("VmRSS") or 0) / 1024
+        cuda = self.device.type == "cuda"
+        return torch.cuda.memory_allocated(self.device) / 2**20 if cuda else (proc_kb("VmRSS") or 0) / 1024
 
     def reset(self) -> None:
         """Start a measurement: free what can be freed, reset the peak, remember the baseline."""

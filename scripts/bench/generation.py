@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,21 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from scripts.bench import common
 from scripts.bench.build import build_diffusion, fit_random_statistics
-from scripts.bench.common import (
-    GEN_BLOCKS,
-    IMAGE_ATOL,
-    MODELS,
-    PeakMemory,
-    fit_power_law,
-    log,
-    measured,
-    random_label,
-    size_str,
-    split_timing,
-    summary,
-    synchronize,
-)
+from scripts.bench.common import IMAGE_ATOL, PeakMemory, fit_power_law, log, measured, size_str, summary
 
 
 def generation_model(args: argparse.Namespace, device: torch.device, compile: bool = False) -> tuple[Any, dict]:
@@ -43,35 +31,63 @@ def generation_model(args: argparse.Namespace, device: torch.device, compile: bo
         name, path = next(iter(args.ckpt.items()))
         model = load_model(path, device, compile=compile)
         return model, {"source": f"{name}: {path}", "block": size_str(model.block_size)}
-    block = args.gen_block or GEN_BLOCKS[args.gen_config]
-    spec = MODELS[args.gen_config]
+    block, spec = args.gen_block or common.GEN_BLOCKS[args.gen_config], common.MODELS[args.gen_config]
     torch.manual_seed(args.seeds[0])  # the compiled copy gets the same weights as the baseline
-    model, _ = build_diffusion(spec.config, spec.first_stage or "vq_gan_3d_tiny", block, compile=compile)
-    fit_random_statistics(model, block)
+    model = fit_random_statistics(build_diffusion(spec.config, spec.first_stage, block, compile=compile)[0], block)
     source = f"{args.gen_config} config, random weights (no --ckpt; time and memory do not depend on the weights)"
     return model.eval().to(device), {"source": source, "block": size_str(block)}
 
 
-def generate_once(
-    model: Any, size: Sequence[int], settings: Any, memory: PeakMemory, device: torch.device, workdir: Path,
-    seed: int = 0,
-) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
-    """One ``generate`` call on a random label map of ``size``: ``{"seconds", "denoise_s", "decode_s", "memory"}``
-    and the (D, H, W) volume."""
-    from diffusion.generation.pipeline import LabelVolume, generate
+@dataclass
+class Runner:
+    """One model generating random label maps into a scratch folder, timed and measured."""
 
-    vol = LabelVolume(f"gen_{size_str(size)}", random_label(size, model.label_nc, seed), np.eye(4), "benchmark")
-    images: list[np.ndarray] = []
-    memory.reset()
-    with split_timing(model) as (denoise, decode):
-        synchronize(device)
-        t0 = time.perf_counter()
-        generate(model, [vol], workdir, settings, overwrite=True, progress=False,
-                 on_volume=lambda v, k, image, path: images.append(image))  # fmt: skip
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-    times = {"seconds": seconds, "denoise_s": denoise.seconds, "decode_s": decode.seconds}
-    return {**times, "memory": memory.result()}, images[0]
+    model: Any
+    memory: PeakMemory
+    device: torch.device
+    workdir: Path
+    seed: int = 0
+
+    def once(self, size: Sequence[int], settings: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """One ``generate`` call on a map of ``size``: ``{"seconds", "denoise_s", "decode_s", "memory"}`` and the
+        (D, H, W) volume."""
+        from diffusion.generation.pipeline import LabelVolume, generate
+
+        label = common.random_label(size, self.model.label_nc, self.seed)
+        vol, images = LabelVolume(f"gen_{size_str(size)}", label, np.eye(4), "benchmark"), []
+        self.memory.reset()
+        with common.split_timing(self.model) as split:
+            common.synchronize(self.device)
+            t0 = time.perf_counter()
+            generate(self.model, [vol], self.workdir, settings, overwrite=True, progress=False,
+                     on_volume=lambda v, k, image, path: images.append(image))  # fmt: skip
+            common.synchronize(self.device)
+            seconds = time.perf_counter() - t0
+        times = {"seconds": seconds, "denoise_s": split["denoise"], "decode_s": split["decode"]}
+        return {**times, "memory": self.memory.result()}, images[0]
+
+    def size_row(self, size: Sequence[int], borders: list, settings: Any, repeats: int) -> dict[str, Any]:
+        """``repeats`` runs of one size: time (median), denoise / decode, the highest peak, the seam ratio."""
+        from evaluation.seams import seam_ratio
+
+        runs = [self.once(size, settings) for _ in range(repeats)]
+        return {"time_s": summary([r["seconds"] for r, _ in runs]),
+                "denoise_s": statistics.median(r["denoise_s"] for r, _ in runs),
+                "decode_s": statistics.median(r["decode_s"] for r, _ in runs),
+                "memory": max((r["memory"] for r, _ in runs), key=lambda m: m["peak_mb"]),
+                "seam_ratio": seam_ratio(runs[0][1], borders)}  # fmt: skip
+
+    def step_time(self, block: Sequence[int], settings: Any, n: int) -> dict[str, Any] | None:
+        """Steady-state time of one sampling step: (time of N steps - time of 1) / (N - 1), which leaves out what is
+        paid once per volume (label encoding, the SPADE cache, decoding); None with fewer than two steps or when
+        the difference drowns in the timing noise."""
+        steps = settings.steps or 0
+        if steps < 2:
+            return None
+        one = replace(settings, steps=1)
+        per = [(self.once(block, settings)[0]["seconds"] - self.once(block, one)[0]["seconds"]) / (steps - 1)
+               for _ in range(n)]  # fmt: skip
+        return summary(per) if statistics.median(per) > 0 else None
 
 
 def window_layout(model: Any, size: Sequence[int], settings: Any) -> tuple[int, list[list[int]]]:
@@ -103,10 +119,9 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str
                            "overlap": settings.overlap, "window": settings.window, "results": [],
                            "guidance": float(model.hparams.guidance), "memory_kind": memory.kind}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as tmp:
-        workdir = Path(tmp)
-        generate_once(model, block, settings, memory, device, workdir)  # warm-up
-        out["step_time_s"] = step_time(model, block, settings, memory, device, workdir, args.gen_repeats)
-        prev = None
+        run = Runner(model, memory, device, Path(tmp))
+        run.once(block, settings)  # warm-up
+        out["step_time_s"], prev = run.step_time(block, settings, args.gen_repeats), None
         for size in sorted(sizes, key=math.prod):
             row: dict[str, Any] = {"size": size_str(size), "voxels": math.prod(size)}
             out["results"].append(row)
@@ -123,49 +138,16 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str
                                f"{prev['size']}: over --max-seconds {args.max_seconds:.0f} or "
                                f"{memory.limit_mb():.0f} MB available")  # fmt: skip
                     continue
-
-            run = partial(measure_size, model, size, borders, settings, memory, device, workdir, args.gen_repeats)
-            if measured(row, f"generation {row['size']}", run, device):
+            if measured(row, f"generation {row['size']}", partial(run.size_row, size, borders, settings,
+                                                                   args.gen_repeats), device):  # fmt: skip
                 row["time_per_megavoxel_s"] = row["time_s"]["median"] / (row["voxels"] / 1e6)
                 log.info("generation %s (%s windows): %.2f s, peak %.0f MB", row["size"], row["windows"],
                          row["time_s"]["median"], row["memory"]["peak_mb"])  # fmt: skip
                 prev = row
         ok = [r for r in out["results"] if r.get("status") == "ok"]
-        out["full_size"] = ok[-1]["size"] if ok else None
-        out["fit"] = growth_fits(ok)
-        out["fast_paths"] = generation_fast_paths(args, device, model, block, settings, memory, workdir)
+        out.update(full_size=ok[-1]["size"] if ok else None, fit=growth_fits(ok))
+        out["fast_paths"] = fast_paths(args, device, run, block, settings)
     return out
-
-
-def measure_size(
-    model: Any, size: Sequence[int], borders: list, settings: Any, memory: PeakMemory, device: torch.device,
-    workdir: Path, repeats: int,
-) -> dict[str, Any]:  # fmt: skip
-    """``repeats`` generations of one size: time (median), denoise / decode, the highest peak, the seam ratio."""
-    from evaluation.seams import seam_ratio
-
-    runs = [generate_once(model, size, settings, memory, device, workdir) for _ in range(repeats)]
-    return {"time_s": summary([r["seconds"] for r, _ in runs]),
-            "denoise_s": statistics.median(r["denoise_s"] for r, _ in runs),
-            "decode_s": statistics.median(r["decode_s"] for r, _ in runs),
-            "memory": max((r["memory"] for r, _ in runs), key=lambda m: m["peak_mb"]),
-            "seam_ratio": seam_ratio(runs[0][1], borders)}  # fmt: skip
-
-
-def step_time(
-    model: Any, block: Sequence[int], settings: Any, memory: PeakMemory, device: torch.device, workdir: Path, n: int
-) -> dict[str, Any] | None:
-    """Steady-state time of one sampling step at the block size: (time of N steps - time of 1) / (N - 1), which
-    leaves out what is paid once per volume (label encoding, the SPADE cache fill, decoding); None with fewer than
-    two steps or when the difference drowns in the timing noise."""
-    steps = settings.steps or 0
-    if steps < 2:
-        return None
-    one, per = replace(settings, steps=1), []
-    for _ in range(n):
-        t_n = generate_once(model, block, settings, memory, device, workdir)[0]["seconds"]
-        per.append((t_n - generate_once(model, block, one, memory, device, workdir)[0]["seconds"]) / (steps - 1))
-    return summary(per) if statistics.median(per) > 0 else None  # <= 0: the step is below the timing noise
 
 
 def growth_fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,47 +163,40 @@ def growth_fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return fits
 
 
-def measure_fast(
-    args: argparse.Namespace, device: torch.device, model: Any, block: Sequence[int], settings: Any,
-    memory: PeakMemory, workdir: Path, compile: bool, base: list,
-) -> dict[str, Any]:  # fmt: skip
-    """One fast path on the block: its first call (compilation), time, memory and voxel difference to fp32."""
-    m = generation_model(args, device, compile=True)[0] if compile else model
+def fast_path(args: argparse.Namespace, run: Runner, block: Sequence[int], settings: Any, base: list) -> dict:
+    """One fast path on the block (``--compile``: a compiled copy of the model): its first call (compilation),
+    time, memory and voxel difference to the fp32 runs ``base``."""
+    compiled = settings.precision == "32"
+    if compiled:
+        run = replace(run, model=generation_model(args, run.device, compile=True)[0])
     first = time.perf_counter()
-    generate_once(m, block, settings, memory, device, workdir)  # warm-up: compiles on the first call
+    run.once(block, settings)  # warm-up: compiles on the first call
     first = time.perf_counter() - first
-    runs = [generate_once(m, block, settings, memory, device, workdir) for _ in range(args.gen_repeats)]
-    t = statistics.median(r["seconds"] for r, _ in runs)
-    base_t = statistics.median(r["seconds"] for r, _ in base)
+    runs = [run.once(block, settings) for _ in range(args.gen_repeats)]
+    t, base_t = (statistics.median(r["seconds"] for r, _ in rs) for rs in (runs, base))
     diff = np.abs(runs[0][1].astype(np.float64) - base[0][1].astype(np.float64))
-    tol = IMAGE_ATOL["compile" if compile else settings.precision]
+    tol = IMAGE_ATOL["compile" if compiled else settings.precision]
     return {"time_s": t, "first_call_s": first, "speedup": base_t / t, "memory": runs[0][0]["memory"],
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "tolerance": tol,
             "equal_within_tolerance": float(diff.mean()) <= tol}  # fmt: skip
 
 
-def generation_fast_paths(
-    args: argparse.Namespace, device: torch.device, model: Any, block: tuple[int, ...], settings: Any,
-    memory: PeakMemory, workdir: Path,
-) -> list[dict[str, Any]]:  # fmt: skip
+def fast_paths(
+    args: argparse.Namespace, device: torch.device, run: Runner, block: Sequence[int], settings: Any
+) -> list:
     """``--precision bf16`` (and 16 on CUDA) and ``--compile`` of scripts/generate.py against fp32, on one block."""
-    base = [generate_once(model, block, settings, memory, device, workdir) for _ in range(args.gen_repeats)]
-    base_t = statistics.median(r["seconds"] for r, _ in base)
-    out = [{"option": "--precision 32", "size": size_str(block), "status": "ok", "time_s": base_t,
-            "memory": base[0][0]["memory"]}]  # fmt: skip
-    for precision, compile in [("bf16", False)] + [("16", False)] * (device.type == "cuda") + [("32", True)]:
-        row: dict[str, Any] = {
-            "option": "--compile" if compile else f"--precision {precision}",
-            "size": out[0]["size"],
-        }
-        out.append(row)
-        if compile and not args.compile:
+    base = [run.once(block, settings) for _ in range(args.gen_repeats)]
+    out = [{"option": "--precision 32", "size": size_str(block), "status": "ok", "memory": base[0][0]["memory"],
+            "time_s": statistics.median(r["seconds"] for r, _ in base)}]  # fmt: skip
+    for option, precision in [("--precision bf16", "bf16")] + [("--precision 16", "16")] * (device.type == "cuda"):
+        out.append({"option": option, "size": out[0]["size"], "precision": precision})
+    out.append({"option": "--compile", "size": out[0]["size"], "precision": "32"})
+    for row in out[1:]:
+        fast = replace(settings, precision=row.pop("precision"))
+        if row["option"] == "--compile" and not args.compile:
             row.update(status="skipped", reason=args.compile_skip_reason)
-            continue
-
-        run = partial(measure_fast, args, device, model, block, replace(settings, precision=precision), memory,
-                      workdir, compile, base)  # fmt: skip
-        if measured(row, f"generation fast path {row['option']}", run, device):
+        elif measured(row, f"generation fast path {row['option']}", partial(fast_path, args, run, block, fast, base),
+                      device):  # fmt: skip
             log.info("generation fast path %s: %.2f s (x%.2f), mean |diff| %.2e", row["option"], row["time_s"],
                      row["speedup"], row["mean_abs_diff"])  # fmt: skip
     return out

@@ -113,16 +113,14 @@ def markdown(report: dict[str, Any]) -> str:
     m, v, s = report["machine"], report["versions"], report["settings"]
     load = "/".join(f"{x:.2f}" for x in m.get("load_average_start") or []) or "–"
     lines = [
-        "# Med-LSDM benchmark",
-        "",
+        "# Med-LSDM benchmark", "",
         f"{report['created']} · commit {v.get('commit') or '–'} · device **{s['device']}** · {m['cpu_model']} "
         f"({m['cpu_count']} cores, {m['torch_threads']} torch threads) · RAM {m['ram_total_mb']} MB · GPU "
         f"{get(m, 'gpu.name') or 'none'} · load average {load} at the start",
         f"python {v['python']} · torch {v['torch']} · pytorch_lightning {v['pytorch_lightning']} · monai "
         f"{v['monai']} · {'quick' if s['quick'] else 'full'} run: warm-up {s['warmup']}, repeats {s['repeats']}, "
-        f"batch {s['batch_size']} · total {report['total_time_s']:.0f} s",
-        "",
-    ]
+        f"batch {s['batch_size']} · total {report['total_time_s']:.0f} s", "",
+    ]  # fmt: skip
     if c := report.get("compare"):
         old = f"{c['against']} (commit {c['old_commit'] or '–'}, {c['old_created']})"
         lines += [f"Compared with {old}: new/old ratios, below 1 is faster or smaller.", ""]
@@ -131,13 +129,9 @@ def markdown(report: dict[str, Any]) -> str:
         if section.get("status") != "ok":
             lines += [f"## {title}", "", note(section), ""]
     if tr.get("status") == "ok":
-        lines += ["## Training step", "", f"fp32, GAN terms on. Memory: {tr['memory_kind']}.", ""]
-        lines += [
-            *table(report, "training"),
-            "### Precision and compile (training)",
-            "",
-            *table(report, "training_fast"),
-        ]
+        lines += ["## Training step", "", f"fp32, GAN terms on. Memory: {tr['memory_kind']}.", "",
+                  *table(report, "training"), "### Precision and compile (training)", "",
+                  *table(report, "training_fast")]  # fmt: skip
     if sa.get("status") == "ok":
         lines += ["## Sampling", ""]
         for key, c in sa["checkpoints"].items():
@@ -149,20 +143,13 @@ def markdown(report: dict[str, Any]) -> str:
                   f"Metrics: {sa['metric_convention']}.", "", *table(report, "sampling")]  # fmt: skip
     if ge.get("status") == "ok":
         lines += [
-            "## Block-wise generation",
-            "",
+            "## Block-wise generation", "",
             f"Model: {ge['model']['source']}; block {ge['model']['block']}; {ge['sampler']} {ge['steps']} steps, "
             f"window {ge['window']}, overlap {ge['overlap']}, guidance {ge['guidance']}; one sampling step at the "
             f"block size (steady state): {fmt(get(ge, 'step_time_s.median'))} s. Memory: {ge['memory_kind']}. "
-            "Seam ratio: evaluation.seams.",
-            "",
-            *table(report, "generation"),
-            fit_line(ge["fit"]),
-            "",
-            "### Precision and compile (generation)",
-            "",
-            *table(report, "generation_fast"),
-        ]
+            "Seam ratio: evaluation.seams.", "", *table(report, "generation"), fit_line(ge["fit"]), "",
+            "### Precision and compile (generation)", "", *table(report, "generation_fast"),
+        ]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -171,11 +158,7 @@ def fit_line(fit: dict[str, Any]) -> str:
     if fit.get("status") != "ok":
         return f"Growth fit: {fit.get('reason', 'not available')}."
     tv, mv, pv = fit["time_vs_voxels"], fit["memory_increase_vs_voxels"], fit["peak_memory_vs_voxels"]
-    line = (
-        f"Growth over {fit['sizes']} sizes (log-log least squares): time ~ voxels^**{tv['exponent']:.2f}** "
-        f"(R² {tv['r2']:.3f}); memory increase ~ voxels^**{mv['exponent']:.2f}** (R² {mv['r2']:.3f}); peak "
-        f"memory ~ voxels^{pv['exponent']:.2f}"
-    )
-    if "time_vs_windows" in fit:
-        line += f"; time ~ windows^{fit['time_vs_windows']['exponent']:.2f}"
-    return line + "."
+    windows = f"; time ~ windows^{fit['time_vs_windows']['exponent']:.2f}" if "time_vs_windows" in fit else ""
+    return (f"Growth over {fit['sizes']} sizes (log-log least squares): time ~ voxels^**{tv['exponent']:.2f}** "
+            f"(R² {tv['r2']:.3f}); memory increase ~ voxels^**{mv['exponent']:.2f}** (R² {mv['r2']:.3f}); peak "
+            f"memory ~ voxels^{pv['exponent']:.2f}{windows}.")  # fmt: skip

@@ -83,14 +83,14 @@ def measure(
         samples = []
         for i, seg in enumerate(segs):
             gen = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
-            with split_timing(model) as (denoise, decode):
+            with split_timing(model) as split:
                 synchronize(device)
                 t0 = time.perf_counter()
                 samples.append(model.sample(seg, sampler, steps, args.guidance, generator=gen))
                 synchronize(device)
             times.append(time.perf_counter() - t0)
-            denoise_s.append(denoise.seconds)
-            decode_s.append(decode.seconds)
+            denoise_s.append(split["denoise"])
+            decode_s.append(split["decode"])
         per_seed.append(judge(samples))
     quality = {k: mean_std([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
     return {"steps": n_steps, "time_per_volume_s": summary(times), "denoise_s": summary(denoise_s),

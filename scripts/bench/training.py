@@ -16,50 +16,30 @@ from typing import Any
 
 import torch
 
+from scripts.bench import common
 from scripts.bench.build import Data, build_model, build_trainer, dataset_samples, describe, validity_error
-from scripts.bench.common import (
-    MODELS,
-    OUTPUT_RTOL,
-    ModelSpec,
-    PeakMemory,
-    Volumes,
-    log,
-    measured,
-    relative_error,
-    size_str,
-    summary,
-    synchronize,
-)
+from scripts.bench.common import MODELS, OUTPUT_RTOL, ModelSpec, PeakMemory, Volumes, log, measured, summary
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def train_steps(
-    model: torch.nn.Module,
-    stage: str,
-    data: torch.utils.data.Dataset,
-    device: torch.device,
-    precision: str,
-    memory: PeakMemory,
-    warmup: int = 0,
-    batch_size: int = 1,
-    seed: int = 0,
-) -> dict[str, Any]:
+    model: torch.nn.Module, stage: str, data: torch.utils.data.Dataset, device: torch.device, precision: str,
+    memory: PeakMemory, warmup: int = 0, batch_size: int = 1, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """Fit ``model`` on ``data`` in a ``Trainer`` from ``config/trainer``: the timed steps' wall times (CUDA
     synchronised, after ``warmup`` untimed ones), the first step's, the peak memory and the first loss."""
     import pytorch_lightning as pl
 
-    times: list[float] = []
-    losses: list[Any] = []
-    t0 = [0.0]
+    times, losses, t0 = [], [], [0.0]
 
     class StepTimer(pl.Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            synchronize(device)
+            common.synchronize(device)
             t0[0] = time.perf_counter()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
-            synchronize(device)
+            common.synchronize(device)
             times.append(time.perf_counter() - t0[0])
             losses.append(trainer.callback_metrics.get("train/rec_loss" if stage == "vqgan" else "train/loss"))
 
@@ -71,12 +51,8 @@ def train_steps(
         trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=batch_size))
     if len(times) != math.ceil(len(data) / batch_size):
         raise RuntimeError(f"expected {math.ceil(len(data) / batch_size)} timed batches, got {len(times)}")
-    return {
-        "step_times_s": [round(t, 4) for t in times[warmup:]],
-        "first_step_s": round(times[0], 4),
-        "memory": memory.result(),
-        "first_loss": None if losses[0] is None else float(losses[0]),
-    }
+    return {"step_times_s": [round(t, 4) for t in times[warmup:]], "first_step_s": round(times[0], 4),
+            "memory": memory.result(), "first_loss": None if losses[0] is None else float(losses[0])}  # fmt: skip
 
 
 def predicted_skip(prev: dict | None, voxels: int, n_steps: int, memory: PeakMemory, max_s: float) -> str | None:
@@ -135,14 +111,12 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
     """Step time and peak memory of every ``--models`` model at every size under every class table (alternated
     over ``--rounds``, each a fresh model, steps pooled), then its fast paths at the largest size measured."""
     memory = PeakMemory(device)
-    setup = Setup(args, device, memory)
-    results: list[dict[str, Any]] = []
-    fast: list[dict[str, Any]] = []
+    setup, results, fast = Setup(args, device, memory), [], []
     shapes = {tuple(samples[0]["image"].shape[1:]) for samples in setup.samples.values()}
     for name in args.models:
         spec, prev = MODELS[name], None
         for size in sorted(shapes or args.sizes, key=math.prod):
-            rows = [{"model": name, "size": size_str(size), "classes": t, "voxels": math.prod(size),
+            rows = [{"model": name, "size": common.size_str(size), "classes": t, "voxels": math.prod(size),
                      "batch_size": args.batch_size} for t in setup.data]  # fmt: skip
             results.extend(rows)
             n = (args.warmup + args.repeats) * args.rounds
@@ -150,9 +124,8 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
             for r in range(args.rounds if reason is None else 0):
                 for row in rows[:: 1 if r % 2 == 0 else -1]:  # alternated: neither table always goes first
                     if row.get("status") in (None, "ok"):
-                        measured(
-                            row, f"training {name} {row['size']}", partial(measure, setup, spec, size, row), device
-                        )
+                        measured(row, f"training {name} {row['size']}", partial(measure, setup, spec, size, row),
+                                 device)  # fmt: skip
             for row in rows:
                 if reason is not None:
                     row.update(status="skipped", reason=reason)
@@ -168,16 +141,10 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 def forward_outputs(model: torch.nn.Module, stage: str, batch: dict[str, torch.Tensor], eager: bool = False) -> list:
-    """The network outputs a fast path must reproduce, on a fixed input.
-
-    VQ-GAN: the encoder's continuous latent and the decoder's image from it (the codebook's nearest-code choice is
-    left out: a rounding change can flip a near tie, which is no numerical error). Diffusion: the denoiser's
-    prediction for a fixed noisy latent, timestep and label map; ``eager`` calls ``forward`` directly, bypassing a
-    ``compile``d ``__call__`` (same weights, no compilation).
-
-    Args:
-        batch: ``image`` (B, 1, D, H, W) in [-1, 1] and ``label`` (B, 1, D, H, W) int64.
-    """
+    """The network outputs a fast path must reproduce, on a fixed batch (``image`` (B, 1, D, H, W) in [-1, 1],
+    ``label`` (B, 1, D, H, W) int64). VQ-GAN: the encoder's continuous latent and the decoder's image from it (not
+    the nearest code: a rounding change can flip a near tie, no numerical error). Diffusion: the denoiser's output
+    for a fixed noisy latent, timestep and map; ``eager`` calls ``forward``, bypassing a ``compile``d ``__call__``."""
     from dataset.contract import one_hot
 
     x = batch["image"]
@@ -203,7 +170,7 @@ def measure_fast(setup: Setup, spec: ModelSpec, base: dict, precision: str, comp
         ref = forward_outputs(model, spec.stage, batch, eager=True)
         with torch.autocast(setup.device.type, AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=not compile):
             got = forward_outputs(model, spec.stage, batch)
-    err, tol = max(map(relative_error, ref, got)), OUTPUT_RTOL["compile" if compile else precision]
+    err, tol = max(map(common.relative_error, ref, got)), OUTPUT_RTOL["compile" if compile else precision]
     step = summary(res.pop("step_times_s"))
     return {**res, "step_time_s": step, "speedup": base["step_time_s"]["median"] / step["median"],
             "output_rel_error": err, "tolerance": tol, "equal_within_tolerance": err <= tol}  # fmt: skip
@@ -211,7 +178,7 @@ def measure_fast(setup: Setup, spec: ModelSpec, base: dict, precision: str, comp
 
 def training_fast_paths(
     args: argparse.Namespace, device: torch.device, spec: ModelSpec, base: dict, setup: Setup
-) -> list[dict[str, Any]]:
+) -> list:
     """Mixed precision and ``compile`` against the fp32 row ``base`` (same size, seed, first batch, class table):
     step time, memory, the outputs' relative error against fp32 / eager and, for information, the first loss's."""
     variants = [("bf16-mixed", False)] + [("16-mixed", False)] * (device.type == "cuda") + [("32-true", True)]
@@ -231,9 +198,8 @@ def training_fast_paths(
             row.update(status="skipped", reason=f"predicted {t_pred:.0f} s (the fp32 steps) > --max-seconds")
         elif precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             row.update(status="skipped", reason="this GPU has no bf16")
-        elif measured(
-            row, f"fast path {option}", partial(measure_fast, setup, spec, base, precision, compile), device
-        ):
+        elif measured(row, f"fast path {option}", partial(measure_fast, setup, spec, base, precision, compile),
+                      device):  # fmt: skip
             a, b = base.get("first_loss"), row.get("first_loss")
             if a is not None and b is not None:
                 row["first_loss_rel_diff"] = abs(b - a) / max(abs(a), 1e-12)
