@@ -341,3 +341,12 @@ class PeakMemory:
             return 0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**20
         avail = proc_kb("MemAvailable", "/proc/meminfo")
         return self.current_mb() + 0.85 * avail / 1024 if avail is not None else math.inf
+
+    def over_budget(self, prev: dict[str, Any], seconds: float, scale: float, max_s: float) -> str | None:
+        """Why a measurement predicted to take ``seconds`` and ``scale`` times the memory increase of the measured
+        row ``prev`` is skipped (more than :meth:`limit_mb` or ``--max-seconds``), else None."""
+        peak = prev["memory"]["baseline_mb"] + prev["memory"]["increase_mb"] * scale
+        if peak > self.limit_mb() or seconds > max_s:
+            return (f"predicted {seconds:.0f} s and {peak:.0f} MB peak from {prev['size']}: over --max-seconds "
+                    f"{max_s:.0f} or {self.limit_mb():.0f} MB available")  # fmt: skip
+        return None

@@ -132,11 +132,8 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str
             row["windows"], borders = window_layout(model, size, settings)
             if prev is not None:  # predicted from the last size: time linear in windows, memory in voxels
                 t_pred = prev["time_s"]["median"] * row["windows"] / prev["windows"] * args.gen_repeats
-                peak = prev["memory"]["baseline_mb"] + prev["memory"]["increase_mb"] * row["voxels"] / prev["voxels"]
-                if peak > memory.limit_mb() or t_pred > args.max_seconds:
-                    row.update(status="skipped", reason=f"predicted {t_pred:.0f} s and {peak:.0f} MB peak from "
-                               f"{prev['size']}: over --max-seconds {args.max_seconds:.0f} or "
-                               f"{memory.limit_mb():.0f} MB available")  # fmt: skip
+                if reason := memory.over_budget(prev, t_pred, row["voxels"] / prev["voxels"], args.max_seconds):
+                    row.update(status="skipped", reason=reason)
                     continue
             if measured(row, f"generation {row['size']}", partial(run.size_row, size, borders, settings,
                                                                    args.gen_repeats), device):  # fmt: skip

@@ -55,21 +55,6 @@ def train_steps(
             "memory": memory.result(), "first_loss": None if losses[0] is None else float(losses[0])}  # fmt: skip
 
 
-def predicted_skip(prev: dict | None, voxels: int, n_steps: int, memory: PeakMemory, max_s: float) -> str | None:
-    """Reason to skip a size, predicted linearly in voxels from the last measured (smaller) size."""
-    if prev is None:
-        return None
-    scale = voxels / prev["voxels"]
-    t_pred = prev["step_time_s"]["median"] * scale * n_steps
-    peak_pred = prev["memory"]["baseline_mb"] + prev["memory"]["increase_mb"] * scale
-    src = f"(linear in voxels from {prev['size']})"
-    if peak_pred > memory.limit_mb():
-        return f"predicted peak memory {peak_pred:.0f} MB > {memory.limit_mb():.0f} MB available {src}"
-    if t_pred > max_s:
-        return f"predicted {t_pred:.0f} s for {n_steps} steps > --max-seconds {max_s:.0f} {src}"
-    return None
-
-
 class Setup:
     """What the rows of one run share: the data each class table trains on, and how a model is built."""
 
@@ -119,8 +104,10 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
             rows = [{"model": name, "size": common.size_str(size), "classes": t, "voxels": math.prod(size),
                      "batch_size": args.batch_size} for t in setup.data]  # fmt: skip
             results.extend(rows)
-            n = (args.warmup + args.repeats) * args.rounds
-            reason = predicted_skip(prev, math.prod(size), n, memory, args.max_seconds)
+            n, reason = (args.warmup + args.repeats) * args.rounds, None
+            if prev is not None:  # predicted from the last measured size, linear in voxels
+                scale = math.prod(size) / prev["voxels"]
+                reason = memory.over_budget(prev, prev["step_time_s"]["median"] * scale * n, scale, args.max_seconds)
             for r in range(args.rounds if reason is None else 0):
                 for row in rows[:: 1 if r % 2 == 0 else -1]:  # alternated: neither table always goes first
                     if row.get("status") in (None, "ok"):

@@ -125,6 +125,15 @@ def test_known_answer_statistics_and_training_data() -> None:
     assert common.Volumes(2, (2, 2, 2), 4, samples=samples)[1] is samples[0]  # real samples in turn
 
 
+def test_over_budget_predicts_from_the_last_measured_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    memory = common.PeakMemory(torch.device("cpu"))
+    monkeypatch.setattr(memory, "limit_mb", lambda: 1000.0)
+    prev = {"size": "16x16x16", "memory": {"baseline_mb": 100.0, "increase_mb": 50.0}}
+    assert memory.over_budget(prev, 5.0, 8.0, 10.0) is None  # 5 s, 100 + 8 * 50 = 500 MB: within both
+    assert memory.over_budget(prev, 20.0, 8.0, 10.0).startswith("predicted 20 s and 500 MB peak from 16x16x16")
+    assert "1100 MB peak" in memory.over_budget(prev, 5.0, 20.0, 10.0)  # over the memory limit
+
+
 def test_split_timing_counts_the_wrapped_calls_and_restores_the_methods() -> None:
     class Schedule:
         def sample(self) -> int:
