@@ -125,8 +125,10 @@ def check_args(args: argparse.Namespace) -> None:
     )
     args.models = args.models or list(common.MODELS)
     pairs = [(i.partition("=")[0], i.partition("=")[2]) if "=" in i else (i, i) for i in args.ckpt or []]
-    args.ckpt = {n: Path(path) for n, path in pairs if read_stage_checkpoint(path, "diffusion", f"--ckpt {n}")}
     check_unique([n for n, _ in pairs], "--ckpt names")
+    for name, path in pairs:
+        read_stage_checkpoint(path, "diffusion", f"--ckpt {name}")
+    args.ckpt = {n: Path(path) for n, path in pairs}
     args.samplers = args.samplers or [parse_sampler(s) for s in common.DEFAULT_SAMPLERS]
     if unknown := sorted({c for c, _, _ in args.samplers if c is not None} - set(args.ckpt)):
         raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
