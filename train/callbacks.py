@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,17 @@ class VolumeLogger(pl.Callback):
         max_volumes: render at most this many volumes of the first validation batch.
         num_slices: axial slices per montage row.
         label_nc: number of classes, for the label colour map.
+        class_names: the dataset's class names (``${dataset.class_names}``), drawn as the montage's colour legend.
     """
 
     def __init__(
-        self, out_dir: str, every_n_val_epochs: int = 1, max_volumes: int = 2, num_slices: int = 6, label_nc: int = 0
+        self,
+        out_dir: str,
+        every_n_val_epochs: int = 1,
+        max_volumes: int = 2,
+        num_slices: int = 6,
+        label_nc: int = 0,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if every_n_val_epochs < 1 or max_volumes < 1:
@@ -87,6 +95,7 @@ class VolumeLogger(pl.Callback):
         self.max_volumes = max_volumes
         self.num_slices = num_slices
         self.label_nc = label_nc
+        self.class_names = list(class_names) if class_names else None
         self._val_runs = 0
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -129,7 +138,8 @@ class VolumeLogger(pl.Callback):
             labels = [v for name, v in rows if "label" in name]
             montage = folder / f"montage_{i}.png"
             affine = batch["affine"][i] if "affine" in batch else None  # montages reorient to RAS from it
-            save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None, affine=affine)
+            save_montage(montage, rows, num_slices=self.num_slices, label_nc=self.label_nc or None, affine=affine,
+                         class_names=self.class_names)  # fmt: skip
             for name, vol in rows:
                 if "label" not in name:
                     save_gif(folder / f"{name}_{i}.gif", vol, label=labels[0] if labels else None, affine=affine)

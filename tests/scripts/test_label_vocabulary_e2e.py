@@ -3,8 +3,9 @@ both stages and the labels stage trained on the compacted table -> generate, gen
 whose label maps come back in the folder's own ids (0, 5, 51, 117), never the class indices 0-3.
 
 Tiny and seeded (16^3 blocks, a few steps per stage). The label autoencoder gets enough steps to reconstruct the
-liver and the heart, so that a ``--like`` map in the user's ids comes back as non-background ids in the same
-place: an all-background output would pass any "only the original ids" check.
+liver and the heart, so that a ``--like`` map in the user's ids (the test split exported by ``--export-real``)
+comes back as non-background ids in the same place: an all-background output would pass any "only the original
+ids" check.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from evaluation import class_intensity, label_metrics
 from scripts import generate, generate_labels, generate_pairs
 from scripts.inspect_dataset import main as inspect_main
 from tests.scripts.own_data import SPARSE_IDS, SPARSE_NAMES, write_sparse_ct_folder
@@ -78,7 +80,13 @@ def test_sparse_ids_round_trip_through_training_and_generation(tmp_path: Path) -
                           "--out", str(out), *fast]) == 0  # fmt: skip
     assert json.loads((out / "generation.json").read_text())["label_table"]["remap"] == PLAIN_TABLE
     assert (out / "case01_s0.nii.gz").is_file()
-    assert generate.main(["--ckpt", str(image_ckpt), "--labels", "split=test", "--out", str(out / "t"), *fast]) == 0
+    # the test split the checkpoint rebuilds, its real label maps exported in the folder's ids
+    real = tmp_path / "real"
+    assert generate.main(["--ckpt", str(image_ckpt), "--labels", "split=test", "--out", str(out / "t"),
+                          "--export-real", str(real), *fast]) == 0  # fmt: skip
+    (exported,) = sorted((real / "labels").glob("*.nii.gz"))
+    assert _values(exported) == set(SPARSE_IDS), _values(exported)
+    assert json.loads((real / "generation.json").read_text())["label_table"]["remap"] == PLAIN_TABLE
 
     # new label maps come back in the folder's ids
     maps = tmp_path / "maps"
@@ -89,21 +97,26 @@ def test_sparse_ids_round_trip_through_training_and_generation(tmp_path: Path) -
     for name in record["outputs"]:
         values = _values(maps / name)
         assert values <= set(SPARSE_IDS) and values - {0}, (name, values)
-    # a map in the user's ids (case01 padded to the 16^3 training grid) comes back in those ids, in its place
-    source = nib.load(str(data / "labels" / "case01.nii.gz"))
-    real = np.zeros((16, 16, 16), dtype=np.uint8)
-    real[tuple(slice(0, n) for n in source.shape)] = np.asarray(source.dataobj)
-    nib.save(nib.Nifti1Image(real, source.affine), str(tmp_path / "like.nii.gz"))
+    # a map in the user's ids (the exported test map, on the training grid) comes back in those ids, in its place
     like = tmp_path / "like"
-    assert generate_labels.main(["--ckpt", str(label_ckpt), "--out", str(like), "--like",
-                                 str(tmp_path / "like.nii.gz"), "--strength", "0.1", "--steps", "10",
-                                 "--device", "cpu"]) == 0  # fmt: skip
+    assert generate_labels.main(["--ckpt", str(label_ckpt), "--out", str(like), "--like", str(exported),
+                                 "--strength", "0.1", "--steps", "10", "--device", "cpu"]) == 0  # fmt: skip
     (name,) = json.loads((like / "labels_run.json").read_text())["outputs"]
-    varied = _array(like / name)
+    varied, source = _array(like / name), _array(exported)
     assert set(np.unique(varied).tolist()) - {0} >= {5, 51}, np.unique(varied)  # liver and heart, as ids
     assert set(np.unique(varied).tolist()) <= set(SPARSE_IDS)
-    liver = varied == 5
-    assert (liver & (real == 5)).sum() > 0.5 * liver.sum()  # where the liver (5) was, not a relabelled class
+    for value in (5, 51):  # under each written id lies mostly that id in the source, not another class's
+        under = np.bincount(source[varied == value], minlength=118)
+        assert int(under[1:].argmax()) + 1 == value, (value, np.flatnonzero(under), under[np.flatnonzero(under)])
+
+    # the evaluation reads both folders through their recorded tables and names the classes
+    report = tmp_path / "metrics"
+    assert label_metrics.main(["--fake", str(maps), "--real", str(real / "labels"), "--out",
+                               str(report / "labels.json")]) == 0  # fmt: skip
+    assert json.loads((report / "labels.json").read_text())["class_names"] == cfg["class_names"]
+    assert class_intensity.main(["--real", str(real), "--fake", str(out / "t"), "--labels", str(real / "labels"),
+                                 "--out", str(report / "ci.json")]) == 0  # fmt: skip
+    assert set(json.loads((report / "ci.json").read_text())["classes"]) == set(cfg["class_names"])
 
     # the pair path: labels in the folder's ids, read again through the image model's table
     pairs = tmp_path / "pairs"

@@ -54,3 +54,27 @@ def test_experiment_configs_compose(entry: str, overrides: list[str]) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert model["label_nc"] == len(model["class_names"]) == cfg.dataset.label_nc
     assert model["_target_"].endswith("LabelAutoencoder" if name == "label_ae" else "LabelLatentDiffusion")
+
+
+def test_validation_montages_name_the_classes(tmp_path: Path) -> None:
+    """The volume logger draws the dataset's class names as the montage legend (issue 23: montages name classes)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from train.callbacks import VolumeLogger
+
+    label = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    label[0, 0, 2:6, 2:6, 2:6] = 2
+    module = SimpleNamespace(log_volumes=lambda batch: {"label": label, "image": torch.zeros(1, 1, 8, 8, 8)})
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=1, loggers=[])
+    heights = {}
+    composed = compose_config("label_ae", ["dataset=synthetic"]).callbacks.volume_logger
+    assert list(composed.class_names) == ["background", "outer", "middle", "inner"]  # from the dataset config
+    for kind, names in (("plain", None), ("named", list(composed.class_names))):
+        logger = VolumeLogger(str(tmp_path / kind), label_nc=4, class_names=names)
+        logger.on_validation_epoch_start(trainer, module)
+        logger.on_validation_batch_end(trainer, module, None, {}, 0)
+        (png,) = (tmp_path / kind).rglob("montage_0.png")
+        heights[kind] = Image.open(png).height
+    assert heights["named"] > heights["plain"]  # the legend row below the grid
