@@ -23,7 +23,7 @@ from dataset import DataError
 from dataset.cli import one_line
 from dataset.dice import per_class_dice
 from dataset.files import atomic_torch_save, read_checkpoint
-from dataset.label_table import LabelTable, remap_labels
+from dataset.label_table import LabelTable, recorded_label_table, remap_labels
 from dataset.nifti import load_pair, save_nifti
 from evaluation.dice import summarise_dice
 from evaluation.intensity import IntensityRange
@@ -122,12 +122,16 @@ def load_cases(
 
     Args:
         table: the label table the maps' values are source ids of (a model trained on sparse ids): read through
-            it into class ids 0..num_classes-1; None: the maps hold class ids.
+            it into class ids 0..num_classes-1; None: the table recorded beside ``label_dir``
+            (:func:`dataset.label_table.recorded_label_table`: maps of ``generate_labels``, ``--export-real``), and
+            without one the maps hold class ids.
 
     Raises:
         DataError: pairing problems, grid mismatch, bad label values, out-of-range intensities.
         ValueError: a table of another class count than ``num_classes``.
     """
+    if table is None:
+        table = recorded_label_table(label_dir)
     if table is not None and table.label_nc != num_classes:
         raise ValueError(f"label table {table.name!r} has {table.label_nc} classes, the segmenter {num_classes}")
     cases = []

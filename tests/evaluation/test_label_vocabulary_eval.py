@@ -184,3 +184,25 @@ def test_utility_reads_user_ids_through_the_table_recorded_beside_the_new_pairs(
         assert utility.main(argv) == 0, kind
         reports[kind] = json.loads(out.read_text())["results"]
     assert reports["sparse"] == reports["ids"]
+
+
+def test_segmenter_cases_read_an_exported_split_through_its_recorded_table(tmp_path: Path) -> None:
+    """segmentation.py and segmenter_curve load through load_cases: a split exported in the user's ids reads back
+    as the class ids a segmenter predicts; the same maps without the record are refused, naming the value."""
+    from evaluation.intensity import IntensityRange
+    from evaluation.segmenter import load_cases
+
+    maps = _maps(2, seed=4)
+    names = _write(tmp_path / "real" / "labels", maps, sparse=True, record=None)
+    for name, label in zip(names, maps):
+        save_nifti(tmp_path / "real" / name, _image(label), np.eye(4))
+    write_run_record(tmp_path / "real" / "generation.json", {"label_table": PLAIN,
+                     "outputs": [*names, *(f"labels/{n}" for n in names)]})  # fmt: skip
+    cases = load_cases(tmp_path / "real", tmp_path / "real" / "labels", 4, IntensityRange(-1, 1))
+    for case, label in zip(cases, maps):
+        np.testing.assert_array_equal(case.label[0].numpy(), label)
+    with pytest.raises(ValueError, match="has 4 classes, the segmenter 3"):
+        load_cases(tmp_path / "real", tmp_path / "real" / "labels", 3, IntensityRange(-1, 1))
+    (tmp_path / "real" / "generation.json").unlink()
+    with pytest.raises(DataError, match="117"):
+        load_cases(tmp_path / "real", tmp_path / "real" / "labels", 4, IntensityRange(-1, 1))
