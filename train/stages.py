@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -121,49 +122,88 @@ def run(cmd: list[str], commands: list[str], output: Path | None = None) -> None
     log.info("stage finished in %.0f s: %s", time.time() - t0, shown.split(" ")[2])
 
 
+def train_stage(
+    cmd: list[str], run_dir: Path, steps: int, cap_minutes: float, commands: list[str], output: Path | None = None
+) -> str | None:
+    """Train one stage for exactly ``steps`` optimizer steps into ``run_dir``, ``cap_minutes`` as a safety stop.
+
+    ``cmd``: the entry point and its overrides (``python -m train.train_x experiment=...``); the output folder, the
+    step budget and the time cap are added here. A budget in steps gives the same model on any machine, so the
+    drivers' numbers can be reproduced; the cap only keeps a far too slow machine from running on for hours.
+
+    Returns:
+        None when the budget was reached; else a one-line note (also logged as a warning) that the cap stopped the
+        stage early, for the report: its numbers are not those of the fixed budget.
+    """
+    budget = [f"paths.output_dir={run_dir}", f"trainer.max_steps={steps}", f"trainer.max_time={max_time(cap_minutes)}"]
+    run([*cmd, *budget], commands, output)
+    reached = reached_steps(run_dir)
+    if reached >= steps:
+        return None
+    note = (
+        f"{run_dir.name} stopped at step {reached} of its budget of {steps}: its safety cap of {cap_minutes:g} min "
+        "triggered, so the numbers that depend on it are not those of the fixed budget"
+    )
+    log.warning("%s", note)
+    return note
+
+
+def reached_steps(run_dir: Path) -> int:
+    """The global step of ``run_dir/checkpoints/last.ckpt`` (written when training ends), 0 without one."""
+    from dataset.files import read_checkpoint
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return int(read_checkpoint(last).get("global_step", 0)) if last.is_file() else 0
+
+
 def train_label_generator(
     out: Path,
-    ae_minutes: float,
-    diffusion_minutes: float,
+    ae_steps: int,
+    diffusion_steps: int,
+    cap_minutes: float,
     common: list[str],
     commands: list[str],
     output: Path | None = None,
     dataset: str = "mni152",
-) -> None:
+) -> list[str]:
     """The label autoencoder, then the label diffusion on its best checkpoint, into ``out/label_{ae,diffusion}``.
 
-    ``common``: Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`; ``dataset``:
-    the embedded dataset whose experiments ``<dataset>_labels_{ae,diffusion}_cpu`` run.
+    ``*_steps``: each part's step budget, ``cap_minutes`` each one's safety stop (:func:`train_stage`); ``common``:
+    Hydra overrides for both (data folder, extra settings); ``output`` as for :func:`run`; ``dataset``: the embedded
+    dataset whose experiments ``<dataset>_labels_{ae,diffusion}_cpu`` run. Returns the notes of capped parts.
     """
     py = sys.executable
-    run([py, "-m", "train.train_label_ae", f"experiment={dataset}_labels_ae_cpu",
-         f"paths.output_dir={out / 'label_ae'}", f"trainer.max_time={max_time(ae_minutes)}", *common],
-        commands, output)  # fmt: skip
-    run([py, "-m", "train.train_label_diffusion", f"experiment={dataset}_labels_diffusion_cpu",
-         f"model.label_ae_ckpt={best_checkpoint(out / 'label_ae' / 'checkpoints')}",
-         f"paths.output_dir={out / 'label_diffusion'}", f"trainer.max_time={max_time(diffusion_minutes)}",
-         *common], commands, output)  # fmt: skip
+    notes = [train_stage([py, "-m", "train.train_label_ae", f"experiment={dataset}_labels_ae_cpu", *common],
+                         out / "label_ae", ae_steps, cap_minutes, commands, output)]  # fmt: skip
+    ae = best_checkpoint(out / "label_ae" / "checkpoints")
+    notes.append(train_stage([py, "-m", "train.train_label_diffusion", f"experiment={dataset}_labels_diffusion_cpu",
+                              f"model.label_ae_ckpt={ae}", *common],
+                             out / "label_diffusion", diffusion_steps, cap_minutes, commands, output))  # fmt: skip
+    return [n for n in notes if n]
 
 
 class Background:
     """A function run in a thread beside the main stages; :meth:`wait` re-raises what it raised."""
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self.error: BaseException | None = None
+        self.result: Any = None
 
         def target() -> None:
             try:
-                fn()
+                self.result = fn()
             except BaseException as err:  # handed to wait(), in the main thread
                 self.error = err
 
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
 
-    def wait(self) -> None:
+    def wait(self) -> Any:
+        """The function's return value, once it has finished (what it raised is raised here)."""
         self.thread.join()
         if self.error is not None:
             raise self.error
+        return self.result
 
 
 def dataset_config(data_dir: Path, dataset: str = "mni152") -> DictConfig:

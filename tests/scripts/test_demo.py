@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [
-        sys.executable, "scripts/demo.py", "--out", str(out), "--vqgan-minutes", "0.4", "--diffusion-minutes", "0.4",
+        sys.executable, "scripts/demo.py", "--out", str(out), "--vqgan-steps", "16", "--diffusion-steps", "8",
         "--steps", "3", "--seg-steps", "10",
-        "--label-ae-minutes", "0.2", "--label-diffusion-minutes", "0.2", "--label-maps", "4", "--utility-steps", "2",
+        "--label-ae-steps", "16", "--label-diffusion-steps", "8", "--label-maps", "4", "--utility-steps", "2",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
@@ -60,7 +60,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     util = tmp_path / "utility"
     protocol = [
         sys.executable, "scripts/utility_protocol.py", "--demo", str(out), "--out", str(util),
-        "--label-ae-minutes", "0.2", "--label-diffusion-minutes", "0.2", "--pairs", "4", "--regimes", "1", "2",
+        "--label-ae-steps", "16", "--label-diffusion-steps", "8", "--pairs", "4", "--regimes", "1", "2",
         "--seeds", "0", "1", "--curve-steps", "4", "--eval-every", "2",
     ]  # fmt: skip
     proc = subprocess.run(protocol, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)

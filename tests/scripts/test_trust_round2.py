@@ -392,7 +392,7 @@ def test_item26_demo_out_file_link_and_nan_minutes_are_one_line(
     link.symlink_to(target, target_is_directory=True)
     assert demo.main(["--out", str(link), "--overwrite"]) == EXIT_ERROR
     assert "symbolic link" in _errors(caplog)[-1]
-    assert demo.main(["--out", str(tmp_path / "new"), "--vqgan-minutes", "nan"]) == EXIT_ERROR
+    assert demo.main(["--out", str(tmp_path / "new"), "--cap-minutes", "nan"]) == EXIT_ERROR
     assert "not a finite number" in capsys.readouterr().err
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"] and not (tmp_path / "new").exists()
 
