@@ -205,14 +205,25 @@ def _pairs(label: TinyLabelModel, image: TinyModel, out: Path, *extra: str, labe
     return main([*ckpts, "--out", str(out), "--device", "cpu", "--label-steps", "2", "--image-steps", "2", *extra])
 
 
-def test_item12_item18_zero_steps_or_batch_are_refused_before_any_label_map(
+def test_item12_zero_steps_are_refused_not_replaced_by_the_defaults(
     tiny_label_model: TinyLabelModel, tiny_model: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "pairs"
-    for extra in (["--image-steps", "0"], ["--label-steps", "0"], ["--batch-size", "0"], ["--image-steps", "-3"]):
+    for extra in (["--image-steps", "0"], ["--label-steps", "0"]):
         assert _pairs(tiny_label_model, tiny_model, out, *extra) == EXIT_ERROR, extra
         assert "must be a positive integer" in capsys.readouterr().err
         assert not out.exists(), extra
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "0"], ["--image-steps", "-3"]], ids=["batch-size", "steps"])
+def test_item18_a_bad_count_is_refused_before_any_label_map_is_written(
+    tiny_label_model: TinyLabelModel, tiny_model: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture,
+    extra: list[str],
+) -> None:  # fmt: skip
+    out = tmp_path / "pairs"
+    assert _pairs(tiny_label_model, tiny_model, out, *extra) == EXIT_ERROR
+    assert not out.exists()  # the old code refused only after labels/ was written
+    assert "must be a positive integer" in capsys.readouterr().err
 
 
 def _edited_checkpoint(src: Path, dest: Path, **hparams: object) -> Path:
@@ -226,7 +237,11 @@ def _edited_checkpoint(src: Path, dest: Path, **hparams: object) -> Path:
 
 @pytest.mark.parametrize(
     ("edit", "needle"),
-    [({"class_names": ["background", "a", "b", "c"]}, "classes"), ({"block_size": [8, 8, 8]}, "block size")],
+    # 'inner' is kept: the label model's centroid class must still exist, or it is refused for that instead
+    [
+        ({"class_names": ["background", "outer", "core", "inner"]}, "classes"),
+        ({"block_size": [8, 8, 8]}, "block size"),
+    ],
     ids=["class-table", "block-size"],
 )
 def test_item13_generate_pairs_refuses_models_of_other_class_tables_or_blocks(
@@ -363,16 +378,24 @@ def test_item23_generate_pairs_bad_device_and_checkpoints_are_one_line(
     handmade = _handmade(tmp_path / "hand.ckpt", {"label_nc": 4})
     lab, img = str(tiny_label_model.label_diffusion), str(tiny_model.diffusion)
     cases = [
-        ([lab, str(handmade)], "not a Med-LSDM checkpoint"),
-        ([str(handmade), img], "not a Med-LSDM checkpoint"),
-        ([img, lab], "--label-ckpt"),  # swapped
+        ([lab, str(handmade)], [], "not a Med-LSDM checkpoint"),
+        ([str(handmade), img], [], "not a Med-LSDM checkpoint"),
+        ([img, lab], [], "--label-ckpt"),  # swapped
     ]
-    for (label_ckpt, image_ckpt), needle in cases:
-        assert main(["--label-ckpt", label_ckpt, "--image-ckpt", image_ckpt, "--out", str(out)]) == EXIT_ERROR
-        assert needle in _errors(caplog)[-1], _errors(caplog)
     if not torch.cuda.is_available():
-        assert main(["--label-ckpt", lab, "--image-ckpt", img, "--out", str(out), "--device", "cuda"]) == EXIT_ERROR
-        assert "no CUDA GPU" in _errors(caplog)[-1]
+        cases.append(([lab, img], ["--device", "cuda"], "no CUDA GPU"))
+    results = []
+    for (label_ckpt, image_ckpt), extra, _ in cases:
+        caplog.clear()
+        try:
+            rc = main(["--label-ckpt", label_ckpt, "--image-ckpt", image_ckpt, "--out", str(out), *extra])
+        except Exception as err:  # a traceback on the command line (the old --device cuda)
+            rc = f"raised {type(err).__name__}"
+        results.append((rc, _errors(caplog)))
+    # behaviour first (exit 2, one line, for every case), then what the line says
+    assert all(rc == EXIT_ERROR and len(errors) == 1 for rc, errors in results), results
+    for (_, _, needle), (_, errors) in zip(cases, results):
+        assert needle in errors[0], errors
     assert not out.exists()
 
 
