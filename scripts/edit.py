@@ -156,8 +156,8 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
 
     info = model.hparams.get("data_info") or {}
     table = label_table_of(info)  # the user's ids: maps and edit options are read through it
-    if table is not None:
-        table.source_values()  # every class can be written back, checked before any sampling
+    if table is not None and ops:
+        table.source_values()  # the edited map is written back: every class needs an id, checked before sampling
     nc = model.label_nc
     edits = [parse_edit(kind, text, None if table else nc) for kind, text in ops]
     if table is not None:

@@ -504,3 +504,28 @@ def test_a_value_outside_the_label_table_is_refused_in_one_line(
     errors = _errors(caplog, capsys)
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists()
+
+
+def test_a_table_with_a_class_no_id_maps_to_edits_from_a_file_but_refuses_to_write_a_map(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """Like the CT's classes filled from tissue masks: a class without a file id can be read, never written back."""
+    from scripts.edit import main
+
+    ckpt = torch.load(tiny_model.diffusion, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["data_info"]["label_table"] = {**USER_TABLE, "remap": [[0, 0], [5, 1]]}
+    torch.save(ckpt, tmp_path / "partial.ckpt")
+    classes = nested_labels((18, 20, 24), LABEL_NC)
+    user = np.where(classes > 0, 5, 0).astype(np.int16)
+    edited = user.copy()
+    edited[8:11, 9:12, 4:7] = 0
+    labels = write_nifti(tmp_path / "labels.nii.gz", user, AFFINE)
+    argv = ["--ckpt", str(tmp_path / "partial.ckpt"), "--image", str(inputs["image"]), "--labels", str(labels), *FAST]
+    edited_path = write_nifti(tmp_path / "edited.nii.gz", edited, AFFINE)
+    assert main([*argv, "--edited", str(edited_path), "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--grow", "5:2", "--out", str(tmp_path / "b")]) == EXIT_ERROR
+    errors = _errors(caplog, capsys)
+    assert len(errors) == 1 and "no source value maps to class(es) ['inner']" in errors[0], errors
+    assert not (tmp_path / "b").exists()
