@@ -68,13 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_row(model: torch.nn.Module, stage: str, args: argparse.Namespace, pick: Callable[[str], Any]) -> dict:
     """Warm-up + timed training steps of ``model`` on random blocks: seconds per step, peak memory."""
-    from scripts.bench.common import PeakMemory, Volumes, summary
+    from evaluation.report import summarise
+    from scripts.bench.common import PeakMemory, Volumes
     from scripts.bench.training import train_steps
 
     memory = PeakMemory(args.device)
     data = Volumes(args.warmup + args.repeats, pick("block"), int(model.hparams.label_nc), args.seed)
-    res = train_steps(model, stage, data, args.device, args.precision, memory, args.warmup, 1, args.seed)
-    return {"step_s": summary(res["step_times_s"]), "first_step_s": round(res["first_step_s"], 3),
+    res = train_steps(model, stage, data, args.device, args.precision, memory, args.warmup, args.seed)
+    return {"step_s": summarise(res["step_times_s"]), "first_step_s": round(res["first_step_s"], 3),
             "memory": res["memory"], "memory_kind": memory.kind}  # fmt: skip
 
 
@@ -124,7 +125,8 @@ def generation_row(args: argparse.Namespace, pick: Callable[[str], Any], compile
 def command(args: argparse.Namespace, argv: list[str]) -> int:
     """Claim ``--out``, run every part, write the report."""
     from dataset.files import OutputFolder, write_run_record
-    from scripts.bench.common import json_safe, machine_info, measured, versions
+    from evaluation.report import jsonable
+    from scripts.bench.common import machine_info, measured, versions
 
     args.device = pick_device(args.device)
 
@@ -156,7 +158,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> int:
                 report[part].append(row)
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         plan.remove_stale()
-        write_run_record(out.path / RECORD, {"tool": "gpu_check", **json_safe(report), "outputs": [RECORD]})
+        write_run_record(out.path / RECORD, {"tool": "gpu_check", **jsonable(report), "outputs": [RECORD]})
     failed = [r for part in args.parts for r in report[part] if r["status"] != "ok"]
     log.info("wrote %s (%d measurement(s) failed) in %.0f s", args.out, len(failed), report["wall_s"])
     return 0

@@ -19,7 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 TRAINER_OVERRIDES = (
     "logger=none", "callbacks=none", "trainer.max_epochs=1", "trainer.max_steps=-1",
     "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
+    "trainer.log_every_n_steps=1", "+trainer.enable_checkpointing=false", "+trainer.enable_model_summary=false",
 )  # fmt: skip
 
 
@@ -46,20 +46,18 @@ def compose_config(primary: str, overrides: tuple[str, ...] = (), config_dir: st
 
 def trainer_overrides(device: torch.device, precision: str, root: Path) -> tuple[str, ...]:
     """Hydra overrides selecting ``config/trainer/{cpu,gpu}.yaml`` for one fit of a benchmark."""
-    kind = "gpu" if device.type == "cuda" else "cpu"
-    return (f"trainer={kind}", f"trainer.precision={precision}", f"paths.output_dir={root}", *TRAINER_OVERRIDES)
+    cuda = device.type == "cuda"
+    kind = ("trainer=gpu", f"trainer.devices=[{device.index or 0}]") if cuda else ("trainer=cpu",)
+    return (*kind, f"trainer.precision={precision}", f"paths.output_dir={root}", *TRAINER_OVERRIDES)
 
 
 def build_trainer(device: torch.device, precision: str, root: Path, callbacks: Sequence[Any]) -> Any:
     """A ``pytorch_lightning.Trainer`` from ``config/trainer`` (one epoch, no logger, no checkpoints) with
     ``precision`` (e.g. ``32-true``, ``bf16-mixed``) and ``callbacks`` (the step timer), rooted at ``root``."""
-    import hydra
+    from train.run import build_trainer as trainer_of_config
 
     cfg = compose_config("vqgan", trainer_overrides(device, precision, root))
-    extra: dict[str, Any] = {"enable_checkpointing": False, "enable_model_summary": False}
-    if device.type == "cuda":
-        extra["devices"] = [device.index or 0]
-    return hydra.utils.instantiate(cfg.trainer, callbacks=list(callbacks), logger=False, **extra)
+    return trainer_of_config(cfg.trainer, list(callbacks), [])
 
 
 def build_vqgan(config: str, data: Data = EMBEDDED, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:

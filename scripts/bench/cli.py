@@ -30,10 +30,11 @@ from scripts.bench.common import SCHEMA, error_reason, log, parse_sampler, parse
 
 SECTIONS = ("training", "sampling", "generation")
 RECORD, SUMMARY = "benchmark.json", "benchmark.md"
-# (full, quick) defaults of the options left unset
+# (full, quick) defaults of the options left unset (gen_multiples: block multiples of the generation sizes)
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "warmup": (2, 1), "repeats": (5, 2), "max_seconds": (600.0, 60.0), "sample_volumes": (4, 2),
-    "gen_steps": (10, 2), "gen_repeats": (2, 1),
+    "gen_steps": (10, 2), "gen_repeats": (2, 1), "compile": (True, False),
+    "gen_multiples": (common.GEN_MULTIPLES, common.GEN_MULTIPLES[:4]),
 }  # fmt: skip
 
 
@@ -56,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training").add_argument
     g("--models", nargs="+", choices=sorted(common.MODELS), help="models to train (default: all)")
     g("--sizes", nargs="+", type=parse_size, help="N or DxHxW (16 32 32x64x64 32x128x128 32x256x256)")
-    g("--batch-size", type=positive_int, default=1, help="training batch size (the paper runs use 1-2)")
     g("--label-nc", type=positive_int, help="label classes of the models (default: the dataset config's)")
     g("--labels", nargs="+", help="real label maps (NIfTI) as the batches, e.g. a demo's data/test/labels/*.nii.gz "
       "(the SPADE lookup's cost depends on the maps); --sizes becomes their shape")  # fmt: skip
@@ -75,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     g("--samplers", nargs="+", type=parse_sampler, help="[CKPT=]ddpm, ddim:N, rflow:N; CKPT= for one checkpoint only "
       "(" + " ".join(common.DEFAULT_SAMPLERS) + ")")  # fmt: skip
     g("--sample-volumes", type=positive_int, help="real volumes paired per sampler (4; quick 2)")
-    g("--split", default="test", help="dataset split of the real volumes")
     g("--data-root", help="override the checkpoint's dataset root (e.g. data/mni152)")
     g("--guidance", type=float_in(0, None), help="guidance weight (default: each checkpoint's)")
     g("--privacy-volumes", type=nonnegative_int, default=0, help="nn-SSIM against this many training volumes")
@@ -85,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     g("--gen-block", type=parse_size, help="its training block (default per config)")
     g("--gen-sizes", nargs="+", type=parse_size, help="label-map sizes (default: block multiples)")
     g("--gen-steps", type=positive_int, help="sampler steps per volume (10; quick 2)")
-    g("--gen-sampler", choices=("ddim", "rflow", "ddpm"), help="default: ddim (or rflow)")
     g("--gen-repeats", type=positive_int, help="timed runs per size (2; quick 1)")
     g("--gen-window", choices=WINDOW_MODES, default="auto", help="window layout (generate.py --window)")
     return p
@@ -98,7 +96,8 @@ def check_args(args: argparse.Namespace) -> None:
     from scripts.bench.build import EMBEDDED, class_table_data
 
     for key, values in DEFAULTS.items():
-        setattr(args, key, values[int(args.quick)] if getattr(args, key) is None else getattr(args, key))
+        if getattr(args, key, None) is None:
+            setattr(args, key, values[int(args.quick)])
     check_unique(args.seeds, "--seeds")
     if args.labels and args.dataset or args.dataset and args.sizes:
         raise DataError("--dataset: its volumes are the training data and their shape the size (no --labels, --sizes)")
@@ -134,11 +133,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
     if args.segmenter is not None and not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
         raise DataError(f"--segmenter {args.segmenter}: not a segmenter checkpoint (evaluation/segmentation.py)")
-    args.gen_multiples = list(common.QUICK_GEN_MULTIPLES if args.quick else common.GEN_MULTIPLES)
-    args.compile_skip_reason = (
-        "--no-compile" if args.compile is False else "off in --quick (cold compiles take minutes)"
-    )
-    args.compile = not args.quick if args.compile is None else args.compile
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
@@ -159,7 +153,7 @@ def run(args: argparse.Namespace, device: Any, argv: list[str]) -> dict[str, Any
 
     args.gen_config = args.gen_config or ("diffusion" if device.type == "cuda" else "diffusion_tiny")
     t_start = time.perf_counter()
-    hidden = ("label_maps", "class_data", "compile_skip_reason", "log_level")
+    hidden = ("label_maps", "class_data", "log_level")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}
     settings.update(device=str(device), sizes=[size_str(s) for s in args.sizes], output_rtol=common.OUTPUT_RTOL,
                     gen_sizes=[size_str(s) for s in args.gen_sizes or []], image_atol=common.IMAGE_ATOL)  # fmt: skip
@@ -192,6 +186,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> int:
     import pytorch_lightning  # noqa: F401 - sets its loggers to INFO on import; quieten them after that
 
     from dataset.files import OutputFolder, atomic_write_text, write_run_record
+    from evaluation.report import jsonable
     from scripts.bench.report import compare, markdown
 
     for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo", "torch._inductor"):
@@ -209,7 +204,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> int:
         report = run(args, device, argv)
         if old is not None:
             report["compare"] = compare(report, old, str(args.compare))
-        report = common.json_safe(report)
+        report = jsonable(report)
         text = markdown(report)
         atomic_write_text(out.path / SUMMARY, text + "\n")
         plan.remove_stale()

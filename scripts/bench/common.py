@@ -12,8 +12,6 @@ import logging
 import math
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,11 +29,11 @@ DEFAULT_SIZES = ((16, 16, 16), (32, 32, 32), (32, 64, 64), (32, 128, 128), PAPER
 QUICK_SIZES = ((16, 16, 16),)
 DEFAULT_SAMPLERS = ("ddpm", "ddim:25", "ddim:50", "ddim:100", "rflow:30")
 GEN_MULTIPLES = ((1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 2, 2), (2, 4, 4), (4, 4, 4))
-QUICK_GEN_MULTIPLES = GEN_MULTIPLES[:4]
 # a fast path gives "the same result" as fp32 when the relative L2 error of the network outputs (training) / the mean
 # absolute voxel difference of the generated volume in [-1, 1] (generation) stays within these
 OUTPUT_RTOL = {"bf16-mixed": 5e-2, "16-mixed": 1e-2, "compile": 1e-4}
 IMAGE_ATOL = {"bf16": 5e-2, "16": 2e-2, "compile": 1e-3}
+NO_COMPILE = "--no-compile or --quick (a cold compile takes minutes)"  # why compile was not measured
 
 
 @dataclass(frozen=True)
@@ -87,46 +85,18 @@ def parse_sampler(text: str) -> tuple[str | None, str, int | None]:
     return ckpt or None, name, int(steps) if steps else None
 
 
-def summary(values: Sequence[float]) -> dict[str, float | int]:
-    """Median (the reported number), min, max and count."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for one value): a quality over seeds."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Least-squares fit of ``log y = k log x + log c``: ``{"exponent": k, "coefficient": c, "r2", "points"}``.
 
     Raises:
-        ValueError: fewer than two points, non-positive values or a single distinct x.
+        ValueError: unpaired values, a single distinct x or a non-positive value.
     """
-    if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"need at least two (x, y) pairs, got {len(x)} and {len(y)}")
-    if min(x) <= 0 or min(y) <= 0:
-        raise ValueError("x and y must be positive for a log-log fit")
+    if len(x) != len(y) or len(set(x)) < 2 or min(*x, *y) <= 0:
+        raise ValueError(f"need (x, y) pairs of positive values with two distinct x, got {list(x)} and {list(y)}")
     lx, ly = np.log(np.asarray(x, dtype=np.float64)), np.log(np.asarray(y, dtype=np.float64))
-    if np.ptp(lx) == 0:
-        raise ValueError("x has a single distinct value")
     k, logc = np.polyfit(lx, ly, 1)
-    ss_tot = float(((ly - ly.mean()) ** 2).sum())
-    r2 = 1.0 - float(((ly - (k * lx + logc)) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    r2 = float(np.corrcoef(lx, ly)[0, 1] ** 2) if np.ptp(ly) > 0 else 1.0  # r² of a line fit: squared correlation
     return {"exponent": float(k), "coefficient": float(math.exp(logc)), "r2": r2, "points": len(x)}
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf → None (JSON has neither), tuples → lists, numpy scalars → Python numbers, paths → text."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def error_reason(err: BaseException, limit: int = 500) -> str:
@@ -192,17 +162,12 @@ def load_labels(files: Sequence[str], label_nc: int | None = None) -> list[torch
     return labels
 
 
-def random_label(size: Sequence[int], label_nc: int, seed: int = 0) -> np.ndarray:
-    """A blocky (D, H, W) int64 label map (content does not change the cost)."""
-    return Volumes(1, size, label_nc, seed)[0]["label"][0].numpy()
-
-
 @contextlib.contextmanager
-def split_timing(model: Any) -> Iterator[dict[str, float]]:
-    """Seconds spent in the sampler loop (``model.schedule.sample``: ``"denoise"``) and in decoding
-    (``model.first_stage.decode``, where every decoding path ends: ``"decode"``); instance attributes shadow the
-    methods meanwhile, so the product runs unchanged."""
-    seconds = {"denoise": 0.0, "decode": 0.0}
+def timed_sampling(model: Any, device: torch.device) -> Iterator[dict[str, float]]:
+    """Wall seconds of the ``with`` block (CUDA synchronised: ``"seconds"``) and, within it, of the sampler loop
+    (``model.schedule.sample``: ``"denoise_s"``) and of decoding (``model.first_stage.decode``, where every decoding
+    path ends: ``"decode_s"``); instance attributes shadow the methods meanwhile, so the product runs unchanged."""
+    seconds = {"seconds": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
     def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
         def call(*a: Any, **k: Any) -> Any:
@@ -214,22 +179,23 @@ def split_timing(model: Any) -> Iterator[dict[str, float]]:
 
         return call
 
-    model.schedule.sample = timed(model.schedule.sample, "denoise")
-    model.first_stage.decode = timed(model.first_stage.decode, "decode")
+    model.schedule.sample = timed(model.schedule.sample, "denoise_s")
+    model.first_stage.decode = timed(model.first_stage.decode, "decode_s")
+    synchronize(device)
+    t0 = time.perf_counter()
     try:
         yield seconds
     finally:
+        synchronize(device)
+        seconds["seconds"] = time.perf_counter() - t0
         del model.schedule.sample, model.first_stage.decode
 
 
 # ------------------------------------------------------------------------------------------------ the machine
-def proc_kb(field: str, path: str = "/proc/self/status") -> int | None:
-    """A ``field: N kB`` value of a /proc file (None where there is no /proc or no such field)."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open(path, encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
+def proc_kb(field: str, path: str = "/proc/self/status") -> int:
+    """A ``field: N kB`` value of a /proc file (the benchmark runs on Linux)."""
+    with open(path, encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def load_average() -> list[float] | None:
@@ -249,7 +215,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "ram_total_mb": round((proc_kb("MemTotal", "/proc/meminfo") or 0) / 1024) or None,
+        "ram_total_mb": round(proc_kb("MemTotal", "/proc/meminfo") / 1024),
         "load_average_start": load_average(), "gpu": None,
     }  # fmt: skip
     if torch.cuda.is_available():
@@ -292,46 +258,38 @@ def free_memory(device: torch.device) -> None:
 
 
 class PeakMemory:
-    """Peak memory of one measurement: the CUDA allocator's peak, or the process's peak RSS on the CPU (VmHWM, reset
-    through /proc/self/clear_refs; where that is impossible, ru_maxrss since the start, so only increases count)."""
+    """Peak memory of one measurement: the CUDA allocator's peak, or on the CPU the process's peak RSS (VmHWM, reset
+    through /proc/self/clear_refs before each measurement)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.resettable = device, device.type == "cuda" or self._reset_rss()
-        how = "VmHWM, reset before each measurement" if self.resettable else "ru_maxrss: only increases count"
-        cuda = "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
-        self.kind, self.baseline_mb = cuda if device.type == "cuda" else f"process peak RSS ({how})", 0.0
-
-    @staticmethod
-    def _reset_rss() -> bool:
-        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-            return proc_kb("VmHWM") is not None
-        return False
+        self.device, self.baseline_mb, cuda = device, 0.0, device.type == "cuda"
+        self.kind = (
+            "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
+            if cuda
+            else "process peak RSS (VmHWM, reset before each measurement)"
+        )
 
     def current_mb(self) -> float:
         """Memory in use now (CUDA tensors, or this process's RSS)."""
         cuda = self.device.type == "cuda"
-        return torch.cuda.memory_allocated(self.device) / 2**20 if cuda else (proc_kb("VmRSS") or 0) / 1024
+        return torch.cuda.memory_allocated(self.device) / 2**20 if cuda else proc_kb("VmRSS") / 1024
 
     def reset(self) -> None:
         """Start a measurement: free what can be freed, reset the peak, remember the baseline."""
         free_memory(self.device)
+        synchronize(self.device)
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.resettable:
-            self._reset_rss()
+        else:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS
         self.baseline_mb = self.current_mb()
 
     def result(self) -> dict[str, float]:
         """``{"peak_mb", "baseline_mb", "increase_mb"}`` of the measurement since :meth:`reset`."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self.resettable:
-            peak = (proc_kb("VmHWM") or 0) / 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        synchronize(self.device)
+        cuda = self.device.type == "cuda"
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else proc_kb("VmHWM") / 1024
         inc = max(peak - self.baseline_mb, 0.0)
         return {"peak_mb": round(peak, 1), "baseline_mb": round(self.baseline_mb, 1), "increase_mb": round(inc, 1)}
 
@@ -339,8 +297,7 @@ class PeakMemory:
         """Memory a measurement may predictably reach: 90 % of the GPU, or this RSS plus 85 % of MemAvailable."""
         if self.device.type == "cuda":
             return 0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**20
-        avail = proc_kb("MemAvailable", "/proc/meminfo")
-        return self.current_mb() + 0.85 * avail / 1024 if avail is not None else math.inf
+        return self.current_mb() + 0.85 * proc_kb("MemAvailable", "/proc/meminfo") / 1024
 
     def over_budget(self, prev: dict[str, Any], seconds: float, scale: float, max_s: float) -> str | None:
         """Why a measurement predicted to take ``seconds`` and ``scale`` times the memory increase of the measured

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.report import summarise
 from scripts.bench import common
 from scripts.bench.build import build_diffusion, fit_random_statistics
-from scripts.bench.common import IMAGE_ATOL, PeakMemory, fit_power_law, log, measured, size_str, summary
+from scripts.bench.common import IMAGE_ATOL, NO_COMPILE, PeakMemory, fit_power_law, log, measured, size_str
 
 
 def generation_model(args: argparse.Namespace, device: torch.device, compile: bool = False) -> tuple[Any, dict]:
@@ -53,25 +54,20 @@ class Runner:
         (D, H, W) volume."""
         from diffusion.generation.pipeline import LabelVolume, generate
 
-        label = common.random_label(size, self.model.label_nc, self.seed)
+        label = common.Volumes(1, size, self.model.label_nc, self.seed)[0]["label"][0].numpy()
         vol, images = LabelVolume(f"gen_{size_str(size)}", label, np.eye(4), "benchmark"), []
         self.memory.reset()
-        with common.split_timing(self.model) as split:
-            common.synchronize(self.device)
-            t0 = time.perf_counter()
+        with common.timed_sampling(self.model, self.device) as seconds:
             generate(self.model, [vol], self.workdir, settings, overwrite=True, progress=False,
                      on_volume=lambda v, k, image, path: images.append(image))  # fmt: skip
-            common.synchronize(self.device)
-            seconds = time.perf_counter() - t0
-        times = {"seconds": seconds, "denoise_s": split["denoise"], "decode_s": split["decode"]}
-        return {**times, "memory": self.memory.result()}, images[0]
+        return {**seconds, "memory": self.memory.result()}, images[0]
 
     def size_row(self, size: Sequence[int], borders: list, settings: Any, repeats: int) -> dict[str, Any]:
         """``repeats`` runs of one size: time (median), denoise / decode, the highest peak, the seam ratio."""
         from evaluation.seams import seam_ratio
 
         runs = [self.once(size, settings) for _ in range(repeats)]
-        return {"time_s": summary([r["seconds"] for r, _ in runs]),
+        return {"time_s": summarise([r["seconds"] for r, _ in runs]),
                 "denoise_s": statistics.median(r["denoise_s"] for r, _ in runs),
                 "decode_s": statistics.median(r["decode_s"] for r, _ in runs),
                 "memory": max((r["memory"] for r, _ in runs), key=lambda m: m["peak_mb"]),
@@ -87,19 +83,18 @@ class Runner:
         one = replace(settings, steps=1)
         per = [(self.once(block, settings)[0]["seconds"] - self.once(block, one)[0]["seconds"]) / (steps - 1)
                for _ in range(n)]  # fmt: skip
-        return summary(per) if statistics.median(per) > 0 else None
+        return summarise(per) if statistics.median(per) > 0 else None
 
 
 def window_layout(model: Any, size: Sequence[int], settings: Any) -> tuple[int, list[list[int]]]:
-    """Denoising windows of a label map of ``size`` and, per axis, the image planes where windows meet."""
-    from diffusion.sampling import denoise_window, windows
+    """Denoising windows of a label map of ``size`` as ``generate`` lays them out (ValueError for a size it refuses:
+    not a multiple of the latent factor, or smaller than the block) and, per axis, the image planes where they meet."""
+    from diffusion.sampling import latent_window, windows
     from evaluation.seams import window_borders
 
     factor = tuple(model.latent_factor)
-    latent = tuple(s // f for s, f in zip(size, factor))
-    train = tuple(b // f for b, f in zip(model.block_size, factor))
-    wins = windows(latent, denoise_window(latent, train, settings.window, multiple=model.denoiser.size_multiple),
-                   settings.overlap)  # fmt: skip
+    window = latent_window(size, factor, model.block_size, settings.window, multiple=model.denoiser.size_multiple)
+    wins = windows(tuple(s // f for s, f in zip(size, factor)), window, settings.overlap)
     pairs = [{(w[a].start * factor[a], w[a].stop * factor[a]) for w in wins} for a in range(3)]
     return len(wins), window_borders(pairs, size)
 
@@ -111,7 +106,7 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str
     memory = PeakMemory(device)
     model, source = generation_model(args, device)
     block = tuple(model.block_size)
-    sampler = args.gen_sampler or ("ddim" if "ddim" in model.schedule.samplers else "rflow")
+    sampler = "ddim" if "ddim" in model.schedule.samplers else "rflow"
     sizes = args.gen_sizes or [tuple(b * m for b, m in zip(block, mult)) for mult in args.gen_multiples]
     settings = GenerationSettings(sampler=sampler, steps=args.gen_steps, seed=args.seeds[0], resample=False,
                                   window=args.gen_window)  # fmt: skip
@@ -125,11 +120,11 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> dict[str
         for size in sorted(sizes, key=math.prod):
             row: dict[str, Any] = {"size": size_str(size), "voxels": math.prod(size)}
             out["results"].append(row)
-            if any(s < b for s, b in zip(size, block)) or any(s % f for s, f in zip(size, model.latent_factor)):
-                row.update(status="skipped", reason=f"size must be >= the block {size_str(block)} and divisible "
-                           f"by the latent factor {size_str(model.latent_factor)}")  # fmt: skip
+            try:
+                row["windows"], borders = window_layout(model, size, settings)
+            except ValueError as err:
+                row.update(status="skipped", reason=str(err))
                 continue
-            row["windows"], borders = window_layout(model, size, settings)
             if prev is not None:  # predicted from the last size: time linear in windows, memory in voxels
                 t_pred = prev["time_s"]["median"] * row["windows"] / prev["windows"] * args.gen_repeats
                 if reason := memory.over_budget(prev, t_pred, row["voxels"] / prev["voxels"], args.max_seconds):
@@ -191,7 +186,7 @@ def fast_paths(
     for row in out[1:]:
         fast = replace(settings, precision=row.pop("precision"))
         if row["option"] == "--compile" and not args.compile:
-            row.update(status="skipped", reason=args.compile_skip_reason)
+            row.update(status="skipped", reason=NO_COMPILE)
         elif measured(row, f"generation fast path {row['option']}", partial(fast_path, args, run, block, fast, base),
                       device):  # fmt: skip
             log.info("generation fast path %s: %.2f s (x%.2f), mean |diff| %.2e", row["option"], row["time_s"],

@@ -6,30 +6,30 @@ from __future__ import annotations
 
 from typing import Any
 
-# table -> (section, list of rows, the fields that identify a row, columns: (header, dotted path, compared))
-TABLES: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
-    "training": ("training", "results", ("model", "size", "classes"), [
+# table -> (dotted path of its rows, the fields that identify a row, columns: (header, dotted path, compared))
+TABLES: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
+    "training": ("training.results", ("model", "size", "classes"), [
         ("model", "model", False), ("image", "size", False), ("classes", "classes", False),
         ("latent", "latent", False), ("params (M)", "params_m", False), ("step s", "step_time_s.median", True),
         ("x first table", "vs_first_table", False), ("first step s", "first_step_s", False),
         ("peak MB", "memory.peak_mb", True), ("+MB", "memory.increase_mb", False)]),
-    "training_fast": ("training", "fast_paths", ("model", "size", "classes", "option"), [
+    "training_fast": ("training.fast_paths", ("model", "size", "classes", "option"), [
         ("model", "model", False), ("image", "size", False), ("option", "option", False),
         ("step s", "step_time_s.median", True), ("fp32 step s", "baseline_step_s", False),
         ("speedup", "speedup", False), ("output rel. error", "output_rel_error", False),
         ("equal", "equal_within_tolerance", False)]),
-    "sampling": ("sampling", "results", ("checkpoint", "label"), [
+    "sampling": ("sampling.results", ("checkpoint", "label"), [
         ("ckpt", "checkpoint", False), ("sampler", "label", False), ("passes/step", "passes_per_step", False),
         ("s / volume", "time_per_volume_s.median", True), ("denoise s", "denoise_s.median", False),
         ("decode s", "decode_s.median", False), ("speedup", "speedup", False), ("SSIM", "ssim", True),
         ("PSNR dB", "psnr", False), ("Dice", "dice", False), ("nn-SSIM", "nn_ssim", False),
         ("ΔSSIM", "ssim_minus_ref", False), ("ΔPSNR", "psnr_minus_ref", False)]),
-    "generation": ("generation", "results", ("size",), [
+    "generation": ("generation.results", ("size",), [
         ("size", "size", False), ("voxels", "voxels", False), ("windows", "windows", False),
         ("time s", "time_s.median", True), ("denoise s", "denoise_s", False), ("decode s", "decode_s", False),
         ("s / Mvoxel", "time_per_megavoxel_s", False), ("peak MB", "memory.peak_mb", True),
         ("+MB", "memory.increase_mb", False), ("seam ratio", "seam_ratio", False)]),
-    "generation_fast": ("generation", "fast_paths", ("option", "size"), [
+    "generation_fast": ("generation.fast_paths", ("option", "size"), [
         ("option", "option", False), ("size", "size", False), ("time s", "time_s", True),
         ("speedup", "speedup", False), ("first call s", "first_call_s", False),
         ("mean abs diff", "mean_abs_diff", False), ("max abs diff", "max_abs_diff", False),
@@ -44,19 +44,13 @@ def get(row: Any, path: str) -> Any:
     return row
 
 
-def rows_of(report: dict, table: str) -> list[dict]:
-    """The rows of ``table`` in ``report`` (none when its section did not run)."""
-    section, key, _, _ = TABLES[table]
-    return get(report, f"{section}.{key}") or []
-
-
 def compare(report: dict[str, Any], old: dict[str, Any], old_path: str) -> dict[str, Any]:
     """new / old of every compared quantity of every row that both reports measured, per table (a key field an
     older report lacks, e.g. ``classes``, counts as unset)."""
     tables: dict[str, list[dict[str, Any]]] = {}
-    for table, (_, _, keys, columns) in TABLES.items():
-        before = {tuple(r.get(k) for k in keys): r for r in rows_of(old, table) if r.get("status") == "ok"}
-        for r in rows_of(report, table):
+    for table, (rows, keys, columns) in TABLES.items():
+        before = {tuple(r.get(k) for k in keys): r for r in get(old, rows) or [] if r.get("status") == "ok"}
+        for r in get(report, rows) or []:
             o = before.get(tuple(r.get(k) for k in keys))
             if o is not None and r.get("status") == "ok":
                 ratios = {h: ratio(get(r, p), get(o, p)) for h, p, compared in columns if compared}
@@ -91,8 +85,8 @@ def note(row: dict) -> str:
 
 def table(report: dict, name: str) -> list[str]:
     """The Markdown table ``name`` (columns no row fills are left out), with "new/old" columns under --compare."""
-    _, _, keys, columns = TABLES[name]
-    rows = rows_of(report, name)
+    path, keys, columns = TABLES[name]
+    rows = get(report, path) or []
     shown = [(h, p) for h, p, _ in columns if any(get(r, p) is not None for r in rows)]
     headers = [h for h, _ in shown]
     compared = report.get("compare")
@@ -118,8 +112,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"({m['cpu_count']} cores, {m['torch_threads']} torch threads) · RAM {m['ram_total_mb']} MB · GPU "
         f"{get(m, 'gpu.name') or 'none'} · load average {load} at the start",
         f"python {v['python']} · torch {v['torch']} · pytorch_lightning {v['pytorch_lightning']} · monai "
-        f"{v['monai']} · {'quick' if s['quick'] else 'full'} run: warm-up {s['warmup']}, repeats {s['repeats']}, "
-        f"batch {s['batch_size']} · total {report['total_time_s']:.0f} s", "",
+        f"{v['monai']} · {'quick' if s['quick'] else 'full'} run: warm-up {s['warmup']}, repeats {s['repeats']} "
+        f"· total {report['total_time_s']:.0f} s", "",
     ]  # fmt: skip
     if c := report.get("compare"):
         old = f"{c['against']} (commit {c['old_commit'] or '–'}, {c['old_created']})"
@@ -137,7 +131,7 @@ def markdown(report: dict[str, Any]) -> str:
         for key, c in sa["checkpoints"].items():
             ceiling = ", ".join(f"{k} {fmt(x)}" for k, x in c["first_stage_ceiling"].items())
             lines.append(f"- `{key}`: {c['path']} (objective {c['objective']}, T {c['num_train_timesteps']}, guidance "
-                         f"{c['guidance']}, {len(c['volumes'])} {sa['split']} volume(s); VQ-GAN reconstruction "
+                         f"{c['guidance']}, {len(c['volumes'])} test volume(s); VQ-GAN reconstruction "
                          f"ceiling: {ceiling}; real volumes' Dice {fmt(c.get('real_dice'))})")  # fmt: skip
         lines += ["", f"Seeds {sa['seeds']} (quality: mean ± std over seeds); reference row {sa['reference']}. "
                   f"Metrics: {sa['metric_convention']}.", "", *table(report, "sampling")]  # fmt: skip
@@ -154,11 +148,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def fit_line(fit: dict[str, Any]) -> str:
-    """The growth exponents of time and memory, one sentence."""
+    """The growth exponents of time and memory (log-log least squares), one sentence."""
     if fit.get("status") != "ok":
         return f"Growth fit: {fit.get('reason', 'not available')}."
-    tv, mv, pv = fit["time_vs_voxels"], fit["memory_increase_vs_voxels"], fit["peak_memory_vs_voxels"]
-    windows = f"; time ~ windows^{fit['time_vs_windows']['exponent']:.2f}" if "time_vs_windows" in fit else ""
-    return (f"Growth over {fit['sizes']} sizes (log-log least squares): time ~ voxels^**{tv['exponent']:.2f}** "
-            f"(R² {tv['r2']:.3f}); memory increase ~ voxels^**{mv['exponent']:.2f}** (R² {mv['r2']:.3f}); peak "
-            f"memory ~ voxels^{pv['exponent']:.2f}{windows}.")  # fmt: skip
+    laws = [  # "time_vs_voxels" -> time ~ voxels^k
+        f"{key.replace('_vs_', ' ~ ').replace('_', ' ')}^**{f['exponent']:.2f}** (R² {f['r2']:.3f})"
+        for key, f in fit.items()
+        if "_vs_" in key
+    ]
+    return f"Growth over {fit['sizes']} sizes (log-log least squares): {'; '.join(laws)}."

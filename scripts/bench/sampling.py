@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from scripts.bench.common import log, mean_std, measured, split_timing, summary, synchronize
+from evaluation.report import summarise
+from scripts.bench.common import log, measured, timed_sampling
 
 METRICS = ("ssim", "psnr", "nn_ssim", "dice")
+TIMES = {"time_per_volume_s": "seconds", "denoise_s": "denoise_s", "decode_s": "decode_s"}  # row key: part
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -78,23 +79,18 @@ def measure(
     steps: int | None, n_steps: int,
 ) -> dict[str, Any]:  # fmt: skip
     """One sampler row: every label map (one-hot ``segs``) sampled once per seed, timed, then judged per seed."""
-    times, denoise_s, decode_s, per_seed = [], [], [], []
+    times, per_seed = [], []
     for seed in args.seeds:
         samples = []
         for i, seg in enumerate(segs):
             gen = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
-            with split_timing(model) as split:
-                synchronize(device)
-                t0 = time.perf_counter()
+            with timed_sampling(model, device) as seconds:
                 samples.append(model.sample(seg, sampler, steps, args.guidance, generator=gen))
-                synchronize(device)
-            times.append(time.perf_counter() - t0)
-            denoise_s.append(split["denoise"])
-            decode_s.append(split["decode"])
+            times.append(seconds)
         per_seed.append(judge(samples))
-    quality = {k: mean_std([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
-    return {"steps": n_steps, "time_per_volume_s": summary(times), "denoise_s": summary(denoise_s),
-            "decode_s": summary(decode_s), "per_seed": per_seed, **quality}  # fmt: skip
+    quality = {k: summarise([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
+    spent = {key: summarise([t[part] for t in times]) for key, part in TIMES.items()}
+    return {"steps": n_steps, **spent, "per_seed": per_seed, **quality}
 
 
 def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -110,7 +106,7 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
                 "experiment=mni152_diffusion_cpu, and model=diffusion_rflow_tiny for rectified flow)"}  # fmt: skip
     segmenter = load_checkpoint(args.segmenter, str(device)) if args.segmenter else None
     out: dict[str, Any] = {
-        "status": "ok", "split": args.split, "seeds": args.seeds, "checkpoints": {}, "results": [],
+        "status": "ok", "seeds": args.seeds, "checkpoints": {}, "results": [],
         "metric_convention": "images mapped from [-1, 1] to [0, 1]; data range 1; evaluation.image_metrics psnr and "
         "ssim3d (Gaussian window sigma 1.5, 11 taps or the largest odd size that fits); nn_ssim: median over volumes "
         "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice",
@@ -118,7 +114,7 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
     for key, path in args.ckpt.items():
         model = load_model(path, device)
         hp, vq, samplers = model.hparams, model.first_stage, list(model.schedule.samplers)
-        vols = real_volumes(model, args.split, args.sample_volumes, args.data_root)
+        vols = real_volumes(model, "test", args.sample_volumes, args.data_root)
         train = real_volumes(model, "train", args.privacy_volumes, args.data_root) if args.privacy_volumes else []
         judge = Judge(vols, train, segmenter)
         segs = [one_hot(torch.as_tensor(v["label"])[None], model.label_nc).to(device) for v in vols]

@@ -16,19 +16,20 @@ from typing import Any
 
 import torch
 
+from evaluation.report import summarise
 from scripts.bench import common
 from scripts.bench.build import Data, build_model, build_trainer, dataset_samples, describe, validity_error
-from scripts.bench.common import MODELS, OUTPUT_RTOL, ModelSpec, PeakMemory, Volumes, log, measured, summary
+from scripts.bench.common import MODELS, NO_COMPILE, OUTPUT_RTOL, ModelSpec, PeakMemory, Volumes, log, measured
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def train_steps(
     model: torch.nn.Module, stage: str, data: torch.utils.data.Dataset, device: torch.device, precision: str,
-    memory: PeakMemory, warmup: int = 0, batch_size: int = 1, seed: int = 0,
+    memory: PeakMemory, warmup: int = 0, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """Fit ``model`` on ``data`` in a ``Trainer`` from ``config/trainer``: the timed steps' wall times (CUDA
-    synchronised, after ``warmup`` untimed ones), the first step's, the peak memory and the first loss."""
+    """Fit ``model`` on ``data`` (batches of one) in a ``Trainer`` from ``config/trainer``: the timed steps' wall
+    times (CUDA synchronised, after ``warmup`` untimed ones), the first step's, the peak memory and the first loss."""
     import pytorch_lightning as pl
 
     times, losses, t0 = [], [], [0.0]
@@ -48,9 +49,7 @@ def train_steps(
         trainer = build_trainer(device, precision, Path(root), [StepTimer()])
         pl.seed_everything(seed, verbose=False)
         # a datamodule: the diffusion models measure their latent statistics on its training loader
-        trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=batch_size))
-    if len(times) != math.ceil(len(data) / batch_size):
-        raise RuntimeError(f"expected {math.ceil(len(data) / batch_size)} timed batches, got {len(times)}")
+        trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=1))
     return {"step_times_s": [round(t, 4) for t in times[warmup:]], "first_step_s": round(times[0], 4),
             "memory": memory.result(), "first_loss": None if losses[0] is None else float(losses[0])}  # fmt: skip
 
@@ -72,10 +71,9 @@ class Setup:
     def steps(self, model: Any, spec: ModelSpec, size: Sequence[int], table: str | None, precision: str) -> dict:
         """Warm-up + repeats steps of ``model`` on this run's data, and the first batch (for the output check)."""
         a = self.args
-        n, nc = (a.warmup + a.repeats) * a.batch_size, int(model.hparams.label_nc)
-        data = Volumes(n, size, nc, a.seeds[0], a.label_maps, self.samples.get(table, ()))
-        res = train_steps(model, spec.stage, data, self.device, precision, self.memory, a.warmup, a.batch_size,
-                          a.seeds[0])  # fmt: skip
+        nc = int(model.hparams.label_nc)
+        data = Volumes(a.warmup + a.repeats, size, nc, a.seeds[0], a.label_maps, self.samples.get(table, ()))
+        res = train_steps(model, spec.stage, data, self.device, precision, self.memory, a.warmup, a.seeds[0])
         return {**res, "batch": {k: v[None].to(self.device) for k, v in data[0].items() if k in ("image", "label")}}
 
 
@@ -89,7 +87,7 @@ def measure(setup: Setup, spec: ModelSpec, size: Sequence[int], row: dict[str, A
     del res["batch"]
     times = row.get("step_times_s", []) + res.pop("step_times_s")
     peak = max(row.get("memory", res["memory"]), res["memory"], key=lambda m: m["peak_mb"])
-    return {**res, "memory": peak, "step_times_s": times, "step_time_s": summary(times)}
+    return {**res, "memory": peak, "step_times_s": times, "step_time_s": summarise(times)}
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -101,8 +99,8 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
     for name in args.models:
         spec, prev = MODELS[name], None
         for size in sorted(shapes or args.sizes, key=math.prod):
-            rows = [{"model": name, "size": common.size_str(size), "classes": t, "voxels": math.prod(size),
-                     "batch_size": args.batch_size} for t in setup.data]  # fmt: skip
+            rows = [{"model": name, "size": common.size_str(size), "classes": t, "voxels": math.prod(size)}
+                    for t in setup.data]  # fmt: skip
             results.extend(rows)
             n, reason = (args.warmup + args.repeats) * args.rounds, None
             if prev is not None:  # predicted from the last measured size, linear in voxels
@@ -158,7 +156,7 @@ def measure_fast(setup: Setup, spec: ModelSpec, base: dict, precision: str, comp
         with torch.autocast(setup.device.type, AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=not compile):
             got = forward_outputs(model, spec.stage, batch)
     err, tol = max(map(common.relative_error, ref, got)), OUTPUT_RTOL["compile" if compile else precision]
-    step = summary(res.pop("step_times_s"))
+    step = summarise(res.pop("step_times_s"))
     return {**res, "step_time_s": step, "speedup": base["step_time_s"]["median"] / step["median"],
             "output_rel_error": err, "tolerance": tol, "equal_within_tolerance": err <= tol}  # fmt: skip
 
@@ -167,7 +165,7 @@ def training_fast_paths(
     args: argparse.Namespace, device: torch.device, spec: ModelSpec, base: dict, setup: Setup
 ) -> list:
     """Mixed precision and ``compile`` against the fp32 row ``base`` (same size, seed, first batch, class table):
-    step time, memory, the outputs' relative error against fp32 / eager and, for information, the first loss's."""
+    step time, memory and the outputs' relative error against fp32 / eager."""
     variants = [("bf16-mixed", False)] + [("16-mixed", False)] * (device.type == "cuda") + [("32-true", True)]
     out = []
     for precision, compile in variants:
@@ -180,16 +178,13 @@ def training_fast_paths(
         if compile and spec.stage != "diffusion":
             row.update(status="not applicable", reason="the VQ-GAN has no compile option (diffusion model only)")
         elif compile and not args.compile:
-            row.update(status="skipped", reason=args.compile_skip_reason)
+            row.update(status="skipped", reason=NO_COMPILE)
         elif t_pred > args.max_seconds:
             row.update(status="skipped", reason=f"predicted {t_pred:.0f} s (the fp32 steps) > --max-seconds")
         elif precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             row.update(status="skipped", reason="this GPU has no bf16")
         elif measured(row, f"fast path {option}", partial(measure_fast, setup, spec, base, precision, compile),
                       device):  # fmt: skip
-            a, b = base.get("first_loss"), row.get("first_loss")
-            if a is not None and b is not None:
-                row["first_loss_rel_diff"] = abs(b - a) / max(abs(a), 1e-12)
             log.info("fast path %s %s: %.3f s/step (x%.2f vs fp32), output rel. error %.1e", base["model"], option,
                      row["step_time_s"]["median"], row["speedup"], row["output_rel_error"])  # fmt: skip
     return out
