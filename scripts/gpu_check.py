@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_row(model: torch.nn.Module, stage: str, args: argparse.Namespace, pick: Callable[[str], Any]) -> dict:
+def train_row(model: torch.nn.Module, args: argparse.Namespace, pick: Callable[[str], Any]) -> dict:
     """Warm-up + timed training steps of ``model`` on random blocks: seconds per step, peak memory."""
     from evaluation.report import summarise
     from scripts.bench.common import PeakMemory, Volumes
@@ -74,7 +74,7 @@ def train_row(model: torch.nn.Module, stage: str, args: argparse.Namespace, pick
 
     memory = PeakMemory(args.device)
     data = Volumes(args.warmup + args.repeats, pick("block"), int(model.hparams.label_nc), args.seed)
-    res = train_steps(model, stage, data, args.device, args.precision, memory, args.warmup, args.seed)
+    res = train_steps(model, data, args.device, args.precision, memory, args.warmup, args.seed)
     return {"step_s": summarise(res["step_times_s"]), "first_step_s": round(res["first_step_s"], 3),
             "memory": res["memory"], "memory_kind": memory.kind}  # fmt: skip
 
@@ -84,7 +84,7 @@ def vqgan_row(args: argparse.Namespace, pick: Callable[[str], Any], config: str,
 
     torch.manual_seed(args.seed)
     model, changes = build_vqgan(config, checkpointing=checkpointing, label_nc=pick("label_nc"))
-    return {"changes": changes, **train_row(model, "vqgan", args, pick)}
+    return {"changes": changes, **train_row(model, args, pick)}
 
 
 def denoiser_row(args: argparse.Namespace, pick: Callable[[str], Any], compile: bool) -> dict:
@@ -96,7 +96,7 @@ def denoiser_row(args: argparse.Namespace, pick: Callable[[str], Any], compile: 
     model, _ = build_diffusion(config, first_stage, block, label_nc=pick("label_nc"), compile=compile)
     return {
         "latent": describe(model, ModelSpec("diffusion", config), block)["latent"],
-        **train_row(model, "diffusion", args, pick),
+        **train_row(model, args, pick),
     }
 
 

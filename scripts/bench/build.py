@@ -98,16 +98,6 @@ def build_diffusion(
     return model, {**changes, "first_stage": f"{first_stage} (untrained)"}
 
 
-def build_model(
-    spec: ModelSpec, size: Sequence[int], seed: int = 0, data: Data = EMBEDDED, **kwargs: Any
-) -> tuple[torch.nn.Module, dict]:
-    """The model of ``spec`` with seeded weights (a fast path and its fp32 baseline start from the same ones)."""
-    torch.manual_seed(seed)
-    if spec.stage == "vqgan":
-        return build_vqgan(spec.config, data, **kwargs)
-    return build_diffusion(spec.config, spec.first_stage or "vq_gan_3d_tiny", size, data, **kwargs)
-
-
 def validity_error(model: torch.nn.Module, spec: ModelSpec, size: Sequence[int]) -> str | None:
     """Why ``size`` cannot be trained with ``model`` (None when it can), known before running."""
     factor = tuple(model.latent_factor)

@@ -62,13 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
       "(the SPADE lookup's cost depends on the maps); --sizes becomes their shape")  # fmt: skip
     g("--dataset", help="train on this dataset config's training volumes (its block is the size)")
     g("--config-dir", type=Path, help="your config folder holding dataset/<--dataset>.yaml")
-    g(
-        "--class-tables",
-        nargs="+",
-        choices=("table", "raw"),
-        help="with --dataset: its label table as configured "
-        "and/or raw ids (every id up to the largest a one-hot channel); each model once per table and round",
-    )
+    g("--class-tables", nargs="+", choices=("table", "raw"), help="with --dataset: its label table as configured "
+      "and/or raw ids (each id up to the largest a one-hot channel); each model once per table and round")  # fmt: skip
     g("--rounds", type=positive_int, default=1, help="measurements per row, class tables alternated")
     g = p.add_argument_group("sampling (trained checkpoints)").add_argument
     g("--ckpt", nargs="+", metavar="[NAME=]CKPT", help="stage-2 checkpoints (a teacher, its students)")

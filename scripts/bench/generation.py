@@ -177,18 +177,17 @@ def fast_paths(
     args: argparse.Namespace, device: torch.device, run: Runner, block: Sequence[int], settings: Any
 ) -> list:
     """``--precision bf16`` (and 16 on CUDA) and ``--compile`` of scripts/generate.py against fp32, on one block."""
-    base = [run.once(block, settings) for _ in range(args.gen_repeats)]
-    out = [{"option": "--precision 32", "size": size_str(block), "status": "ok", "memory": base[0][0]["memory"],
+    base, size = [run.once(block, settings) for _ in range(args.gen_repeats)], size_str(block)
+    out = [{"option": "--precision 32", "size": size, "status": "ok", "memory": base[0][0]["memory"],
             "time_s": statistics.median(r["seconds"] for r, _ in base)}]  # fmt: skip
-    for option, precision in [("--precision bf16", "bf16")] + [("--precision 16", "16")] * (device.type == "cuda"):
-        out.append({"option": option, "size": out[0]["size"], "precision": precision})
-    out.append({"option": "--compile", "size": out[0]["size"], "precision": "32"})
-    for row in out[1:]:
-        fast = replace(settings, precision=row.pop("precision"))
-        if row["option"] == "--compile" and not args.compile:
+    precisions = ["bf16", "16"] if device.type == "cuda" else ["bf16"]
+    for option, precision in [*((f"--precision {p}", p) for p in precisions), ("--compile", "32")]:
+        row: dict[str, Any] = {"option": option, "size": size}
+        out.append(row)
+        fast = replace(settings, precision=precision)
+        if option == "--compile" and not args.compile:
             row.update(status="skipped", reason=NO_COMPILE)
-        elif measured(row, f"generation fast path {row['option']}", partial(fast_path, args, run, block, fast, base),
-                      device):  # fmt: skip
+        elif measured(row, f"generation fast path {option}", partial(fast_path, args, run, block, fast, base), device):
             log.info("generation fast path %s: %.2f s (x%.2f), mean |diff| %.2e", row["option"], row["time_s"],
                      row["speedup"], row["mean_abs_diff"])  # fmt: skip
     return out

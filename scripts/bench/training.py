@@ -17,41 +17,39 @@ from typing import Any
 import torch
 
 from evaluation.report import summarise
-from scripts.bench import common
-from scripts.bench.build import Data, build_model, build_trainer, dataset_samples, describe, validity_error
-from scripts.bench.common import MODELS, NO_COMPILE, OUTPUT_RTOL, ModelSpec, PeakMemory, Volumes, log, measured
+from scripts.bench import build, common
+from scripts.bench.common import MODELS, NO_COMPILE, OUTPUT_RTOL, ModelSpec, PeakMemory, log, measured
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def train_steps(
-    model: torch.nn.Module, stage: str, data: torch.utils.data.Dataset, device: torch.device, precision: str,
-    memory: PeakMemory, warmup: int = 0, seed: int = 0,
+    model: torch.nn.Module, data: torch.utils.data.Dataset, device: torch.device, precision: str, memory: PeakMemory,
+    warmup: int = 0, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit ``model`` on ``data`` (batches of one) in a ``Trainer`` from ``config/trainer``: the timed steps' wall
-    times (CUDA synchronised, after ``warmup`` untimed ones), the first step's, the peak memory and the first loss."""
+    times (CUDA synchronised, after ``warmup`` untimed ones), the first step's and the peak memory."""
     import pytorch_lightning as pl
 
-    times, losses, t0 = [], [], [0.0]
+    times, t0 = [], [0.0]
 
     class StepTimer(pl.Callback):
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_start(self, *_: Any) -> None:
             common.synchronize(device)
             t0[0] = time.perf_counter()
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
+        def on_train_batch_end(self, *_: Any) -> None:
             common.synchronize(device)
             times.append(time.perf_counter() - t0[0])
-            losses.append(trainer.callback_metrics.get("train/rec_loss" if stage == "vqgan" else "train/loss"))
 
     memory.reset()
     with tempfile.TemporaryDirectory(prefix="medlsdm-bench-") as root:
-        trainer = build_trainer(device, precision, Path(root), [StepTimer()])
+        trainer = build.build_trainer(device, precision, Path(root), [StepTimer()])
         pl.seed_everything(seed, verbose=False)
         # a datamodule: the diffusion models measure their latent statistics on its training loader
         trainer.fit(model, datamodule=pl.LightningDataModule.from_datasets(data, batch_size=1))
-    return {"step_times_s": [round(t, 4) for t in times[warmup:]], "first_step_s": round(times[0], 4),
-            "memory": memory.result(), "first_loss": None if losses[0] is None else float(losses[0])}  # fmt: skip
+    steps = [round(t, 4) for t in times]
+    return {"step_times_s": steps[warmup:], "first_step_s": steps[0], "memory": memory.result()}
 
 
 class Setup:
@@ -59,29 +57,32 @@ class Setup:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, memory: PeakMemory) -> None:
         self.args, self.device, self.memory = args, device, memory
-        self.data: dict[str | None, Data] = args.class_data
-        self.samples = {t: dataset_samples(d) for t, d in self.data.items()} if args.dataset else {}
+        self.data: dict[str | None, build.Data] = args.class_data
+        self.samples = {t: build.dataset_samples(d) for t, d in self.data.items()} if args.dataset else {}
 
     def model(self, spec: ModelSpec, size: Sequence[int], table: str | None, compile: bool = False) -> Any:
-        kwargs: dict[str, Any] = {"compile": compile} if spec.stage == "diffusion" else {}
-        if self.args.label_nc is not None:
-            kwargs["label_nc"] = self.args.label_nc
-        return build_model(spec, size, self.args.seeds[0], self.data[table], **kwargs)
+        """The model of ``spec`` and its config changes, with seeded weights (a fast path and its fp32 baseline start
+        from the same ones)."""
+        torch.manual_seed(self.args.seeds[0])
+        classes = {} if self.args.label_nc is None else {"label_nc": self.args.label_nc}
+        data = self.data[table]
+        if spec.stage == "vqgan":
+            return build.build_vqgan(spec.config, data, **classes)
+        return build.build_diffusion(spec.config, spec.first_stage, size, data, compile=compile, **classes)
 
     def steps(self, model: Any, spec: ModelSpec, size: Sequence[int], table: str | None, precision: str) -> dict:
         """Warm-up + repeats steps of ``model`` on this run's data, and the first batch (for the output check)."""
-        a = self.args
-        nc = int(model.hparams.label_nc)
-        data = Volumes(a.warmup + a.repeats, size, nc, a.seeds[0], a.label_maps, self.samples.get(table, ()))
-        res = train_steps(model, spec.stage, data, self.device, precision, self.memory, a.warmup, a.seeds[0])
+        a, nc, real = self.args, int(model.hparams.label_nc), self.samples.get(table, ())
+        data = common.Volumes(a.warmup + a.repeats, size, nc, a.seeds[0], a.label_maps, real)
+        res = train_steps(model, data, self.device, precision, self.memory, a.warmup, a.seeds[0])
         return {**res, "batch": {k: v[None].to(self.device) for k, v in data[0].items() if k in ("image", "label")}}
 
 
 def measure(setup: Setup, spec: ModelSpec, size: Sequence[int], row: dict[str, Any]) -> dict[str, Any]:
     """One more fp32 measurement of ``row`` (a fresh model): its step times pooled with the earlier rounds'."""
     model, changes = setup.model(spec, size, row["classes"])
-    row.update(config_changes=changes, label_nc=int(model.hparams.label_nc), **describe(model, spec, size))
-    if (why := validity_error(model, spec, size)) is not None:
+    row.update(config_changes=changes, label_nc=int(model.hparams.label_nc), **build.describe(model, spec, size))
+    if (why := build.validity_error(model, spec, size)) is not None:
         return {"status": "skipped", "reason": why}
     res = setup.steps(model, spec, size, row["classes"], "32-true")
     del res["batch"]
@@ -147,7 +148,7 @@ def forward_outputs(model: torch.nn.Module, stage: str, batch: dict[str, torch.T
 
 def measure_fast(setup: Setup, spec: ModelSpec, base: dict, precision: str, compile: bool) -> dict[str, Any]:
     """One fast path's steps and its outputs' relative error against fp32 / eager on the same weights and input."""
-    size = tuple(int(s) for s in base["size"].split("x"))
+    size = common.parse_size(base["size"])
     model = setup.model(spec, size, base["classes"], compile)[0]
     res = setup.steps(model, spec, size, base["classes"], precision)
     model, batch = model.to(setup.device).train(), res.pop("batch")  # train mode as in the fit: no recompile
