@@ -99,16 +99,13 @@ def build_diffusion(
 
 
 def validity_error(model: torch.nn.Module, spec: ModelSpec, size: Sequence[int]) -> str | None:
-    """Why ``size`` cannot be trained with ``model`` (None when it can), known before running."""
-    factor = tuple(model.latent_factor)
-    if any(s % f for s, f in zip(size, factor)):
-        return f"image size {size_str(size)} is not divisible by the latent factor {size_str(factor)}"
+    """Why ``size`` cannot be trained with ``model`` (None when it can), known before running: each axis a multiple
+    of the latent factor and, for stage 2, of it times the denoiser's down-sampling (``size_multiple``)."""
+    multiple = tuple(model.latent_factor)
     if spec.stage == "diffusion":
-        latent = [s // f for s, f in zip(size, factor)]
-        mults = model.hparams.denoiser_kwargs.get("dim_mults", [1])
-        div = 2 ** (len(mults) - 1)
-        if any(a % div for a in (latent if model.hparams.denoiser == "monai_spade" else latent[1:])):
-            return f"latent {size_str(latent)}: the downsampled axes must be divisible by {div} (dim_mults {mults})"
+        multiple = tuple(f * m for f, m in zip(multiple, model.denoiser.size_multiple))
+    if any(s % m for s, m in zip(size, multiple)):
+        return f"image size {size_str(size)} is not a multiple of {size_str(multiple)}"
     return None
 
 

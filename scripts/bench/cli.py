@@ -1,8 +1,8 @@
 """Performance benchmark of Med-LSDM (SPEC section 9); each time a median over ``--repeats`` after ``--warmup``.
 
-Sections: ``training``, a step of every ``--models`` model at every ``--sizes`` size (random maps, ``--labels`` maps
-or a ``--dataset``'s volumes under one or two ``--class-tables``) in a ``Trainer`` from ``config/trainer``, then
-bf16 / ``compile``; ``sampling``, samplers on every ``--ckpt`` (a teacher and its students alike): seconds per
+Sections: ``training``, a step of every ``--models`` model at every ``--sizes`` size (random maps or a
+``--dataset``'s volumes under one or two ``--class-tables``) in a ``Trainer`` from ``config/trainer``, then bf16 /
+``compile``; ``sampling``, samplers on every ``--ckpt`` (a teacher and its students alike): seconds per
 volume, denoising and decoding apart, and paired quality over ``--seeds``; ``generation``, ``generate.py``'s
 pipeline from one block to the full size (windows, seams, growth exponents, one step), then bf16 / ``--compile``.
 ``--out DIR`` gets ``benchmark.json`` (report and run record: machine, versions, commit) and ``benchmark.md``;
@@ -58,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     g("--models", nargs="+", choices=sorted(common.MODELS), help="models to train (default: all)")
     g("--sizes", nargs="+", type=parse_size, help="N or DxHxW (16 32 32x64x64 32x128x128 32x256x256)")
     g("--label-nc", type=positive_int, help="label classes of the models (default: the dataset config's)")
-    g("--labels", nargs="+", help="real label maps (NIfTI) as the batches, e.g. a demo's data/test/labels/*.nii.gz "
-      "(the SPADE lookup's cost depends on the maps); --sizes becomes their shape")  # fmt: skip
     g("--dataset", help="train on this dataset config's training volumes (its block is the size)")
     g("--config-dir", type=Path, help="your config folder holding dataset/<--dataset>.yaml")
     g("--class-tables", nargs="+", choices=("table", "raw"), help="with --dataset: its label table as configured "
@@ -94,20 +92,12 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, key, None) is None:
             setattr(args, key, values[int(args.quick)])
     check_unique(args.seeds, "--seeds")
-    if args.labels and args.dataset or args.dataset and args.sizes:
-        raise DataError("--dataset: its volumes are the training data and their shape the size (no --labels, --sizes)")
+    if args.dataset and args.sizes:
+        raise DataError("--dataset: its volumes are the training data and their shape the size (no --sizes)")
     if args.class_tables and not args.dataset:
         raise DataError("--class-tables needs --dataset (a dataset config with a label_table)")
     if args.config_dir is not None and not args.config_dir.is_dir():
         raise DataError(f"--config-dir {args.config_dir} is not a folder")
-    args.label_maps = common.load_labels(check_unique(args.labels, "--labels"), args.label_nc) if args.labels else []
-    if args.labels:  # the training batches are these maps: their (D, H, W) is the size
-        shape = tuple(args.label_maps[0].shape[1:])
-        if args.sizes and [tuple(s) for s in args.sizes] != [shape]:
-            raise DataError(
-                f"--sizes {' '.join(map(size_str, args.sizes))} differs from the --labels' {size_str(shape)}"
-            )
-        args.sizes = [shape]
     try:
         cfg = None if args.config_dir is None else str(args.config_dir)
         args.class_data = {t: class_table_data(args.dataset, cfg, t or "table") if args.dataset else EMBEDDED
@@ -148,7 +138,7 @@ def run(args: argparse.Namespace, device: Any, argv: list[str]) -> dict[str, Any
 
     args.gen_config = args.gen_config or ("diffusion" if device.type == "cuda" else "diffusion_tiny")
     t_start = time.perf_counter()
-    hidden = ("label_maps", "class_data", "log_level")
+    hidden = ("class_data", "log_level")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}
     settings.update(device=str(device), sizes=[size_str(s) for s in args.sizes], output_rtol=common.OUTPUT_RTOL,
                     gen_sizes=[size_str(s) for s in args.gen_sizes or []], image_atol=common.IMAGE_ATOL)  # fmt: skip

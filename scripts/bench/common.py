@@ -125,16 +125,14 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class Volumes(torch.utils.data.Dataset):
-    """``n`` training samples in the data contract: ``samples`` in turn when given (a dataset's real volumes), else
-    an image (1, D, H, W) in [-1, 1] derived from a label (1, D, H, W) int64: the ``labels`` in turn (real maps: the
-    SPADE lookup's cost grows with their distinct neighbourhoods) or a seeded blocky K-class map of ``size``."""
+    """``n`` training samples in the data contract: ``samples`` in turn when given (a dataset's real volumes: the
+    SPADE lookup's cost grows with their maps' distinct neighbourhoods), else a seeded blocky K-class label
+    (1, D, H, W) int64 of ``size`` and an image (1, D, H, W) in [-1, 1] derived from it."""
 
     def __init__(
-        self, n: int, size: Sequence[int], label_nc: int, seed: int = 0, labels: Sequence[torch.Tensor] = (),
-        samples: Sequence[dict[str, Any]] = (),
-    ) -> None:  # fmt: skip
-        self.n, self.size, self.label_nc, self.seed = n, tuple(size), label_nc, seed
-        self.labels, self.samples = list(labels), list(samples)
+        self, n: int, size: Sequence[int], label_nc: int, seed: int = 0, samples: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        self.n, self.size, self.label_nc, self.seed, self.samples = n, tuple(size), label_nc, seed, list(samples)
 
     def __len__(self) -> int:
         return self.n
@@ -143,23 +141,10 @@ class Volumes(torch.utils.data.Dataset):
         if self.samples:
             return self.samples[i % len(self.samples)]
         g = torch.Generator().manual_seed(self.seed + i)
-        if self.labels:
-            label = self.labels[i % len(self.labels)]
-        else:
-            coarse = torch.randint(0, self.label_nc, tuple(max(s // 4, 1) for s in self.size), generator=g)
-            label = torch.nn.functional.interpolate(coarse[None, None].float(), size=self.size).long()[0]
+        coarse = torch.randint(0, self.label_nc, tuple(max(s // 4, 1) for s in self.size), generator=g)
+        label = torch.nn.functional.interpolate(coarse[None, None].float(), size=self.size).long()[0]
         image = (label.float() / max(self.label_nc - 1, 1)) * 1.6 - 0.8 + 0.1 * torch.randn(label.shape, generator=g)
         return {"image": image.clamp(-1, 1), "label": label}
-
-
-def load_labels(files: Sequence[str], label_nc: int | None = None) -> list[torch.Tensor]:
-    """Label maps (NIfTI) as (1, D, H, W) int64 tensors of one shape (ValueError otherwise)."""
-    from dataset.nifti import load_label
-
-    labels = [torch.from_numpy(load_label(f, label_nc)[0].astype(np.int64))[None] for f in files]
-    if len({tuple(t.shape) for t in labels}) != 1:
-        raise ValueError(f"--labels maps of different shapes: {sorted({tuple(t.shape[1:]) for t in labels})}")
-    return labels
 
 
 @contextlib.contextmanager

@@ -1,11 +1,7 @@
-"""Samplers on trained checkpoints (a teacher and its distilled students alike): seconds per volume split into
-denoising and decoding, and the paired quality of the same volumes, mean ± std over seeds: SSIM / PSNR against the
-real volume of the same label map, optionally the privacy audit's nearest-neighbour SSIM against training volumes
-and the Dice of a real-trained segmenter on the synthetic volumes.
-
-The real volumes come from the checkpoint's plain dataset information through the fixed table of
-:mod:`dataset.registry`: nothing read from a checkpoint names code to build (SPEC section 10).
-"""
+"""Samplers on trained checkpoints (a teacher and its distilled students alike): seconds per volume, denoising and
+decoding apart, and the paired quality of the same volumes over seeds (:class:`Judge`). The real volumes come from
+the checkpoint's plain dataset information through :mod:`dataset.registry`: nothing read from a checkpoint names
+code to build (SPEC section 10)."""
 
 from __future__ import annotations
 
@@ -109,7 +105,8 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
         "status": "ok", "seeds": args.seeds, "checkpoints": {}, "results": [],
         "metric_convention": "images mapped from [-1, 1] to [0, 1]; data range 1; evaluation.image_metrics psnr and "
         "ssim3d (Gaussian window sigma 1.5, 11 taps or the largest odd size that fits); nn_ssim: median over volumes "
-        "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice",
+        "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice; mean ± population std "
+        "over seeds",
     }  # fmt: skip
     for key, path in args.ckpt.items():
         model = load_model(path, device)
@@ -125,27 +122,20 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
         out["checkpoints"][key] = {
             "path": str(path), "objective": hp.objective, "prediction_type": hp.prediction_type,
             "num_train_timesteps": hp.num_train_timesteps, "samplers": samplers, "guidance": guidance,
-            "volumes": [str(v["id"]) for v in vols],
-            "first_stage_ceiling": judge(recs),
+            "volumes": [str(v["id"]) for v in vols], "first_stage_ceiling": judge(recs),
+            "real_dice": statistics.fmean(map(judge.dice, judge.reals, judge.labels)) if segmenter else None,
         }  # fmt: skip
-        if segmenter is not None:
-            out["checkpoints"][key]["real_dice"] = statistics.fmean(map(judge.dice, judge.reals, judge.labels))
         model.sample(segs[0], sampler=samplers[-1], steps=2, guidance=args.guidance)  # warm-up: allocations, kernels
-        for only, sampler, steps in args.samplers:
-            if only is not None and only != key:
-                continue
+        for sampler, steps in [(name, steps) for only, name, steps in args.samplers if only in (None, key)]:
             n_steps = hp.num_train_timesteps if sampler == "ddpm" else steps or hp.sample_steps
-            passes = 1 if guidance in (0.0, 1.0) else 2
-            row = {"checkpoint": key, "sampler": sampler, "label": f"{sampler}-{n_steps}", "passes_per_step": passes}
+            row = {"checkpoint": key, "sampler": sampler, "label": f"{sampler}-{n_steps}",
+                   "passes_per_step": 1 if guidance in (0.0, 1.0) else 2}  # fmt: skip
             out["results"].append(row)
-            if sampler not in samplers:
-                hint = " (pass a checkpoint trained with model=diffusion_rflow)" if sampler == "rflow" else ""
-                reason = f"checkpoint objective {hp.objective!r} samples with {samplers} only{hint}"
-                row.update(status="not applicable", reason=reason)
-                continue
-
             run = partial(measure, model, segs, judge, args, device, sampler, steps, n_steps)
-            if measured(row, f"sampling {key} {row['label']}", run, device):
+            if sampler not in samplers:
+                row.update(status="not applicable", reason=f"checkpoint objective {hp.objective!r} samples with "
+                           f"{samplers} only (rflow: a checkpoint trained with model=diffusion_rflow)")  # fmt: skip
+            elif measured(row, f"sampling {key} {row['label']}", run, device):
                 log.info("sampling %s %s: %.2f s/volume, SSIM %.3f", key, row["label"],
                          row["time_per_volume_s"]["median"], row["ssim"]["mean"])  # fmt: skip
         model = None

@@ -1,7 +1,6 @@
-"""Training step time and peak memory of every model at every size (random blocky maps, ``--labels`` maps, or a
-dataset's real volumes under one or two class tables), in a ``Trainer`` from ``config/trainer``; then the fast
-paths (the Trainer's mixed precision, the diffusion model's ``compile``) against fp32, outputs compared within the
-benchmark's tolerances."""
+"""Training step time and peak memory of every model at every size (random blocky maps or a dataset's real volumes
+under one or two class tables), in a ``Trainer`` from ``config/trainer``; then the fast paths (the Trainer's mixed
+precision, the diffusion model's ``compile``) against fp32, outputs compared within the benchmark's tolerances."""
 
 from __future__ import annotations
 
@@ -73,7 +72,7 @@ class Setup:
     def steps(self, model: Any, spec: ModelSpec, size: Sequence[int], table: str | None, precision: str) -> dict:
         """Warm-up + repeats steps of ``model`` on this run's data, and the first batch (for the output check)."""
         a, nc, real = self.args, int(model.hparams.label_nc), self.samples.get(table, ())
-        data = common.Volumes(a.warmup + a.repeats, size, nc, a.seeds[0], a.label_maps, real)
+        data = common.Volumes(a.warmup + a.repeats, size, nc, a.seeds[0], real)
         res = train_steps(model, data, self.device, precision, self.memory, a.warmup, a.seeds[0])
         return {**res, "batch": {k: v[None].to(self.device) for k, v in data[0].items() if k in ("image", "label")}}
 

@@ -191,7 +191,7 @@ def test_out_folder_contract(tmp_path: Path) -> None:
     [["--repeats", "0"], ["--max-seconds", "nan"], ["--guidance", "inf"], ["--seeds", "0", "0"],
      ["--sizes", "16x16"], ["--compare", "missing.json"], ["--compare", "not_a_report.json"],
      ["--ckpt", "not_a_report.json"], ["--samplers", "teacher=ddim:2"], ["--class-tables", "raw"],
-     ["--labels", "a.nii.gz", "--dataset", "x"], ["--dataset", "no_such_dataset"], ["--segmenter", "missing.pt"],
+     ["--sizes", "16", "--dataset", "x"], ["--dataset", "no_such_dataset"], ["--segmenter", "missing.pt"],
      ["--device", "meta"]],
     ids=lambda e: " ".join(e),
 )  # fmt: skip
@@ -449,28 +449,6 @@ def _args(argv: list[str]) -> argparse.Namespace:
     args = cli.build_parser().parse_args(["--out", "x", "--quick", *argv])
     cli.check_args(args)
     return args
-
-
-def test_training_on_real_label_maps(tmp_path: Path) -> None:
-    """``--labels``: the training batches carry the given maps (their shape becomes the size); a mismatch is
-    refused."""
-    from dataset.nifti import load_label, save_nifti
-
-    files = []
-    for i in range(2):
-        label = np.zeros((8, 16, 12), dtype=np.uint8)
-        label[2:6, 3 + i : 10, 2:9] = 3
-        label[:, :4] = 1
-        files.append(str(save_nifti(tmp_path / f"s{i}.nii.gz", label, np.eye(4))))
-    args = _args(["--labels", *files, "--label-nc", "4"])
-    assert args.sizes == [(8, 16, 12)] and args.labels == files and args.label_nc == 4
-    data = common.Volumes(3, args.sizes[0], 4, 0, args.label_maps)
-    batches = [data[i] for i in range(3)]
-    assert torch.equal(batches[1]["label"][0], torch.from_numpy(load_label(files[1])[0].astype(np.int64)))
-    assert torch.equal(batches[2]["label"], batches[0]["label"])  # the maps are taken in turn
-    assert float(batches[0]["image"].min()) >= -1.0 and float(batches[0]["image"].max()) <= 1.0
-    with pytest.raises(DataError, match="differs"):
-        _args(["--labels", *files, "--sizes", "8x16x16"])
 
 
 @pytest.fixture(scope="module")
