@@ -44,20 +44,14 @@ def compose_config(primary: str, overrides: tuple[str, ...] = (), config_dir: st
         return compose(primary, overrides=[*search, *overrides])
 
 
-def trainer_overrides(device: torch.device, precision: str, root: Path) -> tuple[str, ...]:
-    """Hydra overrides selecting ``config/trainer/{cpu,gpu}.yaml`` for one fit of a benchmark."""
-    cuda = device.type == "cuda"
-    kind = ("trainer=gpu", f"trainer.devices=[{device.index or 0}]") if cuda else ("trainer=cpu",)
-    return (*kind, f"trainer.precision={precision}", f"paths.output_dir={root}", *TRAINER_OVERRIDES)
-
-
 def build_trainer(device: torch.device, precision: str, root: Path, callbacks: Sequence[Any]) -> Any:
-    """A ``pytorch_lightning.Trainer`` from ``config/trainer`` (one epoch, no logger, no checkpoints) with
-    ``precision`` (e.g. ``32-true``, ``bf16-mixed``) and ``callbacks`` (the step timer), rooted at ``root``."""
+    """A ``pytorch_lightning.Trainer`` from ``config/trainer/{cpu,gpu}.yaml`` (one epoch, no logger, no checkpoints)
+    with ``precision`` (e.g. ``32-true``, ``bf16-mixed``) and ``callbacks`` (the step timer), rooted at ``root``."""
     from train.run import build_trainer as trainer_of_config
 
-    cfg = compose_config("vqgan", trainer_overrides(device, precision, root))
-    return trainer_of_config(cfg.trainer, list(callbacks), [])
+    kind = ("trainer=gpu", f"trainer.devices=[{device.index or 0}]") if device.type == "cuda" else ("trainer=cpu",)
+    overrides = (*kind, f"trainer.precision={precision}", f"paths.output_dir={root}", *TRAINER_OVERRIDES)
+    return trainer_of_config(compose_config("vqgan", overrides).trainer, list(callbacks), [])
 
 
 def build_vqgan(config: str, data: Data = EMBEDDED, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:

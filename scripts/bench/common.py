@@ -58,14 +58,10 @@ GEN_BLOCKS = {"diffusion_tiny": (32, 32, 32), "diffusion": PAPER_BLOCK}
 
 def parse_size(text: str) -> tuple[int, int, int]:
     """``"32"`` → (32, 32, 32); ``"32x256x256"`` → (32, 256, 256)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    parts = parts * 3 if len(parts) == 1 else parts
-    if len(parts) != 3 or min(parts) < 1:
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"size must be N or DxHxW with positive ints, got {text!r}")
-    return tuple(parts)  # type: ignore[return-value]
+    return tuple(int(p) for p in parts * (3 // len(parts)))  # type: ignore[return-value]
 
 
 def size_str(size: Sequence[int]) -> str:
@@ -183,11 +179,9 @@ def proc_kb(field: str, path: str = "/proc/self/status") -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def load_average() -> list[float] | None:
+def load_average() -> list[float]:
     """1/5/15-minute load averages: other processes on a shared machine slow every number down."""
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(v, 2) for v in os.getloadavg()]
-    return None
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -198,7 +192,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "hostname": platform.node(),
         "platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_affinity": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "ram_total_mb": round(proc_kb("MemTotal", "/proc/meminfo") / 1024),
         "load_average_start": load_average(), "gpu": None,
@@ -247,23 +241,20 @@ class PeakMemory:
     through /proc/self/clear_refs before each measurement)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.baseline_mb, cuda = device, 0.0, device.type == "cuda"
-        self.kind = (
-            "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
-            if cuda
-            else "process peak RSS (VmHWM, reset before each measurement)"
-        )
+        self.device, self.baseline_mb, self.cuda = device, 0.0, device.type == "cuda"
+        self.kind = "process peak RSS (VmHWM, reset before each measurement)"
+        if self.cuda:
+            self.kind = "torch.cuda.max_memory_allocated (tensors only; the CUDA context is not included)"
 
     def current_mb(self) -> float:
         """Memory in use now (CUDA tensors, or this process's RSS)."""
-        cuda = self.device.type == "cuda"
-        return torch.cuda.memory_allocated(self.device) / 2**20 if cuda else proc_kb("VmRSS") / 1024
+        return torch.cuda.memory_allocated(self.device) / 2**20 if self.cuda else proc_kb("VmRSS") / 1024
 
     def reset(self) -> None:
         """Start a measurement: free what can be freed, reset the peak, remember the baseline."""
         free_memory(self.device)
         synchronize(self.device)
-        if self.device.type == "cuda":
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -273,14 +264,13 @@ class PeakMemory:
     def result(self) -> dict[str, float]:
         """``{"peak_mb", "baseline_mb", "increase_mb"}`` of the measurement since :meth:`reset`."""
         synchronize(self.device)
-        cuda = self.device.type == "cuda"
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else proc_kb("VmHWM") / 1024
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else proc_kb("VmHWM") / 1024
         inc = max(peak - self.baseline_mb, 0.0)
         return {"peak_mb": round(peak, 1), "baseline_mb": round(self.baseline_mb, 1), "increase_mb": round(inc, 1)}
 
     def limit_mb(self) -> float:
         """Memory a measurement may predictably reach: 90 % of the GPU, or this RSS plus 85 % of MemAvailable."""
-        if self.device.type == "cuda":
+        if self.cuda:
             return 0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**20
         return self.current_mb() + 0.85 * proc_kb("MemAvailable", "/proc/meminfo") / 1024
 
