@@ -1,10 +1,4 @@
-"""Performance benchmark of Med-LSDM: the command line of :mod:`scripts.bench` (see ``--help``).
-
-python scripts/benchmark.py --device cpu --quick --out runs/bench/quick
-python scripts/benchmark.py --device cpu --quick --out runs/bench/new --compare runs/bench/old
-"""
-
-from __future__ import annotations
+"""Performance benchmark of Med-LSDM: the command line of :mod:`scripts.bench` (``--help``; README: Benchmarks)."""
 
 import sys
 

@@ -34,7 +34,8 @@ RECORD, SUMMARY = "benchmark.json", "benchmark.md"
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "warmup": (2, 1), "repeats": (5, 2), "max_seconds": (600.0, 60.0), "sample_volumes": (4, 2),
     "gen_steps": (10, 2), "gen_repeats": (2, 1), "compile": (True, False),
-    "gen_multiples": (common.GEN_MULTIPLES, common.GEN_MULTIPLES[:4]),
+    "gen_multiples": (common.GEN_MULTIPLES, common.GEN_MULTIPLES[:4]), "models": (list(common.MODELS),) * 2,
+    "samplers": ([parse_sampler(s) for s in common.DEFAULT_SAMPLERS],) * 2,
 }  # fmt: skip
 
 
@@ -107,13 +108,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.sizes = args.sizes or (
         [] if args.dataset else list(common.QUICK_SIZES if args.quick else common.DEFAULT_SIZES)
     )
-    args.models = args.models or list(common.MODELS)
     pairs = [(i.partition("=")[0], i.partition("=")[2]) if "=" in i else (i, i) for i in args.ckpt or []]
     check_unique([n for n, _ in pairs], "--ckpt names")
     for name, path in pairs:
         read_stage_checkpoint(path, "diffusion", f"--ckpt {name}")
     args.ckpt = {n: Path(path) for n, path in pairs}
-    args.samplers = args.samplers or [parse_sampler(s) for s in common.DEFAULT_SAMPLERS]
     if unknown := sorted({c for c, _, _ in args.samplers if c is not None} - set(args.ckpt)):
         raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
     if args.segmenter is not None and not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
