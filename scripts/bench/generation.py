@@ -77,11 +77,10 @@ class Runner:
         """Steady-state time of one sampling step: (time of N steps - time of 1) / (N - 1), which leaves out what is
         paid once per volume (label encoding, the SPADE cache, decoding); None with fewer than two steps or when
         the difference drowns in the timing noise."""
-        steps = settings.steps or 0
-        if steps < 2:
+        if settings.steps < 2:
             return None
         one = replace(settings, steps=1)
-        per = [(self.once(block, settings)[0]["seconds"] - self.once(block, one)[0]["seconds"]) / (steps - 1)
+        per = [(self.once(block, settings)[0]["seconds"] - self.once(block, one)[0]["seconds"]) / (settings.steps - 1)
                for _ in range(n)]  # fmt: skip
         return summarise(per) if statistics.median(per) > 0 else None
 
