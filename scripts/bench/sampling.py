@@ -70,6 +70,11 @@ class Judge:
         return out
 
 
+def over_seeds(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one seed) of a quality over seeds."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
 def measure(
     model: Any, segs: list, judge: Judge, args: argparse.Namespace, device: torch.device, sampler: str,
     steps: int | None, n_steps: int,
@@ -84,7 +89,7 @@ def measure(
                 samples.append(model.sample(seg, sampler, steps, args.guidance, generator=gen))
             times.append(seconds)
         per_seed.append(judge(samples))
-    quality = {k: summarise([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
+    quality = {k: over_seeds([q[k] for q in per_seed]) for k in METRICS if k in per_seed[0]}
     spent = {key: summarise([t[part] for t in times]) for key, part in TIMES.items()}
     return {"steps": n_steps, **spent, "per_seed": per_seed, **quality}
 
@@ -105,8 +110,7 @@ def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict[str, 
         "status": "ok", "seeds": args.seeds, "checkpoints": {}, "results": [],
         "metric_convention": "images mapped from [-1, 1] to [0, 1]; data range 1; evaluation.image_metrics psnr and "
         "ssim3d (Gaussian window sigma 1.5, 11 taps or the largest odd size that fits); nn_ssim: median over volumes "
-        "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice; mean ± population std "
-        "over seeds",
+        "of the highest SSIM to a training volume; dice: the segmenter's mean foreground Dice",
     }  # fmt: skip
     for key, path in args.ckpt.items():
         model = load_model(path, device)

@@ -31,7 +31,7 @@ from diffusion.first_stage import architecture_hparams
 from diffusion.generation.pipeline import GenerationSettings, LabelVolume, generate, load_model
 from diffusion.module import LatentDiffusionModule
 from scripts.bench import build, cli, common, report
-from scripts.bench.sampling import Judge, real_volumes
+from scripts.bench.sampling import Judge, over_seeds, real_volumes
 from scripts.bench.training import forward_outputs
 from scripts.generate import parse_args as generate_args
 from vq_gan_3d.module import VQGANModule
@@ -111,7 +111,9 @@ def test_parsers() -> None:
         common.parse_size("16x16")
 
 
-def test_training_data_is_seeded_and_in_the_data_contract() -> None:
+def test_known_answer_statistics_and_training_data() -> None:
+    assert over_seeds([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}  # sample std over seeds
+    assert over_seeds([5.0])["std"] == 0.0
     data = common.Volumes(3, (8, 8, 8), 4, seed=7)
     a, b = data[0], common.Volumes(3, (8, 8, 8), 4, seed=7)[0]
     assert torch.equal(a["label"], b["label"]) and torch.equal(a["image"], b["image"])  # seeded
