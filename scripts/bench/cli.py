@@ -15,10 +15,12 @@ pipeline from one block to the full size (windows, seams, growth exponents, one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,15 +171,34 @@ def command(args: argparse.Namespace, argv: list[str]) -> int:
 
     import pytorch_lightning  # noqa: F401 - sets its loggers to INFO on import; quieten them after that
 
+    quiet = dict.fromkeys(("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo", "torch._inductor"),
+                          logging.WARNING)  # fmt: skip
+    quiet.update(dict.fromkeys(("diffusion", "dataset", "vq_gan_3d"), logging.ERROR))  # e.g. the random-VGG note
+    # quiet for this run only: a caller in the same process (a test, a notebook) keeps its own logging
+    with quieted(quiet), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pytorch_lightning|lightning_fabric")
+        return measure(args, argv)
+
+
+@contextlib.contextmanager
+def quieted(levels: dict[str, int]) -> Iterator[None]:
+    """Set the given loggers' levels for the duration of the block, then restore the levels they had."""
+    before = {name: logging.getLogger(name).level for name in levels}
+    try:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def measure(args: argparse.Namespace, argv: list[str]) -> int:
+    """:func:`command` with the loggers quietened: check, claim ``--out``, measure, write the report."""
     from dataset.files import OutputFolder, atomic_write_text, write_run_record
     from evaluation.report import jsonable
     from scripts.bench.report import compare, markdown
 
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo", "torch._inductor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("diffusion", "dataset", "vq_gan_3d"):  # e.g. the random-VGG note: recorded per row instead
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pytorch_lightning|lightning_fabric")
     device = pick_device(args.device)
     check_args(args)
     old = read_report(args.compare) if args.compare is not None else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import runpy
 import sys
 from pathlib import Path
@@ -216,7 +217,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--sizes", "16", "--warmup", "0", "--repeats", "1", "--gen-block", "8", "--gen-sizes", "8", "16",
         "--gen-steps", "2",
     ]  # fmt: skip
+    levels = {name: logging.getLogger(name).level for name in ("diffusion", "dataset", "pytorch_lightning")}
     assert cli.main(argv) == 0
+    # the benchmark quietens these loggers for its run only: a test after it in this process still sees its logs
+    assert {name: logging.getLogger(name).level for name in levels} == levels
     return json.loads((out / cli.RECORD).read_text()) | {"_md": (out / cli.SUMMARY).read_text()}
 
 
