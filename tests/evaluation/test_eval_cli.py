@@ -55,6 +55,7 @@ def _run(args: list[str], cwd: Path, module: bool = False) -> subprocess.Complet
     return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # end to end (a full training resumed / every metric through the CLI): run by .ci/run's slow stage
 def test_script_end_to_end_with_random_weights(folders):
     # The synthetic folder's range comes from generation's run record; the real ones are stated.
     outputs = ["case_a_s0.nii.gz", "case_b_s1.nii.gz"]

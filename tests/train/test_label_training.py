@@ -21,6 +21,7 @@ def diffusion_run(model: TinyLabelModel, out: Path, steps: int) -> dict:
     return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow  # end to end (a full training resumed / every metric through the CLI): run by .ci/run's slow stage
 def test_label_diffusion_resumes_exactly(tiny_label_model: TinyLabelModel, tmp_path: Path) -> None:
     straight = diffusion_run(tiny_label_model, tmp_path / "straight", 6)
     first = diffusion_run(tiny_label_model, tmp_path / "resumed", 2)
