@@ -127,15 +127,20 @@ class LatentDiffusionBase(pl.LightningModule):
         cond: Sequence[torch.Tensor],
         generator: torch.Generator | None,
         noise: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Diffusion loss of ``net`` on clean latents z0 (B, C, d, h, w): ``net(x_t, t, *cond)`` vs the target.
 
         ``noise``: (B, C, d, h, w), the noise paired with z0 (a reflow pair); None draws it from ``generator``.
+        ``extra``: (B, E, d, h, w) inputs concatenated to x_t (a denoiser with ``extra_channels``); None: none.
         """
         if noise is None:
             noise = torch.randn(z0.shape, device=z0.device, generator=generator)
         t = self.schedule.sample_timesteps(z0.shape[0], z0.device, generator)
-        pred = net(self.schedule.add_noise(z0, noise, t), t, *cond).float()
+        x_t = self.schedule.add_noise(z0, noise, t)
+        if extra is not None:
+            x_t = torch.cat((x_t, extra.to(x_t.dtype)), dim=1)
+        pred = net(x_t, t, *cond).float()
         return self._distance(pred, self.schedule.target(z0, noise, t))
 
     def _distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

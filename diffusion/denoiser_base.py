@@ -35,6 +35,9 @@ class Denoiser(nn.Module):
         label_encoder: "conv" (learned, the reference's segconv) or "pool" (class fractions per latent voxel).
         label_channels: output channels of the conv label encoder.
         label_hidden: hidden channels of the conv label encoder stages.
+        extra_channels: input channels concatenated to the noisy latent by the caller (0 normally; C + 1 for a
+            stage 2 with ``inpaint_inputs``: the masked real latent and the region mask,
+            :mod:`diffusion.inpaint_inputs`). The prediction keeps C channels.
     """
 
     def __init__(
@@ -46,13 +49,17 @@ class Denoiser(nn.Module):
         label_encoder: str = "conv",
         label_channels: int = 64,
         label_hidden: Sequence[int] = (64, 128),
+        extra_channels: int = 0,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        if extra_channels < 0:
+            raise ValueError(f"extra_channels must be >= 0, got {extra_channels}")
         self.channels = channels
+        self.extra_channels = int(extra_channels)
         self.label_nc = label_nc
         self.conditioning = conditioning
         self.label_encoder = (
@@ -61,6 +68,11 @@ class Denoiser(nn.Module):
             else None
         )
         self.latent_factor = tuple(int(f) for f in latent_factor)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: the latent's C plus :attr:`extra_channels`."""
+        return self.channels + self.extra_channels
 
     @property
     def conditional(self) -> bool:
@@ -106,7 +118,7 @@ class Denoiser(nn.Module):
         """Predict from a noisy latent.
 
         Args:
-            x: (B, C, d, h, w) noisy latent.
+            x: (B, C + extra_channels, d, h, w) noisy latent (and the extra inputs after it).
             t: (B,) timesteps (long for DDPM/DDIM; long or float for rectified flow).
             cond: (B, K, D, H, W) one-hot label map at image resolution, or None for the null map.
             label_features: precomputed :meth:`encode_labels` output; takes precedence over ``cond``. Its batch may
@@ -116,8 +128,8 @@ class Denoiser(nn.Module):
         Returns:
             (B, C, d, h, w) prediction (noise, x0, v or velocity, depending on the objective).
         """
-        if x.dim() != 5 or x.shape[1] != self.channels:
-            raise ValueError(f"x must be (B, {self.channels}, d, h, w), got {tuple(x.shape)}")
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (B, {self.in_channels}, d, h, w), got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
         if label_features is None and self.conditional:

@@ -16,7 +16,12 @@ DENOISERS: dict[str, type[Denoiser]] = {
 
 
 def build_denoiser(
-    name: str, channels: int, label_nc: int, latent_factor: Sequence[int], kwargs: dict | None = None
+    name: str,
+    channels: int,
+    label_nc: int,
+    latent_factor: Sequence[int],
+    kwargs: dict | None = None,
+    extra_channels: int = 0,
 ) -> Denoiser:
     """Instantiate a denoiser.
 
@@ -26,6 +31,7 @@ def build_denoiser(
         label_nc: one-hot classes.
         latent_factor: the VQ-GAN's (fd, fh, fw).
         kwargs: the remaining constructor arguments (``dim``, ``dim_mults``, ...), from the config.
+        extra_channels: inputs concatenated to the latent (:attr:`Denoiser.extra_channels`), set by the model.
 
     Raises:
         ValueError: unknown name or an argument the chosen denoiser does not take.
@@ -33,6 +39,6 @@ def build_denoiser(
     if name not in DENOISERS:
         raise ValueError(f"denoiser must be one of {sorted(DENOISERS)}, got {name!r}")
     try:
-        return DENOISERS[name](channels, label_nc, latent_factor, **(kwargs or {}))
+        return DENOISERS[name](channels, label_nc, latent_factor, **(kwargs or {}), extra_channels=extra_channels)
     except TypeError as err:  # an unexpected keyword: a config typo
         raise ValueError(f"denoiser {name!r}: {err}") from err

@@ -311,6 +311,8 @@ class DistillationModule(LatentDiffusionModule):
         teacher = load_checkpoint(teacher_ckpt)  # untrusted data: weights_only, no call targets
         if teacher.schedule.objective != "rflow":
             raise DataError(f"{teacher_ckpt}: the teacher must be a rectified-flow model (objective rflow)")
+        if teacher.inpaint_inputs:
+            raise DataError(f"{teacher_ckpt}: distilling a model trained with inpaint_inputs is not supported")
         hp = stage2_hparams(teacher)
         # Lightning's save_hyperparameters also reads this frame's arguments (they win over the stage-2 ones of the
         # same name): resolve them here so both agree

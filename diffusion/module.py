@@ -35,6 +35,7 @@ from diffusion.base import LatentDiffusionBase
 from diffusion.denoiser_factory import build_denoiser
 from diffusion.first_stage import architecture_hparams, build_first_stage, decode_first_stage, load_first_stage
 from diffusion.guidance import drop_labels
+from diffusion.inpaint_inputs import inpaint_context, plain_context, random_region_masks
 from diffusion.sampling import DEFAULT_MAX_PLANE, SamplerSettings, decode_windows, latent_window, sample_windows
 from diffusion.schedulers import StepHook
 from vq_gan_3d.losses import psnr
@@ -75,6 +76,12 @@ class LatentDiffusionModule(LatentDiffusionBase):
             ε-prediction, L1, AdamW lr 1e-5, EMA 0.995 every 10 steps from step 2000, DDIM 50 steps, w = 2.5).
         compile: wrap the denoiser and its EMA copy with ``torch.compile`` (``nn.Module.compile``: in place, so the
             state-dict keys stay the same and checkpoints load either way). Compiles lazily on the first call.
+        inpaint_inputs: the denoiser also takes the masked real latent and the region mask (C + 1 more input
+            channels, :mod:`diffusion.inpaint_inputs`), trained on random regions, so editing a real scan
+            (:mod:`diffusion.editing.inpaint`) can condition on the known context. Plain synthesis passes m = 1.
+            Off (the default): the model is exactly the plain one.
+        inpaint_mask_p: with ``inpaint_inputs``, the per-item probability of a random region in training (else
+            m = 1 everywhere: plain synthesis).
     """
 
     def __init__(
@@ -113,6 +120,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
         val_sample_steps: int = 25,
         val_seed: int = 0,
         compile: bool = False,
+        inpaint_inputs: bool = False,
+        inpaint_mask_p: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,10 +151,12 @@ class LatentDiffusionModule(LatentDiffusionBase):
 
         # 2. Denoiser, its EMA copy, the latent normaliser and the noise schedule.
         kwargs = dict(denoiser_kwargs or {})
-        clash = {"channels", "label_nc", "latent_factor"} & set(kwargs)
+        clash = {"channels", "label_nc", "latent_factor", "extra_channels"} & set(kwargs)
         if clash:
             raise ValueError(f"denoiser_kwargs must not set {sorted(clash)}: they come from the first stage")
-        net = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs)
+        self.inpaint_inputs = bool(inpaint_inputs)
+        extra = self.first_stage.embedding_dim + 1 if self.inpaint_inputs else 0
+        net = build_denoiser(denoiser, self.first_stage.embedding_dim, label_nc, self.latent_factor, kwargs, extra)
         self._init_diffusion(net, self.first_stage.embedding_dim, latent_norm, compile)
         log.info("denoiser %s: %.2fM parameters", denoiser, sum(p.numel() for p in self.denoiser.parameters()) / 1e6)
 
@@ -159,6 +170,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
         info = hp.data_info
         if info is not None and (not isinstance(info, Mapping) or info.get("label_nc", hp.label_nc) != hp.label_nc):
             raise ValueError(f"data_info must be the dataset config (a dict) with label_nc={hp.label_nc}")
+        if not 0.0 <= hp.get("inpaint_mask_p", 0.5) <= 1.0:
+            raise ValueError(f"inpaint_mask_p must be in [0, 1], got {hp.inpaint_mask_p}")
         if hp.denoiser_kwargs is not None and not isinstance(hp.denoiser_kwargs, Mapping):
             raise ValueError(f"denoiser_kwargs must be a dict, got {type(hp.denoiser_kwargs).__name__}")
 
@@ -178,6 +191,19 @@ class LatentDiffusionModule(LatentDiffusionBase):
         """Image (B, 1, D, H, W) in [-1, 1] → normalised latent (B, E, D/fd, H/fh, W/fw), float32, no graph."""
         return self.latent_norm.normalize(self.first_stage.encode(x).float())
 
+    def training_inputs(self, z0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The ``inpaint_inputs`` of a training batch of clean latents z0 (B, C, d, h, w): (B, C + 1, d, h, w).
+
+        Per item a random region with probability ``inpaint_mask_p`` (:func:`random_region_masks`), else m = 1.
+        ``generator``: CPU RNG; None draws from the global one, which the run's ``seed`` seeds.
+        """
+        p = self.hparams.inpaint_mask_p
+        return inpaint_context(z0, random_region_masks(z0.shape[0], z0.shape[2:], p, generator, z0.device))
+
+    def plain_inputs(self, z: torch.Tensor) -> torch.Tensor:
+        """The ``inpaint_inputs`` of plain synthesis for latents z (B, C, d, h, w): (B, C + 1, d, h, w), m = 1."""
+        return plain_context(z.shape[0], z.shape[1], z.shape[2:], z.device)
+
     def _seg(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return one_hot(batch["label"], self.label_nc)
 
@@ -186,7 +212,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
         """Loss on one batch ``{"image": (B, 1, D, H, W), "label": (B, 1, D, H, W) int64, ...}``."""
         z0 = self.encode(batch["image"])
         seg = drop_labels(self._seg(batch), self.hparams.p_uncond)
-        loss = self._loss(self.denoiser, z0, (seg,), None)
+        extra = self.training_inputs(z0) if self.inpaint_inputs else None
+        loss = self._loss(self.denoiser, z0, (seg,), None, extra=extra)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])
         return loss
 
@@ -214,10 +241,11 @@ class LatentDiffusionModule(LatentDiffusionBase):
         x = batch["image"]
         z0 = self.encode(x)
         seg = self._seg(batch)
+        extra = self.plain_inputs(z0) if self.inpaint_inputs else None  # validation: plain synthesis (m = 1)
         # same noise and timesteps for both and for every validation run: comparable numbers
         logs = {
-            "loss": self._loss(self.ema.module, z0, (seg,), self._generator(batch_idx)),
-            "loss_raw": self._loss(self.denoiser, z0, (seg,), self._generator(batch_idx)),
+            "loss": self._loss(self.ema.module, z0, (seg,), self._generator(batch_idx), extra=extra),
+            "loss_raw": self._loss(self.denoiser, z0, (seg,), self._generator(batch_idx), extra=extra),
         }
         if self._sampling_this_run() and batch_idx < self.hparams.val_sample_batches:
             fake = self.sample(seg, steps=self.hparams.val_sample_steps, generator=self._generator(batch_idx))
@@ -305,6 +333,7 @@ class LatentDiffusionModule(LatentDiffusionBase):
         progress: bool = False,
         return_latents: bool = False,
         step_hook: StepHook | None = None,
+        inpaint: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate images for label maps of one shape, whole latent or windows (:mod:`diffusion.sampling`).
 
@@ -322,6 +351,9 @@ class LatentDiffusionModule(LatentDiffusionBase):
             return_latents: return the de-normalised latents (B, E, d, h, w) instead of decoding.
             step_hook: called on the normalised latent before every step and at the end
                 (:data:`diffusion.schedulers.StepHook`; editing imposes the real scan's latent with it).
+            inpaint: (B, C + 1, d, h, w) extra inputs of an ``inpaint_inputs`` model
+                (:func:`diffusion.inpaint_inputs.inpaint_context`: masked real latent, region mask); None: plain
+                synthesis (m = 1). Refused for a model without the option.
 
         Returns:
             (B, 1, D, H, W) images in [-1, 1] (or latents, see ``return_latents``).
@@ -337,9 +369,14 @@ class LatentDiffusionModule(LatentDiffusionBase):
             labels.shape[-3:], self.latent_factor, train_window, window_mode, max_plane, net.size_multiple
         )
         labels = labels.to(self.device)
-        z = sample_windows(net, self.schedule, labels, self.label_nc, generators, settings,
-                           self.first_stage.embedding_dim, self.latent_factor, window, overlap, progress,
-                           step_hook)  # fmt: skip
+        channels = self.first_stage.embedding_dim
+        if inpaint is not None and not self.inpaint_inputs:
+            raise ValueError("this model was trained without inpaint_inputs: it takes no masked latent and mask")
+        if self.inpaint_inputs and inpaint is None:
+            latent = [labels.shape[0], channels, *(s // f for s, f in zip(labels.shape[-3:], self.latent_factor))]
+            inpaint = self.plain_inputs(labels.new_zeros(latent, dtype=torch.float32))
+        z = sample_windows(net, self.schedule, labels, self.label_nc, generators, settings, channels,
+                           self.latent_factor, window, overlap, progress, step_hook, extra=inpaint)  # fmt: skip
         z = self.latent_norm.denormalize(z)
         if return_latents:
             return z

@@ -33,6 +33,7 @@ class MonaiSPADEUNet(Denoiser):
         label_encoder: "conv" or "pool".
         label_channels: conv label-encoder output channels.
         label_hidden: conv label-encoder hidden channels.
+        extra_channels: see :class:`~diffusion.denoiser_base.Denoiser`.
     """
 
     def __init__(
@@ -50,8 +51,11 @@ class MonaiSPADEUNet(Denoiser):
         label_encoder: str = "conv",
         label_channels: int = 64,
         label_hidden: Sequence[int] = (64, 128),
+        extra_channels: int = 0,
     ) -> None:
-        super().__init__(channels, label_nc, latent_factor, "spade", label_encoder, label_channels, label_hidden)
+        super().__init__(
+            channels, label_nc, latent_factor, "spade", label_encoder, label_channels, label_hidden, extra_channels
+        )
         widths = [dim * int(m) for m in dim_mults]
         if attention_levels is None:
             attention_levels = [False] * (len(widths) - 1) + [True]
@@ -64,7 +68,7 @@ class MonaiSPADEUNet(Denoiser):
         self.num_downsamples = len(widths) - 1
         self.unet = SPADEDiffusionModelUNet(
             spatial_dims=3,
-            in_channels=channels,
+            in_channels=self.in_channels,
             out_channels=channels,
             label_nc=self.label_channels,
             num_res_blocks=num_res_blocks,

@@ -318,6 +318,8 @@ class WindowedGuidedDenoiser:
         latent_window: (d, h, w) window in latent voxels (clipped to the latent).
         latent_factor: image voxels per latent voxel along (D, H, W).
         overlap: fraction of a window shared by neighbours.
+        extra: (B, E, d, h, w) fixed inputs over the whole latent, concatenated to each window's latent (a denoiser
+            with ``extra_channels``, e.g. ``inpaint_inputs``); None: none.
     """
 
     def __init__(
@@ -329,11 +331,15 @@ class WindowedGuidedDenoiser:
         latent_window: Sequence[int],
         latent_factor: Sequence[int],
         overlap: float,
+        extra: torch.Tensor | None = None,
     ) -> None:
         spatial = labels.shape[-3:]
         if any(s % f for s, f in zip(spatial, latent_factor)):
             raise ValueError(f"label map size {tuple(spatial)} is not divisible by {tuple(latent_factor)}")
         latent_shape = tuple(s // f for s, f in zip(spatial, latent_factor))
+        if extra is not None and (extra.dim() != 5 or tuple(extra.shape[2:]) != latent_shape):
+            raise ValueError(f"extra inputs {tuple(extra.shape)} do not fit the latent grid {latent_shape}")
+        self.extra = extra
         self.windows = windows(latent_shape, tuple(latent_window), overlap)  # type: ignore[arg-type]
         self.parts = [
             GuidedDenoiser(denoiser, window_seg(labels, label_nc, _image_slices(w, latent_factor)), guidance)
@@ -348,12 +354,19 @@ class WindowedGuidedDenoiser:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, C, d, h, w) whole latents, t: (B,) → blended model output (B, C, d, h, w)."""
         if len(self.parts) == 1:
-            return self.parts[0](x, t)
+            return self.parts[0](self._input(x, None), t)
         out = torch.zeros_like(x, dtype=torch.float32)
         for w, part in zip(self.windows, self.parts):
             idx = (slice(None), slice(None), *w)
-            out[idx] += part(x[idx], t).float() * self.weight
+            out[idx] += part(self._input(x[idx], idx), t).float() * self.weight
         return out / self.norm
+
+    def _input(self, x: torch.Tensor, idx: tuple[slice, ...] | None) -> torch.Tensor:
+        """The network input of one window: its latent, then its part of the extra inputs (if any)."""
+        if self.extra is None:
+            return x
+        extra = self.extra if idx is None else self.extra[idx]
+        return torch.cat((x, extra.to(x.dtype)), dim=1)
 
 
 # ------------------------------------------------------------------------------------------------- the SPADE cache
@@ -404,6 +417,7 @@ def sample_windows(
     overlap: float,
     progress: bool = False,
     step_hook: StepHook | None = None,
+    extra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample normalised latents for label maps, denoising guided windows with the SPADE cache where it fits.
 
@@ -420,6 +434,7 @@ def sample_windows(
         overlap: window overlap along tiled axes.
         progress: progress bar over the steps.
         step_hook: see :func:`sample_latent`.
+        extra: (B, X, D/fd, H/fh, W/fw) fixed extra inputs of the denoiser (see :class:`WindowedGuidedDenoiser`).
 
     Returns:
         (B, E, D/fd, H/fh, W/fw) float32 latents in the diffusion's (normalised) space.
@@ -428,7 +443,7 @@ def sample_windows(
         raise ValueError(f"need one generator per label map: {len(generators)} for a batch of {labels.shape[0]}")
     factor = tuple(latent_factor)
     latent_shape = tuple(s // f for s, f in zip(labels.shape[-3:], factor))
-    denoise = WindowedGuidedDenoiser(denoiser, labels, label_nc, settings.guidance, window, factor, overlap)
+    denoise = WindowedGuidedDenoiser(denoiser, labels, label_nc, settings.guidance, window, factor, overlap, extra)
     batch = labels.shape[0] * (2 if 0.0 < settings.guidance != 1.0 else 1)
     cached_numel = len(denoise.windows) * math.prod(s.stop - s.start for s in denoise.windows[0])
     fits = spade_cache_bytes(denoiser, cached_numel, batch) <= _cache_budget(labels.device)

@@ -72,6 +72,7 @@ class Unet3D(Denoiser):
             them nothing tells the network where along depth it is; a generator whose input is pure noise (the
             label diffusion) then places anatomy at any depth, wrapped or doubled. Stage 2 gets its positions
             from the label map and leaves this off.
+        extra_channels: see :class:`~diffusion.denoiser_base.Denoiser` (they widen the init conv).
     """
 
     def __init__(
@@ -96,8 +97,12 @@ class Unet3D(Denoiser):
         label_channels: int = 64,
         label_hidden: Sequence[int] = (64, 128),
         position_input: bool = False,
+        extra_channels: int = 0,
     ) -> None:
-        super().__init__(channels, label_nc, latent_factor, conditioning, label_encoder, label_channels, label_hidden)
+        super().__init__(
+            channels, label_nc, latent_factor, conditioning, label_encoder, label_channels, label_hidden,
+            extra_channels=extra_channels,
+        )  # fmt: skip
         dim_mults = [int(m) for m in dim_mults]
         if dim < 1 or not dim_mults or min(dim_mults) < 1:
             raise ValueError(f"dim and dim_mults must be positive, got dim={dim}, dim_mults={dim_mults}")
@@ -126,8 +131,9 @@ class Unet3D(Denoiser):
         self.rotary = RotaryEmbedding(min(32, attn_dim_head - attn_dim_head % 2)) if use_rotary else None
         self.rel_pos_bias = RelativePositionBias(attn_heads, rel_pos_buckets, rel_pos_max_distance)
 
-        # 1. input: concat mode widens the init conv by the label-feature channels
-        in_ch = channels + (self.label_channels if conditioning == "concat" else 0) + (3 if position_input else 0)
+        # 1. input: concat mode widens the init conv by the label-feature channels (extra inputs: see the base)
+        in_ch = self.in_channels + (self.label_channels if conditioning == "concat" else 0)
+        in_ch += 3 if position_input else 0
         pad = init_kernel_size // 2
         self.init_conv = nn.Conv3d(in_ch, init_dim, (1, init_kernel_size, init_kernel_size), padding=(0, pad, pad))
         self.init_depth_attn = depth_attn(init_dim)

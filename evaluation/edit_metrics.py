@@ -2,6 +2,8 @@
 
     python -m evaluation.edit_metrics --ckpt STAGE2.ckpt --images REAL_DIR --labels REAL_DIR/labels --out edit.json \
         --radii-mm 10 16 --structure 2 --seeds 0 1 2 [--segmenter SEG.pt --grow 2:6 --shrink 3:6]
+    # several checkpoints in one table (same subjects, seeds and regions), each named:
+    python -m evaluation.edit_metrics --ckpt plain=PLAIN.ckpt --ckpt inpaint=INPAINT.ckpt ...
 
 Metrics (pure functions, known-answer tested):
 
@@ -13,7 +15,9 @@ Metrics (pure functions, known-answer tested):
   the whole ``--structure`` grown by one voxel's largest size. Methods in one table: the edit (RePaint on the one
   sampling path, :mod:`diffusion.editing.inpaint`), the stage-2 synthesis of the whole volume with the same seed
   pasted into the region (same compositing weights), and a smoothed fill from the surrounding voxels
-  (:func:`smoothed_fill`).
+  (:func:`smoothed_fill`). With several ``--ckpt NAME=PATH``, the edit and the pasted synthesis are rows of each
+  checkpoint (``edit:NAME``, ``pasted:NAME``; e.g. a plain model next to one trained with ``inpaint_inputs``) and
+  the smoothed fill is one row.
 * **seam**: :func:`evaluation.seams.boundary_seam_ratio` at the hidden region's boundary (1 = no seam), for each
   method and for the truth itself (the anatomy's own step there).
 * **adherence** (``--segmenter``): a segmenter trained on real data (``evaluation/segmentation.py train``) run on
@@ -29,7 +33,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +49,39 @@ from evaluation.report import fmt, header, summarise, write_report
 from evaluation.seams import boundary_seam_ratio
 
 log = logging.getLogger(__name__)
+#: The methods of a report on one unnamed checkpoint.
 METHODS = ("edit", "pasted", "smoothed")
+
+
+def parse_checkpoints(values: Sequence[str]) -> list[tuple[str | None, Path]]:
+    """``--ckpt`` values ``[NAME=]PATH`` as (name, path) pairs; several checkpoints need distinct names.
+
+    A value is named when the text before its first ``=`` is a name (letters, digits, ``_``, ``-``, ``.``, no path
+    separator); otherwise the whole value is the path.
+
+    Raises:
+        ValueError: several checkpoints and one without a name, or a name given twice.
+    """
+    out: list[tuple[str | None, Path]] = []
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if sep and name and rest and all(c.isalnum() or c in "_-." for c in name):
+            out.append((name, Path(rest)))
+        else:
+            out.append((None, Path(v)))
+    names = [n for n, _ in out]
+    if len(out) > 1 and None in names:
+        raise ValueError("several --ckpt: name each one, --ckpt NAME=PATH")
+    dup = sorted({n for n in names if n is not None and names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--ckpt names {dup[0]!r} twice; give each checkpoint its own name")
+    return out
+
+
+def method_names(names: Sequence[str | None]) -> list[str]:
+    """The report's methods for checkpoint names: ``edit``/``pasted`` of each (``edit:NAME``), then ``smoothed``."""
+    per = [f"{m}:{n}" if n is not None else m for n in names for m in ("edit", "pasted")]
+    return [*per, "smoothed"]
 
 
 # ------------------------------------------------------------------------------------------------------- metrics
@@ -175,53 +213,73 @@ def _composite(alpha: np.ndarray, fill: np.ndarray, image: np.ndarray) -> np.nda
     return (alpha * fill + (1.0 - alpha) * image).astype(np.float32)
 
 
+@dataclass
+class Scored:
+    """A checkpoint in the table: its report name (None: the only, unnamed one), model and sampling settings."""
+
+    name: str | None
+    path: Path
+    model: Any
+    settings: Any
+    block: tuple[int, ...]
+    info: dict
+
+    def key(self, method: str) -> str:
+        """This checkpoint's method name in the report (``edit`` or ``edit:NAME``)."""
+        return method if self.name is None else f"{method}:{self.name}"
+
+
 def fidelity_case(
-    model,
+    scored: Sequence[Scored],
     image: np.ndarray,
     labels: np.ndarray,
     affine: np.ndarray,
-    hidden: np.ndarray,  # noqa: ANN001
+    hidden: np.ndarray,
     margin_mm: float,
-    settings,
     seed: int,
-    block: Sequence[int],
     data_range: Sequence[float],
-    pasted: np.ndarray,
+    pasted: Sequence[np.ndarray],
 ) -> dict:
-    """One hidden region of one scan: the three methods' fidelity, seams and the edit's preservation.
+    """One hidden region of one scan: each checkpoint's edit and pasted synthesis, the smoothed fill; fidelity,
+    seams and each edit's preservation.
 
     Args:
-        pasted: the whole-volume synthesis for ``labels`` with this seed, in the file's units.
+        scored: the checkpoints.
+        pasted: per checkpoint, the whole-volume synthesis for ``labels`` with this seed, in the file's units.
     """
     from diffusion.editing.inpaint import edit_scan
     from diffusion.editing.region import edit_region
 
     region = edit_region(hidden, margin_mm, affine)
-    result = edit_scan(model, image, labels, region, settings, seed, block)
-    fills = {
-        "edit": result.image,
-        "pasted": _composite(region.alpha, pasted, image),
-        "smoothed": _composite(region.alpha, smoothed_fill(image, ~region.mask, voxel_size_dhw(affine)), image),
-    }
+    fills: dict[str, np.ndarray] = {}
+    first = None
+    kept = []
+    for sc, synth in zip(scored, pasted):
+        result = edit_scan(sc.model, image, labels, region, sc.settings, seed, sc.block)
+        first = result if first is None else first
+        fills[sc.key("edit")] = result.image
+        fills[sc.key("pasted")] = _composite(region.alpha, synth, image)
+        kept.append(preservation(image, result.image, region.mask, region.band))
+    fills["smoothed"] = _composite(region.alpha, smoothed_fill(image, ~region.mask, voxel_size_dhw(affine)), image)
     case = {
         "region_voxels": int(hidden.sum()),
-        "windows_sampled": result.windows_sampled,
-        "windows_total": result.windows_total,
+        "windows_sampled": first.windows_sampled,  # type: ignore[union-attr]
+        "windows_total": first.windows_total,  # type: ignore[union-attr]
         "seam_truth": boundary_seam_ratio(image, hidden),
-        "preservation": preservation(image, result.image, region.mask, region.band),
+        "preservation": {k: max(p[k] for p in kept) for k in ("max_abs_outside", "max_abs_band")},
     }
     for name, out in fills.items():
         case[name] = {**region_fidelity(out, image, hidden, data_range), "seam": boundary_seam_ratio(out, hidden)}
     return case
 
 
-def _table(cases: list[dict]) -> dict:
+def _table(cases: list[dict], methods: Sequence[str]) -> dict:
     """Mean/std per region kind and method over all cases and seeds."""
     out: dict[str, dict] = {}
     for kind in sorted({c["region"] for c in cases}):
         sel = [c for c in cases if c["region"] == kind]
         out[kind] = {"n": len(sel), "seam_truth": summarise([c["seam_truth"] for c in sel if c["seam_truth"]])}
-        for m in METHODS:
+        for m in methods:
             out[kind][m] = {
                 k: summarise([c[m][k] for c in sel if c[m][k] is not None and np.isfinite(c[m][k])])
                 for k in ("ssim", "psnr", "mse", "seam")
@@ -234,7 +292,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Editing a real scan: in-region fidelity",
         "",
-        f"Checkpoint `{report['checkpoint']}`; {report['n_subjects']} held-out subject(s), seeds "
+        f"Checkpoint(s) {', '.join(f'`{v}`' for v in report['checkpoints'].values())}; "
+        f"{report['n_subjects']} held-out subject(s), seeds "
         f"{report['seeds']}, margin {report['margin_mm']} mm, sampler {report['sampler']}. Mean ± std over "
         "subjects and seeds; SSIM/PSNR/MSE inside the hidden region on [0, 1] images; seam ratio at its boundary "
         "(1 = no step; the truth's own ratio in brackets).",
@@ -243,7 +302,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for kind, row in report["table"].items():
-        for m in METHODS:
+        for m in report["methods"]:
             s = row[m]
             cell = " | ".join(f"{fmt(s[k]['mean'], k)} ± {fmt(s[k]['std'], k)}" for k in ("ssim", "psnr", "mse"))
             lines.append(
@@ -253,23 +312,23 @@ def markdown(report: dict) -> str:
         p = report["preservation"]
         lines += [
             "",
-            f"Preservation (edit): max |output - input| outside the region = {p['max_abs_outside']:g} "
+            f"Preservation (every edit): max |output - input| outside the region = {p['max_abs_outside']:g} "
             f"(file units), inside the band = {p['max_abs_band']:.4g}.",
         ]
     if report.get("adherence"):
         a = report["adherence"]
+        edited = [c for c in next(iter(a["dice"].values())) if c.startswith("edited")]
+        cols = [f"edited scan{c[6:].replace(':', ' (') + ')' if ':' in c else ''} vs edited map" for c in edited]
         lines += [
             "",
             f"## Adherence ({a['edits']})",
             "",
-            "| class | edited scan vs edited map | unedited scan vs edited map | unedited scan vs its map |",
-            "|---|---|---|---|",
+            f"| class | {' | '.join(cols)} | unedited scan vs edited map | unedited scan vs its map |",
+            "|---|" + "---|" * (len(cols) + 2),
         ]
         for k, row in a["dice"].items():
-            lines.append(
-                f"| {k} | {fmt(row['edited']['mean'])} | {fmt(row['unedited']['mean'])} | "
-                f"{fmt(row['unedited_own']['mean'])} |"
-            )
+            cells = " | ".join(fmt(row[c]["mean"]) for c in edited)
+            lines.append(f"| {k} | {cells} | {fmt(row['unedited']['mean'])} | {fmt(row['unedited_own']['mean'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -312,18 +371,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     # --overwrite replaces a report of ours only (its JSON carries our producer mark), never someone else's file
     check_output_files([json_path, md_path], args.overwrite, ours=lambda _p: read_run_record(json_path) is not None)
     device = pick_device(args.device)
+    named = parse_checkpoints(args.ckpt)
     subjects = _subjects(args.images, args.labels)
-    read_stage_checkpoint(args.ckpt, "diffusion")
-    model = load_checkpoint(args.ckpt, device, compile=False)
-    info = model.hparams.get("data_info") or {}
-    nc = model.label_nc
+    for _, path in named:
+        read_stage_checkpoint(path, "diffusion")
+    scored = []
+    for name, path in named:
+        model = load_checkpoint(path, device, compile=False)
+        info = model.hparams.get("data_info") or {}
+        settings = model.sampler_defaults.resolve(None, args.steps, None)
+        scored.append(Scored(name, path, model, settings, tuple(model.block_size or info.get("block_size")), info))
+    nc = scored[0].model.label_nc
+    if any(sc.model.label_nc != nc for sc in scored):
+        raise DataError("the --ckpt checkpoints have different numbers of classes; compare models of one dataset")
+    methods = method_names([sc.name for sc in scored])
     edits = [parse_edit(k, t, nc) for k in ("grow", "shrink") for t in getattr(args, k)]
     if args.structure is not None and not 0 <= args.structure < nc:
         raise ValueError(f"--structure {args.structure}: not a class 0..{nc - 1}")
     if args.segmenter is not None and not edits:
         raise ValueError("--segmenter measures adherence of label edits: give --grow/--shrink too")
-    settings = model.sampler_defaults.resolve(None, args.steps, None)
-    block = tuple(model.block_size or info.get("block_size"))
     data_range = args.data_range or _recorded_range(args.images)
     cases, preserved, adherence = [], [], []
     for sid, img_path, lab_path in subjects:
@@ -331,7 +397,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         labels, _ = load_label(lab_path, nc)
         body = labels > 0
         for seed in args.seeds:
-            pasted = _pasted(model, image, labels, settings, seed, block, info)
+            pasted = [_pasted(sc.model, image, labels, sc.settings, seed, sc.block, sc.info) for sc in scored]
             regions = []
             for r in args.radii_mm:
                 for c in sphere_centres(body, r, affine, 1, seed * 1000 + int(r * 10)):
@@ -346,32 +412,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             for kind, hidden in regions:
                 if not hidden.any():
                     continue
-                case = fidelity_case(
-                    model, image, labels, affine, hidden, args.margin_mm, settings, seed, block, data_range, pasted
-                )
+                case = fidelity_case(scored, image, labels, affine, hidden, args.margin_mm, seed, data_range, pasted)
                 cases.append({"subject": sid, "seed": seed, "region": kind, **case})
                 preserved.append(case["preservation"])
-                log.info(
-                    "%s seed %d %s: SSIM edit %.3f pasted %.3f smoothed %.3f",
-                    sid,
-                    seed,
-                    kind,
-                    case["edit"]["ssim"],
-                    case["pasted"]["ssim"],
-                    case["smoothed"]["ssim"],
-                )
+                ssim = ", ".join(f"{m} {case[m]['ssim']:.3f}" for m in methods)
+                log.info("%s seed %d %s: SSIM %s", sid, seed, kind, ssim)
         if edits and args.segmenter is not None:
-            adherence.append(_adherence(model, args, image, labels, affine, edits, settings, block, nc, sid))
+            adherence.append(_adherence(scored, args, image, labels, affine, edits, nc, sid))
     report = {
         **header("edit_metrics", argv),
-        "checkpoint": str(args.ckpt),
+        "checkpoint": str(scored[0].path),
+        "checkpoints": {sc.name or "": str(sc.path) for sc in scored},
+        "methods": methods,
         "n_subjects": len(subjects),
         "seeds": list(args.seeds),
         "margin_mm": args.margin_mm,
-        "sampler": settings.record(),
+        "sampler": scored[0].settings.record(),
         "data_range": list(data_range),
         "cases": cases,
-        "table": _table(cases),
+        "table": _table(cases, methods),
         "preservation": {k: max(p[k] for p in preserved) for k in ("max_abs_outside", "max_abs_band")}
         if preserved
         else None,
@@ -384,7 +443,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "dice": {
                 k: {
                     w: summarise([a[k][w] for a in adherence if k in a and np.isfinite(a[k][w])])
-                    for w in ("edited", "unedited", "unedited_own")
+                    for w in [*(sc.key("edited") for sc in scored), "unedited", "unedited_own"]
                 }
                 for k in classes
             },
@@ -415,7 +474,8 @@ def _pasted(model, image: np.ndarray, labels: np.ndarray, settings, seed: int, b
     return invert_scan(x[0, 0].float().cpu().numpy()[crop], info.get("intensity"), record).astype(np.float32)
 
 
-def _adherence(model, args, image, labels, affine, edits, settings, block, nc, sid) -> dict:  # noqa: ANN001
+def _adherence(scored, args, image, labels, affine, edits, nc, sid) -> dict:  # noqa: ANN001
+    """Dice inside the edit region of each checkpoint's edited scan, and of the unedited scan (see the docstring)."""
     from diffusion.editing.inpaint import edit_scan
     from diffusion.editing.region import edit_region, label_difference
     from evaluation.segmenter import load_checkpoint
@@ -431,14 +491,18 @@ def _adherence(model, args, image, labels, affine, edits, settings, block, nc, s
     if not changed.any():
         raise DataError(f"{sid}: the edits ({', '.join(e.text for e in edits)}) change no voxel at this voxel size")
     region = edit_region(changed, args.margin_mm, affine)
-    out = edit_scan(model, image, edited, region, settings, args.seeds[0], block).image
     window = tuple(cfg.patch_size) if cfg.patch_size else tuple(image.shape)
-    pred_edit, pred_orig = _segment(seg, out, rng, window), _segment(seg, image, rng, window)
     classes = sorted({e.k for e in edits} | {int(v) for v in np.unique(edited[changed])})
-    d_edit = region_dice(pred_edit, edited, region.mask, classes)
+    pred_orig = _segment(seg, image, rng, window)
     d_un = region_dice(pred_orig, edited, region.mask, classes)
     d_own = region_dice(pred_orig, labels, region.mask, classes)
-    return {k: {"edited": d_edit[k], "unedited": d_un[k], "unedited_own": d_own[k]} for k in d_edit}
+    out = {k: {"unedited": d_un[k], "unedited_own": d_own[k]} for k in d_un}
+    for sc in scored:
+        result = edit_scan(sc.model, image, edited, region, sc.settings, args.seeds[0], sc.block).image
+        d_edit = region_dice(_segment(seg, result, rng, window), edited, region.mask, classes)
+        for k in out:
+            out[k][sc.key("edited")] = d_edit[k]
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,7 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     from dataset.cli import ArgumentParser, finite_float, float_in, nonnegative_int, positive_int
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, type=Path, help="stage-2 checkpoint")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        action="append",
+        metavar="[NAME=]PATH",
+        help="stage-2 checkpoint; repeat with names (NAME=PATH) to compare several in one table",
+    )
     p.add_argument("--images", required=True, type=Path, help="held-out real images <id>.nii.gz")
     p.add_argument("--labels", required=True, type=Path, help="their label maps <id>.nii.gz")
     p.add_argument("--out", required=True, type=Path, help="JSON report (Markdown beside it)")

@@ -5,7 +5,12 @@
 2. The model samples the crop's latent with the edited label map (:meth:`LatentDiffusionModule.sample_images`, the
    ordinary windowed, guided loop); at every step :class:`KnownLatent` (the loop's ``step_hook``) puts the real
    latent, forward-noised to that step, everywhere outside the latent-resolution region (Lugmayr et al., RePaint,
-   https://arxiv.org/abs/2201.09865), and the clean real latent after the last step.
+   https://arxiv.org/abs/2201.09865), and the clean real latent after the last step. A checkpoint trained with
+   ``inpaint_inputs`` (:mod:`diffusion.inpaint_inputs`) also gets the masked clean real latent and the region mask
+   as inputs at every step, so it can use the context instead of only being overwritten by it. The replacement
+   stays on for such a model too: in its training the noisy latent outside the region was exactly the forward-
+   noised real latent, which is what the replacement makes it at sampling, and the decoder then sees the real
+   latent outside the region.
 3. The latent is decoded with the edited map (the same windows), mapped back to the file's units with the scan's
    own normalisation record, and composited with the region's weight (:mod:`diffusion.editing.region`): outside
    the region the caller keeps the file's stored voxels (:func:`composite_stored`), so they are bit for bit the
@@ -29,6 +34,7 @@ from dataset.intensity import invert_scan, normalize
 from dataset.nifti import StoredVolume
 from diffusion.editing.region import EditRegion, crop_box, latent_mask
 from diffusion.generation.geometry import pad_label, padded_shape
+from diffusion.inpaint_inputs import inpaint_context
 from diffusion.sampling import DEFAULT_MAX_PLANE, SamplerSettings, decode_windows, latent_window, windows
 from diffusion.schedulers import NoiseSchedule
 
@@ -160,6 +166,8 @@ def edit_scan(
     lmask = latent_mask(free.numpy(), factor)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     known = KnownLatent(z0, lmask, model.schedule, torch.Generator(device=device).manual_seed(int(seed) + 1))
+    trained = bool(getattr(model, "inpaint_inputs", False))
+    given = inpaint_context(z0, lmask) if trained else None  # the masked real latent and the region
     labels = lab[None].to(device)
     z = model.sample_images(
         labels,
@@ -171,6 +179,7 @@ def edit_scan(
         progress=progress,
         return_latents=True,
         step_hook=known,
+        inpaint=given,
     )
     window = latent_window(work, factor, block, window_mode, DEFAULT_MAX_PLANE, net.size_multiple)
     spade = model.first_stage.decoder_type == "spade"
@@ -202,6 +211,7 @@ def edit_scan(
             "windows_sampled": n_sampled,
             "windows_total": n_total,
             "forward_noise_steps": known.calls,
+            "inpaint_inputs": trained,
         },
     )
 

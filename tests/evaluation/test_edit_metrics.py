@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.edit_metrics import preservation, region_dice, region_fidelity, smoothed_fill, sphere_mask
+from evaluation.edit_metrics import (
+    METHODS,
+    method_names,
+    parse_checkpoints,
+    preservation,
+    region_dice,
+    region_fidelity,
+    smoothed_fill,
+    sphere_mask,
+)
 from evaluation.seams import boundary_seam_ratio
 
 
@@ -90,3 +99,18 @@ def test_boundary_seam_ratio_is_one_without_a_seam_and_grows_with_a_step() -> No
     stepped[mask] += 3.0
     assert boundary_seam_ratio(stepped, mask) > 3.0
     assert boundary_seam_ratio(noise, np.zeros_like(mask)) is None
+
+
+def test_checkpoint_names_and_the_methods_they_give() -> None:
+    from pathlib import Path
+
+    assert parse_checkpoints(["runs/a=b/last.ckpt"]) == [(None, Path("runs/a=b/last.ckpt"))]  # a path with "="
+    assert parse_checkpoints(["x.ckpt"]) == [(None, Path("x.ckpt"))]
+    assert parse_checkpoints(["plain=p.ckpt", "inpaint=i.ckpt"]) == [("plain", Path("p.ckpt")),
+                                                                    ("inpaint", Path("i.ckpt"))]  # fmt: skip
+    with pytest.raises(ValueError, match="name each one"):
+        parse_checkpoints(["p.ckpt", "inpaint=i.ckpt"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_checkpoints(["a=p.ckpt", "a=i.ckpt"])
+    assert method_names([None]) == list(METHODS)  # one unnamed checkpoint: the report keeps its old methods
+    assert method_names(["p", "i"]) == ["edit:p", "pasted:p", "edit:i", "pasted:i", "smoothed"]

@@ -35,13 +35,11 @@ class TinyModel:
     block: tuple[int, int, int]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+def _tiny_checkpoint(d: Path, inpaint_inputs: bool) -> TinyModel:
     """A random-weight stage-2 checkpoint in the format ``train_diffusion`` writes (hyperparameters + state dict)."""
     from diffusion.module import LatentDiffusionModule
     from tests.diffusion.helpers import save_tiny_vqgan
 
-    d = tmp_path_factory.mktemp("edit_ckpt")
     torch.manual_seed(0)
     block = (8, 16, 16)
     info = {
@@ -69,11 +67,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
             "label_hidden": [4],
             "spade_hidden": 8,
         },
+        inpaint_inputs=inpaint_inputs,
     )
     model.latent_norm.fitted.fill_(True)  # identity statistics: nothing to train for plumbing
     path = d / "stage2.ckpt"
     torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
     return TinyModel(path, block)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The plain model."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("edit_ckpt"), False)
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The same model built with ``inpaint_inputs`` (masked real latent and region mask as denoiser inputs)."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("edit_inpaint_ckpt"), True)
 
 
 def write_scan(path: Path, shape_ijk: tuple[int, int, int], affine: np.ndarray = AFFINE) -> Path:
@@ -152,6 +163,41 @@ def test_outside_the_region_the_file_is_bit_for_bit_the_input(edit_run: Path, in
     dist = np.min(np.linalg.norm(xyz[..., None, :] - xyz[changed][None, None, None], axis=-1), axis=-1)
     np.testing.assert_array_equal(ijk_to_dhw(region) > 0, dist < 3.1)
     np.testing.assert_array_equal(ijk_to_dhw(region) == 1, dist <= 1.55)
+
+
+def test_an_inpaint_inputs_checkpoint_sees_the_real_latent_and_keeps_the_file(
+    tiny_inpaint_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``inpaint_inputs`` the denoiser gets (masked real latent, mask) at every step; preservation stays exact."""
+    from diffusion.denoiser_base import Denoiser
+
+    seen: list[torch.Tensor] = []
+    forward = Denoiser.forward
+
+    def recording(self: Denoiser, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "forward", recording)
+    out = tmp_path / "run"
+    assert cli(tiny_inpaint_model, inputs, out, "--edited", str(inputs["edited"]), "--margin-mm", "3.1") == 0
+    per_step = len(seen) // 2  # --steps 2: the crop's windows at each step
+    assert per_step >= 1 and len(seen) == 2 * per_step
+    c = 4  # the tiny VQ-GAN's latent channels
+    assert all(x.shape[1] == 2 * c + 1 for x in seen)
+    mask = torch.cat([x[:, 2 * c] for x in seen[:per_step]])
+    known = torch.cat([x[:, c : 2 * c] for x in seen[:per_step]])
+    assert set(mask.unique().tolist()) == {0.0, 1.0}  # a region, and context around it
+    assert bool((known.movedim(1, -1)[mask > 0] == 0).all()) and bool(known.movedim(1, -1)[mask == 0].abs().sum() > 0)
+    for a, b in zip(seen[:per_step], seen[per_step:]):  # the same context at every step
+        torch.testing.assert_close(a[:, c:], b[:, c:])
+    rec = json.loads((out / "generation.json").read_text())
+    assert rec["inpaint_inputs"] is True
+    src, res = nib.load(inputs["image"]), nib.load(out / "edited.nii.gz")
+    raw_in, raw_out = np.asarray(src.dataobj.get_unscaled()), np.asarray(res.dataobj.get_unscaled())
+    region = np.asarray(nib.load(out / "region.nii.gz").dataobj)
+    assert np.array_equal(raw_out[region == 0], raw_in[region == 0])
+    assert (raw_out[region == 1] != raw_in[region == 1]).any()
 
 
 def test_run_record_montage_and_overwrite(tiny_model: TinyModel, edit_run: Path, inputs: dict[str, Path]) -> None:
@@ -365,6 +411,41 @@ def test_edit_metrics_report_on_held_out_scans(tiny_model: TinyModel, tmp_path: 
     md = out.with_suffix(".md").read_text()
     assert "| sphere r=3 mm | 2 | edit |" in md and "smoothed" in md and "pasted" in md
     assert main(argv) == EXIT_ERROR  # the report exists: --overwrite needed
+
+
+def test_edit_metrics_scores_several_checkpoints_in_one_table(
+    tiny_model: TinyModel, tiny_inpaint_model: TinyModel, tmp_path: Path
+) -> None:
+    """``--ckpt NAME=PATH`` repeated: each checkpoint's edit and pasted rows on the same regions, one smoothed row."""
+    from evaluation.edit_metrics import main
+
+    images, labels = tmp_path / "real", tmp_path / "real" / "labels"
+    lab = nested_labels((16, 18, 20), LABEL_NC)
+    img = np.clip(lab / 2.0 - 0.5 + np.random.default_rng(0).normal(0, 0.05, lab.shape), -1, 1).astype(np.float32)
+    write_nifti(images / "s0.nii.gz", img, AFFINE)
+    write_nifti(labels / "s0.nii.gz", lab, AFFINE)
+    out = tmp_path / "edit.json"
+    common = ["--images", str(images), "--labels", str(labels), "--radii-mm", "3", "--seeds", "0", "--steps", "2",
+              "--data-range", "-1", "1", "--device", "cpu"]  # fmt: skip
+    argv = ["--ckpt", f"plain={tiny_model.diffusion}", "--ckpt", f"inpaint={tiny_inpaint_model.diffusion}",
+            "--out", str(out), *common]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    methods = ["edit:plain", "pasted:plain", "edit:inpaint", "pasted:inpaint", "smoothed"]
+    assert report["methods"] == methods
+    assert report["checkpoints"] == {"plain": str(tiny_model.diffusion), "inpaint": str(tiny_inpaint_model.diffusion)}
+    assert report["preservation"]["max_abs_outside"] == 0.0
+    (row,) = report["table"].values()
+    assert all(row[m]["ssim"]["n"] == 1 for m in methods)
+    case = report["cases"][0]
+    assert case["edit:plain"] != case["edit:inpaint"]  # two different models really ran
+    md = out.with_suffix(".md").read_text()
+    assert all(f"| sphere r=3 mm | 1 | {m} |" in md for m in methods)
+    # several checkpoints need names, each its own; refused in one line before any sampling
+    for bad in (["--ckpt", str(tiny_model.diffusion), "--ckpt", str(tiny_inpaint_model.diffusion)],
+                ["--ckpt", f"a={tiny_model.diffusion}", "--ckpt", f"a={tiny_inpaint_model.diffusion}"]):  # fmt: skip
+        assert main([*bad, "--out", str(tmp_path / "bad.json"), *common]) == EXIT_ERROR
+    assert not (tmp_path / "bad.json").exists()
 
 
 # ------------------------------------------------------------------ the output-folder contract (issue 20)
