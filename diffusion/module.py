@@ -334,6 +334,7 @@ class LatentDiffusionModule(LatentDiffusionBase):
         return_latents: bool = False,
         step_hook: StepHook | None = None,
         inpaint: torch.Tensor | None = None,
+        resample: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Generate images for label maps of one shape, whole latent or windows (:mod:`diffusion.sampling`).
 
@@ -354,6 +355,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
             inpaint: (B, C + 1, d, h, w) extra inputs of an ``inpaint_inputs`` model
                 (:func:`diffusion.inpaint_inputs.inpaint_context`: masked real latent, region mask); None: plain
                 synthesis (m = 1). Refused for a model without the option.
+            resample: RePaint's resampling jumps (jump length, count), for editing
+                (:meth:`diffusion.schedulers.NoiseSchedule.sample`); None: none.
 
         Returns:
             (B, 1, D, H, W) images in [-1, 1] (or latents, see ``return_latents``).
@@ -376,7 +379,8 @@ class LatentDiffusionModule(LatentDiffusionBase):
             latent = [labels.shape[0], channels, *(s // f for s, f in zip(labels.shape[-3:], self.latent_factor))]
             inpaint = self.plain_inputs(labels.new_zeros(latent, dtype=torch.float32))
         z = sample_windows(net, self.schedule, labels, self.label_nc, generators, settings, channels,
-                           self.latent_factor, window, overlap, progress, step_hook, extra=inpaint)  # fmt: skip
+                           self.latent_factor, window, overlap, progress, step_hook, extra=inpaint,
+                           resample=resample)  # fmt: skip
         z = self.latent_norm.denormalize(z)
         if return_latents:
             return z

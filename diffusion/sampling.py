@@ -132,6 +132,7 @@ def sample_latent(
     device: torch.device | str = "cpu",
     progress: bool = False,
     step_hook: StepHook | None = None,
+    resample: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Generic sampling loop: noise from one generator per item, then the scheduler's sampler.
 
@@ -149,6 +150,7 @@ def sample_latent(
         progress: progress bar over the steps.
         step_hook: ``hook(x, t) -> x`` on the latent before every step and at the end
             (:data:`~diffusion.schedulers.StepHook`; RePaint-style editing imposes known voxels with it).
+        resample: RePaint's resampling jumps (jump length, count); see :meth:`NoiseSchedule.sample`.
 
     Returns:
         (B, C, d, h, w) float32 latent in the diffusion's (normalised) space.
@@ -160,7 +162,9 @@ def sample_latent(
         if g.device.type != device.type:
             raise ValueError(f"generator is on {g.device}, the sampling runs on {device}: create it there")
     noise = initial_noise(shape, generators, device)
-    return schedule.sample(denoise, noise, sampler, steps, eta, generators[0], progress, step_hook=step_hook)
+    return schedule.sample(
+        denoise, noise, sampler, steps, eta, generators[0], progress, step_hook=step_hook, resample=resample
+    )
 
 
 def initial_noise(
@@ -418,6 +422,7 @@ def sample_windows(
     progress: bool = False,
     step_hook: StepHook | None = None,
     extra: torch.Tensor | None = None,
+    resample: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Sample normalised latents for label maps, denoising guided windows with the SPADE cache where it fits.
 
@@ -433,7 +438,7 @@ def sample_windows(
         window: latent window (d, h, w) (:func:`latent_window`).
         overlap: window overlap along tiled axes.
         progress: progress bar over the steps.
-        step_hook: see :func:`sample_latent`.
+        step_hook, resample: see :func:`sample_latent`.
         extra: (B, X, D/fd, H/fh, W/fw) fixed extra inputs of the denoiser (see :class:`WindowedGuidedDenoiser`).
 
     Returns:
@@ -451,7 +456,7 @@ def sample_windows(
         log.info("SPADE cache off: it would exceed the memory budget for %d window(s)", len(denoise.windows))
     with spade_cache(denoiser, enabled=fits):
         return sample_latent(denoise, schedule, (latent_channels, *latent_shape), generators, settings.sampler,
-                             settings.steps, settings.eta, labels.device, progress, step_hook)  # fmt: skip
+                             settings.steps, settings.eta, labels.device, progress, step_hook, resample)  # fmt: skip
 
 
 @torch.no_grad()

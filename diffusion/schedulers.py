@@ -225,6 +225,37 @@ class NoiseSchedule:
         # float32 in: MONAI casts its alphas_cumprod to the input dtype and keeps it
         return sched.add_noise(x0.float(), noise.float(), t)
 
+    def renoise(
+        self, x: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Forward-noise x from timestep ``t_from`` to the noisier ``t_to``: a draw of q(x_{t_to} | x_{t_from}).
+
+        For x = add_noise(x0, ε, t_from) the result is distributed as add_noise(x0, ε', t_to): ddpm
+        ``sqrt(ᾱ_to / ᾱ_from) x + sqrt(1 − ᾱ_to / ᾱ_from) ε``; rflow (x_t = (1 − σ) x0 + σ ε, σ = t / T)
+        ``a x + sqrt(σ_to² − a² σ_from²) ε`` with ``a = (1 − σ_to) / (1 − σ_from)``. The clean end (the last
+        step's ``t_next``: −1 for ddpm/ddim, 0 for rflow) counts as noise level 0. RePaint's resampling jumps.
+
+        Args:
+            x: (B, C, d, h, w) latent at ``t_from``.
+            t_from, t_to: timesteps, ``t_to`` at least as noisy as ``t_from``.
+            generator: RNG on x's device (None: the global one).
+        """
+        if self.objective == "rflow":
+            s_from, s_to = max(t_from, 0) / self.num_train_timesteps, t_to / self.num_train_timesteps
+            if not 0.0 <= s_from <= s_to <= 1.0:
+                raise ValueError(f"renoise goes from a timestep to a noisier one, got {t_from} -> {t_to}")
+            a = (1.0 - s_to) / (1.0 - s_from) if s_to > s_from else 1.0  # s_to = 1 (t = T): pure noise
+            std = max(s_to**2 - (a * s_from) ** 2, 0.0) ** 0.5
+        else:
+            abar = self.alphas_cumprod
+            a_from = 1.0 if t_from < 0 else float(abar[t_from])
+            if not t_from <= t_to < self.num_train_timesteps:
+                raise ValueError(f"renoise goes from a timestep to a noisier one, got {t_from} -> {t_to}")
+            ratio = float(abar[t_to]) / a_from
+            a, std = ratio**0.5, max(1.0 - ratio, 0.0) ** 0.5
+        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        return (a * x.float() + std * noise).float()
+
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network is trained to output for x_t = add_noise(x0, noise, t)."""
         if self.objective == "rflow":
@@ -286,6 +317,7 @@ class NoiseSchedule:
         progress: bool = False,
         start_t: int | None = None,
         step_hook: StepHook | None = None,
+        resample: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Run a sampler from pure noise (or from a partly noised latent) to a clean latent.
 
@@ -301,6 +333,11 @@ class NoiseSchedule:
                 timesteps at or below it are run. None: ``noise`` is pure noise at T.
             step_hook: ``hook(x, t) -> x`` applied before each step at timestep t and after the last with t = -1
                 (:data:`StepHook`); None: the plain sampler.
+            resample: (jump length j, count r), RePaint's resampling (Lugmayr et al. 2022): the steps run in blocks
+                of j; after a block the latent is forward-noised back to the block's first timestep
+                (:meth:`renoise`, from ``generator``) and the block is run again, r times in all, so the known
+                part imposed by ``step_hook`` and the generated part harmonise. r steps per step: the cost is r
+                times the plain run's. None (or r = 1): the plain sampler, bit for bit.
 
         Returns:
             (B, C, d, h, w) float32 latent.
@@ -312,8 +349,21 @@ class NoiseSchedule:
         pairs = self.inference_timesteps(sampler, steps, int(noise[0, 0].numel()))
         if start_t is not None:
             pairs = [(t, tn) for t, tn in pairs if t <= start_t]
+        # each step: (t, t_next, the timestep to jump back to after it, or None)
+        steps_run: list[tuple[int, int, int | None]] = [(t, tn, None) for t, tn in pairs]
+        if resample is not None and int(resample[1]) > 1:
+            jump, count = (int(v) for v in resample)
+            if jump < 1:
+                raise ValueError(f"resample jump length must be >= 1, got {jump}")
+            steps_run = []
+            for i in range(0, len(pairs), jump):
+                block = pairs[i : i + jump]
+                for r in range(count):
+                    steps_run += [(t, tn, None) for t, tn in block[:-1]]
+                    steps_run.append((*block[-1], block[0][0] if r < count - 1 else None))
         x = noise.float()
-        for t, t_next in tqdm(pairs, desc=f"{sampler} sampling", disable=None if progress else True, leave=False):
+        bar = tqdm(steps_run, desc=f"{sampler} sampling", disable=None if progress else True, leave=False)
+        for t, t_next, back in bar:
             if step_hook is not None:
                 x = step_hook(x, t).float()
             t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
@@ -324,4 +374,6 @@ class NoiseSchedule:
                 x = self.ddim.step(out, t, x, eta=eta, generator=generator)[0]
             else:
                 x = self.rflow.step(out, t, x, t_next)[0]
+            if back is not None:
+                x = self.renoise(x, t_next, back, generator)
         return step_hook(x, -1).float() if step_hook is not None else x

@@ -223,6 +223,7 @@ class Scored:
     settings: Any
     block: tuple[int, ...]
     info: dict
+    resample: tuple[int, int] | None = None
 
     def key(self, method: str) -> str:
         """This checkpoint's method name in the report (``edit`` or ``edit:NAME``)."""
@@ -255,7 +256,7 @@ def fidelity_case(
     first = None
     kept = []
     for sc, synth in zip(scored, pasted):
-        result = edit_scan(sc.model, image, labels, region, sc.settings, seed, sc.block)
+        result = edit_scan(sc.model, image, labels, region, sc.settings, seed, sc.block, resample=sc.resample)
         first = result if first is None else first
         fills[sc.key("edit")] = result.image
         fills[sc.key("pasted")] = _composite(region.alpha, synth, image)
@@ -294,7 +295,8 @@ def markdown(report: dict) -> str:
         "",
         f"Checkpoint(s) {', '.join(f'`{v}`' for v in report['checkpoints'].values())}; "
         f"{report['n_subjects']} held-out subject(s), seeds "
-        f"{report['seeds']}, margin {report['margin_mm']} mm, sampler {report['sampler']}. Mean ± std over "
+        f"{report['seeds']}, margin {report['margin_mm']} mm, sampler {report['sampler']}"
+        f"{', RePaint resampling ' + str(report['resample']) if report.get('resample') else ''}. Mean ± std over "
         "subjects and seeds; SSIM/PSNR/MSE inside the hidden region on [0, 1] images; seam ratio at its boundary "
         "(1 = no step; the truth's own ratio in brackets).",
         "",
@@ -380,7 +382,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         model = load_checkpoint(path, device, compile=False)
         info = model.hparams.get("data_info") or {}
         settings = model.sampler_defaults.resolve(None, args.steps, None)
-        scored.append(Scored(name, path, model, settings, tuple(model.block_size or info.get("block_size")), info))
+        block = tuple(model.block_size or info.get("block_size"))
+        resample = (args.jump_length, args.resample) if args.resample > 1 else None
+        scored.append(Scored(name, path, model, settings, block, info, resample))
     nc = scored[0].model.label_nc
     if any(sc.model.label_nc != nc for sc in scored):
         raise DataError("the --ckpt checkpoints have different numbers of classes; compare models of one dataset")
@@ -428,6 +432,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "seeds": list(args.seeds),
         "margin_mm": args.margin_mm,
         "sampler": scored[0].settings.record(),
+        "resample": {"jump_length": args.jump_length, "count": args.resample} if args.resample > 1 else None,
         "data_range": list(data_range),
         "cases": cases,
         "table": _table(cases, methods),
@@ -498,7 +503,9 @@ def _adherence(scored, args, image, labels, affine, edits, nc, sid) -> dict:  # 
     d_own = region_dice(pred_orig, labels, region.mask, classes)
     out = {k: {"unedited": d_un[k], "unedited_own": d_own[k]} for k in d_un}
     for sc in scored:
-        result = edit_scan(sc.model, image, edited, region, sc.settings, args.seeds[0], sc.block).image
+        result = edit_scan(
+            sc.model, image, edited, region, sc.settings, args.seeds[0], sc.block, resample=sc.resample
+        ).image
         d_edit = region_dice(_segment(seg, result, rng, window), edited, region.mask, classes)
         for k in out:
             out[k][sc.key("edited")] = d_edit[k]
@@ -527,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--margin-mm", type=float_in(0, None), default=0.0, help="edit margin around the hidden region")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--resample", type=positive_int, default=1, metavar="R", help="edits: RePaint resampling count")
+    p.add_argument("--jump-length", type=positive_int, default=3, metavar="J", help="edits: resampling jump length")
     p.add_argument("--data-range", type=finite_float, nargs=2, default=None, help="LO HI of the images' units")
     p.add_argument("--segmenter", type=Path, default=None, help="real-trained segmenter for adherence")
     p.add_argument("--grow", action="append", default=[], metavar="K:MM", help="adherence edit (repeatable)")

@@ -8,9 +8,11 @@
 
 The edit region is where the edited map differs from ``--labels`` (plus ``--region`` when given), grown by
 ``--margin-mm`` (world millimetres, whatever the voxel size and orientation). It is regenerated on the stage-2 model's
-one sampling path with the real scan's noised latent imposed outside it at every step (RePaint-style), decoded with
-the edited map and composited over a feathered band: outside the region the output holds the input file's stored
-voxels bit for bit (same dtype and scaling: HU untouched). Only the windows around the region are computed.
+one sampling path with the real scan's noised latent imposed outside it at every step (RePaint-style; with
+``--resample R`` each block of ``--jump-length`` steps is run R times, forward-noised back in between, at R times the
+cost), decoded with the edited map and composited over a feathered band: outside the region the output holds the
+input file's stored voxels bit for bit (same dtype and scaling: HU untouched). Only the windows around the region are
+computed.
 
 Label edits in mm (repeatable, applied in the order grow, shrink, replace, insert; ``--within MASK`` limits grow,
 shrink and replace to a region): ``--grow K:MM``, ``--shrink K:MM``, ``--replace A:B``,
@@ -80,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("ddpm", "ddim", "rflow"), default=None, help="default: the checkpoint's")
     p.add_argument("--guidance", type=float_in(0, None), default=None, help="guidance w (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same output")
+    p.add_argument(
+        "--resample",
+        type=positive_int,
+        default=1,
+        metavar="R",
+        help="RePaint resampling: run each block of --jump-length steps R times, forward-noising back in between "
+        "(R times the cost; 1: off)",
+    )
+    p.add_argument("--jump-length", type=positive_int, default=3, metavar="J", help="steps per resampled block")
     p.add_argument("--window", choices=WINDOW_MODES, default="auto", help="denoising windows, as generate.py")
     p.add_argument(
         "--overlap", type=float_in(0, 1, hi_open=True), default=0.5, help="window overlap along tiled axes, in [0, 1)"
@@ -213,6 +224,7 @@ def command(args: argparse.Namespace, argv: list[str]) -> None:
             window_mode=args.window,
             overlap=args.overlap,
             progress=True,
+            resample=(args.jump_length, args.resample) if args.resample > 1 else None,
         )
         # every file is finished in a staging folder first, then moved in: a killed run leaves the old set whole
         staging = claimed.staging("edit")

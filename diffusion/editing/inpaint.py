@@ -133,6 +133,7 @@ def edit_scan(
     overlap: float = 0.5,
     context: Sequence[int] | None = None,
     progress: bool = False,
+    resample: tuple[int, int] | None = None,
 ) -> EditResult:
     """Regenerate ``region`` of a real scan under the edited label map (module docstring).
 
@@ -146,6 +147,9 @@ def edit_scan(
         block: training block (D, H, W) in image voxels.
         window_mode, overlap: as for generation.
         context: image voxels of context around the region's bounding box per axis (default: half the block).
+        resample: RePaint's resampling jumps (jump length, count): blocks of steps re-run ``count`` times after
+            forward-noising back (:meth:`diffusion.schedulers.NoiseSchedule.sample`); ``count`` times the
+            denoiser evaluations. None: none.
 
     Returns:
         :class:`EditResult`.
@@ -180,6 +184,7 @@ def edit_scan(
         return_latents=True,
         step_hook=known,
         inpaint=given,
+        resample=resample,
     )
     window = latent_window(work, factor, block, window_mode, DEFAULT_MAX_PLANE, net.size_multiple)
     spade = model.first_stage.decoder_type == "spade"
@@ -212,6 +217,8 @@ def edit_scan(
             "windows_total": n_total,
             "forward_noise_steps": known.calls,
             "inpaint_inputs": trained,
+            "resample": {"jump_length": int(resample[0]), "count": int(resample[1])} if resample else None,
+            "sampler_steps_run": known.calls - 1,
         },
     )
 

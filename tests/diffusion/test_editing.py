@@ -187,3 +187,65 @@ def test_step_hook_sees_every_step_and_the_clean_end(objective: str, sampler: st
     out = sched.sample(denoise, noise, sampler, steps, generator=torch.Generator().manual_seed(1), step_hook=known)
     assert torch.equal(out[:, :, ~free], z0[:, :, ~free]) and not torch.equal(out[:, :, free], z0[:, :, free])
     assert known.calls == len(seen)
+
+
+@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddim"), ("ddpm", "ddpm"), ("rflow", "rflow")])
+def test_resampling_jumps_rerun_each_block_and_keep_the_known_latent(objective: str, sampler: str) -> None:
+    import torch
+
+    from diffusion.editing.inpaint import KnownLatent
+    from diffusion.schedulers import NoiseSchedule
+
+    sched = NoiseSchedule(objective, 20, prediction_type="v_prediction" if objective == "rflow" else "epsilon")
+    steps = None if sampler == "ddpm" else 5
+    noise = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    ts = [t for t, _ in sched.inference_timesteps(sampler, steps, 64)]
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 0.1 * x
+
+    def run(resample: tuple[int, int] | None, hook=None) -> torch.Tensor:  # noqa: ANN001
+        gen = torch.Generator().manual_seed(1)
+        return sched.sample(denoise, noise, sampler, steps, generator=gen, step_hook=hook, resample=resample)
+
+    assert torch.equal(run(None), run((2, 1)))  # one pass per block: the plain sampler, bit for bit
+    seen: list[int] = []
+
+    def record(x: torch.Tensor, t: int) -> torch.Tensor:
+        seen.append(t)
+        return x
+
+    out = run((2, 3), record)
+    expected = [t for i in range(0, len(ts), 2) for _ in range(3) for t in ts[i : i + 2]] + [-1]
+    assert seen == expected  # each block of 2 steps three times, then the clean end: the cost is 3x
+    assert not torch.equal(out, run(None))
+    z0 = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    free = torch.zeros(4, 4, 4, dtype=torch.bool)
+    free[1:3, 1:3, 1:3] = True
+    known = KnownLatent(z0, free, sched, torch.Generator().manual_seed(3))
+    out = run((2, 3), known)
+    assert torch.equal(out[:, :, ~free], z0[:, :, ~free]) and not torch.equal(out[:, :, free], z0[:, :, free])
+    assert known.calls == len(expected)
+    with pytest.raises(ValueError, match="jump length"):
+        run((0, 2))
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "rflow"])
+def test_renoise_draws_the_forward_process_between_two_levels(objective: str) -> None:
+    """x at level s, re-noised to t, has the moments of add_noise(x0, ., t): known answers on a constant x0."""
+    import torch
+
+    from diffusion.schedulers import NoiseSchedule
+
+    sched = NoiseSchedule(objective, 100, prediction_type="v_prediction" if objective == "rflow" else "epsilon")
+    x0 = torch.full((1, 1, 64, 64, 64), 2.0)
+    g = torch.Generator().manual_seed(0)
+    clean = -1 if objective == "ddpm" else 0
+    for s, t in ((30, 70), (clean, 50), (40, 40), (60, 99)):
+        x_s = x0 if s == clean else sched.add_noise(x0, torch.randn(x0.shape, generator=g), torch.tensor([s]))
+        x_t = sched.renoise(x_s, s, t, g)
+        want = sched.add_noise(x0, torch.randn(x0.shape, generator=g), torch.tensor([t]))
+        assert float(x_t.mean()) == pytest.approx(float(want.mean()), abs=0.01)
+        assert float(x_t.std()) == pytest.approx(float(want.std()), abs=0.01)
+    with pytest.raises(ValueError, match="noisier"):
+        sched.renoise(x0, 70, 30)

@@ -200,6 +200,37 @@ def test_an_inpaint_inputs_checkpoint_sees_the_real_latent_and_keeps_the_file(
     assert (raw_out[region == 1] != raw_in[region == 1]).any()
 
 
+def test_resampling_jumps_cost_what_they_say_and_keep_the_file(
+    tiny_model: TinyModel, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--resample 3 --jump-length 1``: every step three times (denoiser calls counted), preservation exact."""
+    from diffusion.denoiser_base import Denoiser
+
+    calls = {"n": 0}
+    forward = Denoiser.forward
+
+    def counting(self: Denoiser, *args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "forward", counting)
+    edit = ("--edited", str(inputs["edited"]), "--margin-mm", "3.1")
+    assert cli(tiny_model, inputs, tmp_path / "plain", *edit) == 0
+    plain = calls["n"]
+    calls["n"] = 0
+    assert cli(tiny_model, inputs, tmp_path / "jumps", *edit, "--resample", "3", "--jump-length", "1") == 0
+    assert plain > 0 and calls["n"] == 3 * plain
+    rec = json.loads((tmp_path / "jumps" / "generation.json").read_text())
+    assert rec["resample"] == {"jump_length": 1, "count": 3} and rec["sampler_steps_run"] == 3 * 2
+    assert json.loads((tmp_path / "plain" / "generation.json").read_text())["resample"] is None
+    src, res = nib.load(inputs["image"]), nib.load(tmp_path / "jumps" / "edited.nii.gz")
+    raw_in, raw_out = np.asarray(src.dataobj.get_unscaled()), np.asarray(res.dataobj.get_unscaled())
+    region = np.asarray(nib.load(tmp_path / "jumps" / "region.nii.gz").dataobj)
+    assert np.array_equal(raw_out[region == 0], raw_in[region == 0])
+    plain_out = np.asarray(nib.load(tmp_path / "plain" / "edited.nii.gz").dataobj.get_unscaled())
+    assert not np.array_equal(raw_out[region == 1], plain_out[region == 1])  # the jumps changed the sample
+
+
 def test_run_record_montage_and_overwrite(tiny_model: TinyModel, edit_run: Path, inputs: dict[str, Path]) -> None:
     rec = json.loads((edit_run / "generation.json").read_text())
     assert rec["producer"] == "med-lsdm" and rec["command"] == "edit"
@@ -428,9 +459,10 @@ def test_edit_metrics_scores_several_checkpoints_in_one_table(
     common = ["--images", str(images), "--labels", str(labels), "--radii-mm", "3", "--seeds", "0", "--steps", "2",
               "--data-range", "-1", "1", "--device", "cpu"]  # fmt: skip
     argv = ["--ckpt", f"plain={tiny_model.diffusion}", "--ckpt", f"inpaint={tiny_inpaint_model.diffusion}",
-            "--out", str(out), *common]  # fmt: skip
+            "--out", str(out), "--resample", "2", "--jump-length", "1", *common]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
+    assert report["resample"] == {"jump_length": 1, "count": 2}
     methods = ["edit:plain", "pasted:plain", "edit:inpaint", "pasted:inpaint", "smoothed"]
     assert report["methods"] == methods
     assert report["checkpoints"] == {"plain": str(tiny_model.diffusion), "inpaint": str(tiny_inpaint_model.diffusion)}
