@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dataset.contract import DataError, one_hot
+from dataset.label_augment import LabelAugment, augment_training_maps
 from dataset.registry import plain_data_info
 from diffusion.base import LatentDiffusionBase
 from diffusion.guidance import combine
@@ -180,6 +181,8 @@ class LabelLatentDiffusion(LatentDiffusionBase):
         p_drop_attribute: probability of dropping each attribute independently in training (``p_uncond`` drops
             all of them: the unconditional case).
         stats_batches: training batches read at fit start for the latent and attribute statistics.
+        label_augment: seeded spatial augmentation of the training maps (:class:`dataset.label_augment.LabelAugment`
+            fields), or None for none; the attributes are measured on the augmented map (:meth:`training_inputs`).
         objective, num_train_timesteps, schedule, prediction_type, loss_type, clip_sample, rflow_sample_method,
             p_uncond, guidance, sampler, sample_steps, ddim_eta, latent_norm_per_channel, lr, betas, weight_decay,
             ema_decay, ema_update_every, ema_start_step, val_seed: shared with stage 2, see
@@ -211,6 +214,7 @@ class LabelLatentDiffusion(LatentDiffusionBase):
         ddim_eta: float = 0.0,
         latent_norm_per_channel: bool = True,
         stats_batches: int = 8,
+        label_augment: Mapping[str, Any] | None = None,
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -223,6 +227,8 @@ class LabelLatentDiffusion(LatentDiffusionBase):
         self.save_hyperparameters()
         # plain, checked data (a label table file's contents, not its path): generate_labels writes the user's ids
         self.hparams["data_info"] = plain_data_info(data_info)
+        self.label_augment = LabelAugment.from_config(label_augment)
+        self.hparams["label_augment"] = self.label_augment.as_dict() if self.label_augment else None
         if len(class_names) != label_nc:
             raise ValueError(f"class_names has {len(class_names)} names, label_nc is {label_nc}")
         unknown = [c for c in centroid_classes if c not in list(class_names)[1:]]
@@ -338,11 +344,17 @@ class LabelLatentDiffusion(LatentDiffusionBase):
         keep &= (torch.rand(batch, 1, device=self.device, generator=generator) >= hp.p_uncond).expand(-1, num)
         return keep.float()
 
+    def training_inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's maps (B, 1, D, H, W), augmented when ``label_augment`` is set, and their raw
+        attributes (B, A): measured on the augmented maps, so the condition describes the map the model learns."""
+        label = augment_training_maps(batch, self.label_augment, self.global_step, self.global_rank)
+        return label, self.attributes_of(label, batch["affine"])
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss on ``{"label": (B, 1, D, H, W) int64, "affine": (B, 4, 4), ...}`` (images are not used)."""
-        label = batch["label"]
+        label, raw = self.training_inputs(batch)
         z0 = self.encode_labels(label)
-        values = self.normalize_attributes(self.attributes_of(label, batch["affine"]))
+        values = self.normalize_attributes(raw)
         mask = self.drop_mask(*values.shape)
         loss = self._loss(self.denoiser, z0, (values, mask), None)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=z0.shape[0])

@@ -32,6 +32,7 @@ from torch import nn
 
 from dataset.contract import one_hot
 from dataset.dice import per_class_dice
+from dataset.label_augment import LabelAugment, augment_training_maps
 from dataset.registry import plain_data_info
 from vq_gan_3d.blocks import SamePadConv3d
 from vq_gan_3d.decoder import Decoder3D
@@ -67,6 +68,8 @@ class LabelAutoencoder(pl.LightningModule):
         block_size: (D, H, W) of the training blocks (``${dataset.block_size}``).
         data_info: the dataset config, stored in the checkpoint as plain data (not used in training):
             :func:`dataset.registry.plain_data_info`, a label table file's contents, not its path, no ``_target_``.
+        label_augment: seeded spatial augmentation of the training maps (:class:`dataset.label_augment.LabelAugment`
+            fields), or None for none. Training only: validation sees the maps as they are.
     """
 
     def __init__(
@@ -84,11 +87,14 @@ class LabelAutoencoder(pl.LightningModule):
         class_names: Sequence[str] | None = None,
         block_size: Sequence[int] | None = None,
         data_info: dict | None = None,
+        label_augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # as the other stages: a checkpoint holds checked data only (the table's ids and names, never a file path)
         self.hparams["data_info"] = plain_data_info(data_info)
+        self.label_augment = LabelAugment.from_config(label_augment)
+        self.hparams["label_augment"] = self.label_augment.as_dict() if self.label_augment else None
         if not isinstance(label_nc, int) or label_nc < 2:
             raise ValueError(f"label_nc must be an int >= 2, got {label_nc!r}")
         if latent_channels < 1 or kl_weight < 0 or dice_weight < 0 or lr <= 0:
@@ -141,9 +147,11 @@ class LabelAutoencoder(pl.LightningModule):
         return {"loss": rec + self.hparams.kl_weight * kl, "ce_dice": rec, "kl": kl}, logits
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Loss of one batch ``{"label": (B, 1, D, H, W) int64, ...}`` (images are not used)."""
-        losses, _ = self._losses(batch["label"], sample=True)
-        n = batch["label"].shape[0]
+        """Loss of one batch ``{"label": (B, 1, D, H, W) int64, "affine": (B, 4, 4), ...}`` (images are not used);
+        the maps are augmented first when ``label_augment`` is set."""
+        label = augment_training_maps(batch, self.label_augment, self.global_step, self.global_rank)
+        losses, _ = self._losses(label, sample=True)
+        n = label.shape[0]
         self.log("train/loss", losses["loss"], on_step=True, prog_bar=True, batch_size=n)
         self.log_dict({"train/ce_dice": losses["ce_dice"], "train/kl": losses["kl"]}, on_step=True, batch_size=n)
         return losses["loss"]

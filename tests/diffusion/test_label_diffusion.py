@@ -141,3 +141,19 @@ def test_statistics_are_required_before_sampling() -> None:
     values, mask = model.condition({})
     with pytest.raises(RuntimeError, match="statistics"):
         model.sample_latents(values, mask)
+
+
+def test_training_attributes_are_measured_on_the_augmented_maps() -> None:
+    """The condition describes the map the model learns: attributes of the deformed map, not of the stored one."""
+    batch = phantoms(2)
+    plain = make_diffusion()
+    label, raw = plain.training_inputs(batch)
+    assert torch.equal(label, batch["label"])
+    assert torch.equal(raw, plain.attributes_of(batch["label"], batch["affine"]))
+    augment = {"p": 1.0, "degrees": 10.0, "scales": 0.1, "translation_mm": 3.0, "seed": 2}
+    model = make_diffusion(label_augment=augment)
+    assert model.hparams.label_augment["scales"] == 0.1  # stored as plain data with the defaults filled in
+    label, raw = model.training_inputs(batch)
+    assert not torch.equal(label, batch["label"])
+    assert torch.equal(raw, model.attributes_of(label, batch["affine"]))
+    assert not torch.allclose(raw, plain.attributes_of(batch["label"], batch["affine"]))

@@ -74,3 +74,16 @@ def test_stored_data_info_holds_the_label_table_as_data(tmp_path: Path) -> None:
     assert stored["label_table"]["remap"] == [[0, 0], [7, 1], [42, 2], [117, 3]]
     assert stored["label_table"]["classes"] == list(NAMES)
     assert "datamodule" not in stored
+
+
+def test_autoencoder_trains_on_augmented_maps_only_when_asked() -> None:
+    batch = phantoms(2)
+    losses = {}
+    for name, augment in (("plain", None), ("augmented", {"p": 1.0, "degrees": 10.0, "seed": 0})):
+        torch.manual_seed(0)
+        model = LabelAutoencoder(4, n_hiddens=8, latent_channels=4, class_names=NAMES, label_augment=augment)
+        model.log = model.log_dict = lambda *a, **k: None  # no trainer attached
+        torch.manual_seed(1)
+        losses[name] = float(model.training_step(batch, 0))
+        assert architecture_hparams(model).keys() == architecture_hparams(tiny_ae()).keys()  # not architecture
+    assert losses["plain"] != losses["augmented"]
