@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class LabelAugment:
-    """Ranges of the label-map augmentation (module docstring); a model's ``label_augment`` config.
+    """Ranges of the label-map augmentation (module docstring); a model's ``label_augment`` config. The defaults
+    are the ranges :mod:`dataset.mni152` makes its subjects with.
 
     Args:
         p: probability that a map is augmented (otherwise it is passed through unchanged).
@@ -45,12 +46,12 @@ class LabelAugment:
         seed: base seed of the draws (configs pass the run's ``${seed}``).
     """
 
-    p: float = 0.8
-    degrees: float = 5.0
-    scales: float = 0.05
-    translation_mm: float = 3.0
-    elastic_control_points: int = 5
-    elastic_max_displacement_mm: float = 5.0
+    p: float = 1.0
+    degrees: float = 8.0
+    scales: float = 0.08
+    translation_mm: float = 4.0
+    elastic_control_points: int = 7
+    elastic_max_displacement_mm: float = 7.0
     seed: int = 0
 
     def __post_init__(self) -> None:
