@@ -92,6 +92,8 @@ class SPADEDecoder3D(nn.Module):
         checkpointing: activation checkpointing of every SPADE ResBlock (recomputed in the backward pass).
         lookup_max_mb: bound (MB) on one SPADE call's gamma/beta lookup tables; over it that call convolves
             (see :class:`vq_gan_3d.spade.SPADE`). None: no bound.
+        spade_recompute: every SPADE keeps only its (gamma, beta) and recomputes its hidden map in the backward
+            pass (:class:`vq_gan_3d.spade.SPADE`'s ``recompute``).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class SPADEDecoder3D(nn.Module):
         lookup: bool = True,
         checkpointing: bool = False,
         lookup_max_mb: float | None = None,
+        spade_recompute: bool = False,
     ) -> None:
         super().__init__()
         plan = _stage_plan(n_hiddens, upsample)
@@ -115,9 +118,12 @@ class SPADEDecoder3D(nn.Module):
         self.lookup = lookup
         self.first_norm = SPADE(
             self.in_channels, label_nc, spade_hidden, spade_kernel, num_groups, lookup=lookup,
-            lookup_max_mb=lookup_max_mb,
+            lookup_max_mb=lookup_max_mb, recompute=spade_recompute,
         )  # fmt: skip
-        args = (label_nc, spade_hidden, spade_kernel, num_groups, padding_type, lookup, checkpointing, lookup_max_mb)
+        args = (
+            label_nc, spade_hidden, spade_kernel, num_groups, padding_type, lookup, checkpointing, lookup_max_mb,
+            spade_recompute,
+        )  # fmt: skip
         self.stages = nn.ModuleList()
         for c_in, c_out, stride in plan:
             stage = nn.Module()

@@ -115,6 +115,9 @@ class VQGANModule(pl.LightningModule):
             (README, Speed and memory).
         spade_lookup_max_mb: bound (MB) on what one SPADE call's lookup tables may hold; a call over it
             convolves instead (same computation as the conv path). None: no bound.
+        spade_recompute: every SPADE keeps only its (gamma, beta) in training and recomputes its hidden map (or
+            lookup rows) in the backward pass: less memory for one more modulation per backward (README, Speed
+            and memory). Gradients equal the plain ones within fp32 round-off.
         ema_decay: codebook EMA decay (0.99).
         commitment_cost: commitment loss beta (0.25).
         restart_thres: dead-code restart threshold on the EMA count (1.0).
@@ -157,6 +160,7 @@ class VQGANModule(pl.LightningModule):
         spade_kernel: Sequence[int] = (1, 3, 3),
         spade_lookup: bool = True,
         spade_lookup_max_mb: float | None = None,
+        spade_recompute: bool = False,
         ema_decay: float = 0.99,
         commitment_cost: float = 0.25,
         restart_thres: float = 1.0,
@@ -199,7 +203,7 @@ class VQGANModule(pl.LightningModule):
             self.decoder = SPADEDecoder3D(
                 image_channels, n_hiddens, hp.downsample, label_nc, spade_hidden, hp.spade_kernel,
                 spade_num_groups, padding_type, lookup=spade_lookup, checkpointing=checkpointing,
-                lookup_max_mb=spade_lookup_max_mb,
+                lookup_max_mb=spade_lookup_max_mb, spade_recompute=spade_recompute,
             )  # fmt: skip
         else:
             self.decoder = Decoder3D(

@@ -97,6 +97,10 @@ class SPADE(nn.Module):
             ``mlp_gamma_beta`` (faster for narrow SPADEs).
         lookup_max_mb: bound (MB) on what one call's gamma/beta lookup may hold (:func:`lookup_bytes`); a call
             over it convolves the hidden map instead. None: no bound.
+        recompute: in training, keep only (gamma, beta) and recompute the hidden map (or the lookup's gathered
+            rows) in the backward pass (``torch.utils.checkpoint``): the hidden map is ``hidden`` channels at the
+            features' resolution, so this frees most of what a SPADE holds for one more modulation per backward.
+            Same values; gradients equal within fp32 round-off.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class SPADE(nn.Module):
         eps: float = 1e-5,
         lookup: bool = True,
         lookup_max_mb: float | None = None,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         kernel = tuple(int(k) for k in kernel)
@@ -124,6 +129,7 @@ class SPADE(nn.Module):
         self.label_nc = label_nc
         self.norm_channels = norm_channels
         self.lookup = lookup
+        self.recompute = recompute
         self.lookup_max_bytes = None if lookup_max_mb is None else lookup_max_mb * 2**20
         self.norm = nn.GroupNorm(group_count(norm_channels, num_groups), norm_channels, eps=eps, affine=False)
         self.mlp_shared = nn.Sequential(nn.Conv3d(label_nc, hidden, kernel, padding=padding), nn.ReLU())
@@ -213,11 +219,23 @@ class SPADE(nn.Module):
             hit = cache.get(key)
             if hit is not None and hit[0] is seg:
                 return hit[1], hit[2]
+        if self.recompute and torch.is_grad_enabled():
+            scale, beta = torch.utils.checkpoint.checkpoint(
+                self._modulation, seg, size, dtype, use_reentrant=False
+            )  # fmt: skip
+        else:
+            scale, beta = self._modulation(seg, size, dtype)
+        return self._store(seg, key, scale, beta)
+
+    def _modulation(
+        self, seg: torch.Tensor, size: torch.Size | tuple[int, ...], dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`modulation` without the cache: ``(1 + gamma, beta)``, each (B, C, d, h, w)."""
         c = self.norm_channels
         if self.lookup and not seg.is_floating_point():
             labels = resize_labels(seg[:, 0] if seg.dim() == 5 else seg, size)
             gamma, beta = self._lookup_gamma_beta(labels).to(dtype).chunk(2, dim=1)
-            return self._store(seg, key, 1 + gamma, beta)
+            return 1 + gamma, beta
         actv = self.hidden_map(seg, size, dtype)
         wgt, bias = self.mlp_gamma_beta.weight, self.mlp_gamma_beta.bias
         if self.lookup:
@@ -226,7 +244,7 @@ class SPADE(nn.Module):
             pad = self.mlp_gamma_beta.padding
             gamma = F.conv3d(actv, wgt[:c], bias[:c], padding=pad)
             beta = F.conv3d(actv, wgt[c:], bias[c:], padding=pad)
-        return self._store(seg, key, 1 + gamma, beta)
+        return 1 + gamma, beta
 
     def _store(
         self, seg: torch.Tensor, key: tuple | None, scale: torch.Tensor, beta: torch.Tensor
@@ -359,6 +377,7 @@ class SPADEResBlock3D(nn.Module):
         num_groups: SPADE GroupNorm groups.
         padding_type: ``F.pad`` mode of the 3x3x3 convs.
         lookup, lookup_max_mb: see :class:`SPADE`.
+        spade_recompute: :class:`SPADE`'s ``recompute`` (its hidden maps recomputed in the backward pass).
         checkpointing: recompute the block's activations in the backward pass instead of storing them
             (``torch.utils.checkpoint``, training with gradients only).
     """
@@ -375,10 +394,11 @@ class SPADEResBlock3D(nn.Module):
         lookup: bool = True,
         checkpointing: bool = False,
         lookup_max_mb: float | None = None,
+        spade_recompute: bool = False,
     ) -> None:
         super().__init__()
         self.checkpointing = checkpointing
-        spade = dict(lookup=lookup, lookup_max_mb=lookup_max_mb)
+        spade = dict(lookup=lookup, lookup_max_mb=lookup_max_mb, recompute=spade_recompute)
         self.norm1 = SPADE(in_channels, label_nc, spade_hidden, spade_kernel, num_groups, **spade)
         self.conv1 = SamePadConv3d(in_channels, out_channels, 3, padding_type=padding_type)
         self.norm2 = SPADE(out_channels, label_nc, spade_hidden, spade_kernel, num_groups, **spade)

@@ -353,12 +353,57 @@ def test_lookup_bound_must_be_a_non_negative_number(max_mb) -> None:
         SPADE(2, 3, lookup_max_mb=max_mb)
 
 
-def test_vqgan_bound_reaches_every_spade() -> None:
+def test_vqgan_bound_and_recompute_reach_every_spade() -> None:
     from vq_gan_3d.module import VQGANModule
 
     model = VQGANModule(
         label_nc=3, decoder="spade", n_hiddens=4, downsample=[2, 2, 2], n_codes=8, spade_hidden=4,
-        perceptual_weight=0.0, disc_channels=4, disc_layers=1, spade_lookup_max_mb=2.5,
+        perceptual_weight=0.0, disc_channels=4, disc_layers=1, spade_lookup_max_mb=2.5, spade_recompute=True,
     )  # fmt: skip
-    bounds = [m.lookup_max_bytes for m in model.modules() if isinstance(m, SPADE)]
-    assert len(bounds) > 2 and set(bounds) == {2.5 * 2**20}
+    spades = [m for m in model.modules() if isinstance(m, SPADE)]
+    assert len(spades) > 2 and {m.lookup_max_bytes for m in spades} == {2.5 * 2**20}
+    assert all(m.recompute for m in spades)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for the backward while ``fn()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("lookup", [True, False])
+def test_recompute_gives_the_same_output_and_gradients_and_saves_less(lookup) -> None:
+    # The recomputed modulation runs the same ops on the same inputs, so output and gradients are bit-identical;
+    # what autograd keeps shrinks to (gamma, beta) plus the inputs: no hidden map, no lookup rows.
+    torch.manual_seed(11)
+    k = 5
+    plain = SPADE(6, k, hidden=16, num_groups=2, lookup=lookup)
+    lean = SPADE(6, k, hidden=16, num_groups=2, lookup=lookup, recompute=True)
+    lean.load_state_dict(plain.state_dict())
+    labels = _blocky_labels(2, k, (8, 12, 12))
+    seg = labels if lookup else _onehot(labels, k)
+    x = torch.randn(2, 6, 8, 12, 12)
+    outs, saved = [], []
+    for module in (plain, lean):
+        xx = x.clone().requires_grad_()
+        holder: dict[str, torch.Tensor] = {}
+        saved.append(_saved_bytes(lambda m=module, xx=xx: holder.update(y=m(xx, seg))))  # noqa: B023
+        y = holder["y"]
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xx.grad, [p.grad for p in module.parameters()]))
+    (ya, gxa, gpa), (yb, gxb, gpb) = outs
+    assert torch.equal(ya, yb)
+    for a, b in zip([gxa, *gpa], [gxb, *gpb]):
+        assert torch.equal(a, b)
+    hidden_map_bytes = 2 * 16 * 8 * 12 * 12 * 4
+    assert saved[1] + hidden_map_bytes <= saved[0]
+    with torch.no_grad():  # no graph, nothing to recompute: the plain path
+        torch.testing.assert_close(lean(x, seg), ya, rtol=0, atol=0)
+

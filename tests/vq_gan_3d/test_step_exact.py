@@ -144,13 +144,25 @@ def test_discriminator_adam_does_not_step_before_warm_up() -> None:
     assert probe.checked == 1  # the first GAN batch's update is a fresh Adam's first update, bit for bit
 
 
-@pytest.mark.parametrize("decoder", ["normal", "spade"])
-def test_checkpointing_matches_plain_within_round_off(decoder: str) -> None:
+@pytest.mark.parametrize(
+    ("decoder", "lean"),
+    [
+        ("normal", {"checkpointing": True}),
+        ("spade", {"checkpointing": True}),
+        ("spade", {"spade_recompute": True}),
+        ("spade", {"checkpointing": True, "spade_recompute": True}),
+    ],
+    ids=["normal-ckpt", "spade-ckpt", "spade-recompute", "spade-both"],
+)
+def test_checkpointing_matches_plain_within_round_off(decoder: str, lean: dict) -> None:
     torch.manual_seed(4)
     plain = tiny_model(decoder=decoder, discriminator_iter_start=0, gradient_clip_val=None)
-    ckpt = VQGANModule(**{**dict(plain.hparams), "checkpointing": True})
+    ckpt = VQGANModule(**{**dict(plain.hparams), **lean})
     ckpt.load_state_dict(plain.state_dict())
-    assert sum(getattr(m, "checkpointing", False) is True for m in ckpt.modules()) >= 6
+    if lean.get("checkpointing"):
+        assert sum(getattr(m, "checkpointing", False) is True for m in ckpt.modules()) >= 6
+    if lean.get("spade_recompute"):
+        assert sum(getattr(m, "recompute", False) is True for m in ckpt.modules()) >= 5
     results = []
     for model in (plain, ckpt):
         model.train()
