@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     g("--config-dir", type=Path, help="your config folder holding dataset/<--dataset>.yaml")
     g("--class-tables", nargs="+", choices=("table", "raw"), help="with --dataset: its label table as configured "
       "and/or raw ids (each id up to the largest a one-hot channel); each model once per table and round")  # fmt: skip
-    g("--rounds", type=positive_int, default=1, help="measurements per row, class tables alternated")
+    g("--rounds", type=positive_int, default=1, help="measurements per row, class tables and variants alternated")
+    g("--variants", nargs="+", metavar="NAME:KEY=VALUE,...", help="VQ-GAN models only: each model once per variant "
+      "of its arguments, alternated, e.g. lookup: conv:spade_lookup=false lean:checkpointing=true,spade_recompute=true"
+      " (an empty list = the config as it is)")  # fmt: skip
     g = p.add_argument_group("sampling (trained checkpoints)").add_argument
     g("--ckpt", nargs="+", metavar="[NAME=]CKPT", help="stage-2 checkpoints (a teacher, its students)")
     g("--samplers", nargs="+", type=parse_sampler, help="[CKPT=]ddpm, ddim:N, rflow:N; CKPT= for one checkpoint only "
@@ -95,6 +98,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, key, None) is None:
             setattr(args, key, values[int(args.quick)])
     check_unique(args.seeds, "--seeds")
+    args.variants = parse_variants(args.variants or [], args.models)
     if args.dataset and args.sizes:
         raise DataError("--dataset: its volumes are the training data and their shape the size (no --sizes)")
     if args.class_tables and not args.dataset:
@@ -119,6 +123,36 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError(f"--samplers {unknown[0]}=...: no --ckpt of that name")
     if args.segmenter is not None and not (args.segmenter.is_file() and is_our_checkpoint(args.segmenter)):
         raise DataError(f"--segmenter {args.segmenter}: not a segmenter checkpoint (evaluation/segmentation.py)")
+
+
+def parse_variants(items: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+    """``--variants NAME:KEY=VALUE,...`` -> {name: VQGANModule arguments}, values read as YAML scalars; DataError for
+    a repeated name, an argument VQGANModule does not take, or a model that is not a VQ-GAN."""
+    import inspect
+
+    import yaml
+
+    from vq_gan_3d.module import VQGANModule
+
+    if not items:
+        return {}
+    if others := [m for m in models if common.MODELS[m].stage != "vqgan"]:
+        raise DataError(f"--variants change VQ-GAN arguments; --models {others[0]} is not a VQ-GAN (pick VQ-GANs)")
+    known = set(inspect.signature(VQGANModule.__init__).parameters) - {"self"}
+    variants: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, spec = item.partition(":")
+        if not sep or not name:
+            raise DataError(f"--variants {item!r}: expected NAME:KEY=VALUE,... (NAME: for the config as it is)")
+        if name in variants:
+            raise DataError(f"--variants: {name!r} given twice")
+        variants[name] = {}
+        for pair in filter(None, spec.split(",")):
+            key, eq, value = pair.partition("=")
+            if not eq or key not in known:
+                raise DataError(f"--variants {name}: {pair!r} is not KEY=VALUE with KEY a VQGANModule argument")
+            variants[name][key] = yaml.safe_load(value)
+    return variants
 
 
 def read_report(path: Path) -> dict[str, Any] | None:

@@ -8,8 +8,10 @@ from typing import Any
 
 # table -> (dotted path of its rows, the fields that identify a row, columns: (header, dotted path, compared))
 TABLES: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str, bool]]]] = {
-    "training": ("training.results", ("model", "size", "classes"), [
+    "training": ("training.results", ("model", "size", "classes", "variant"), [
         ("model", "model", False), ("image", "size", False), ("classes", "classes", False),
+        ("variant", "variant", False), ("x first variant step", "vs_first_variant.step", False),
+        ("x first variant peak", "vs_first_variant.peak", False),
         ("latent", "latent", False), ("params (M)", "params_m", False), ("step s", "step_time_s.median", True),
         ("x first table", "vs_first_table", False), ("first step s", "first_step_s", False),
         ("peak MB", "memory.peak_mb", True), ("+MB", "memory.increase_mb", False)]),

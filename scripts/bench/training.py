@@ -59,14 +59,21 @@ class Setup:
         self.data: dict[str | None, build.Data] = args.class_data
         self.samples = {t: build.dataset_samples(d) for t, d in self.data.items()} if args.dataset else {}
 
-    def model(self, spec: ModelSpec, size: Sequence[int], table: str | None, compile: bool = False) -> Any:
-        """The model of ``spec`` and its config changes, with seeded weights (a fast path and its fp32 baseline start
-        from the same ones)."""
+    def model(
+        self,
+        spec: ModelSpec,
+        size: Sequence[int],
+        table: str | None,
+        compile: bool = False,
+        variant: str | None = None,
+    ) -> Any:
+        """The model of ``spec`` (with ``--variants``' arguments of ``variant``) and its config changes, with seeded
+        weights (a fast path and its fp32 baseline start from the same ones; so do the variants)."""
         torch.manual_seed(self.args.seeds[0])
         classes = {} if self.args.label_nc is None else {"label_nc": self.args.label_nc}
         data = self.data[table]
         if spec.stage == "vqgan":
-            return build.build_vqgan(spec.config, data, **classes)
+            return build.build_vqgan(spec.config, data, **classes, **self.args.variants.get(variant, {}))
         return build.build_diffusion(spec.config, spec.first_stage, size, data, compile=compile, **classes)
 
     def steps(self, model: Any, spec: ModelSpec, size: Sequence[int], table: str | None, precision: str) -> dict:
@@ -79,7 +86,7 @@ class Setup:
 
 def measure(setup: Setup, spec: ModelSpec, size: Sequence[int], row: dict[str, Any]) -> dict[str, Any]:
     """One more fp32 measurement of ``row`` (a fresh model): its step times pooled with the earlier rounds'."""
-    model, changes = setup.model(spec, size, row["classes"])
+    model, changes = setup.model(spec, size, row["classes"], variant=row["variant"])
     row.update(config_changes=changes, label_nc=int(model.hparams.label_nc), **build.describe(model, spec, size))
     if (why := build.validity_error(model, spec, size)) is not None:
         return {"status": "skipped", "reason": why}
@@ -91,16 +98,17 @@ def measure(setup: Setup, spec: ModelSpec, size: Sequence[int], row: dict[str, A
 
 
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Step time and peak memory of every ``--models`` model at every size under every class table (alternated
-    over ``--rounds``, each a fresh model, steps pooled), then its fast paths at the largest size measured."""
+    """Step time and peak memory of every ``--models`` model at every size under every class table and ``--variants``
+    entry (alternated over ``--rounds``, each a fresh model, steps pooled), then its fast paths at the largest size
+    measured."""
     memory = PeakMemory(device)
     setup, results, fast = Setup(args, device, memory), [], []
     shapes = {tuple(samples[0]["image"].shape[1:]) for samples in setup.samples.values()}
     for name in args.models:
         spec, prev = MODELS[name], None
         for size in sorted(shapes or args.sizes, key=math.prod):
-            rows = [{"model": name, "size": common.size_str(size), "classes": t, "voxels": math.prod(size)}
-                    for t in setup.data]  # fmt: skip
+            rows = [{"model": name, "size": common.size_str(size), "classes": t, "variant": v,
+                     "voxels": math.prod(size)} for t in setup.data for v in args.variants or [None]]  # fmt: skip
             results.extend(rows)
             n, reason = (args.warmup + args.repeats) * args.rounds, None
             if prev is not None:  # predicted from the last measured size, linear in voxels
@@ -114,11 +122,19 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
             for row in rows:
                 if reason is not None:
                     row.update(status="skipped", reason=reason)
-                if row["status"] == "ok" and len(rows) > 1 and rows[0]["status"] == "ok":
-                    row["vs_first_table"] = row["step_time_s"]["median"] / rows[0]["step_time_s"]["median"]
+                first_table = next(r for r in rows if r["variant"] == row["variant"])
+                first_variant = next(r for r in rows if r["classes"] == row["classes"])
+                if row["status"] == "ok" and len(setup.data) > 1 and first_table["status"] == "ok":
+                    row["vs_first_table"] = row["step_time_s"]["median"] / first_table["step_time_s"]["median"]
+                if row["status"] == "ok" and args.variants and first_variant["status"] == "ok":
+                    row["vs_first_variant"] = {
+                        "step": row["step_time_s"]["median"] / first_variant["step_time_s"]["median"],
+                        "peak": row["memory"]["peak_mb"] / first_variant["memory"]["peak_mb"],
+                    }
                 if row["status"] == "ok":
-                    log.info("training %s %s %s: %.3f s/step, peak %.0f MB", name, row["size"], row["classes"] or "",
-                             row["step_time_s"]["median"], row["memory"]["peak_mb"])  # fmt: skip
+                    log.info("training %s %s %s %s: %.3f s/step, peak %.0f MB", name, row["size"],
+                             row["classes"] or "", row["variant"] or "", row["step_time_s"]["median"],
+                             row["memory"]["peak_mb"])  # fmt: skip
                     prev = row
         if prev is not None:
             fast.extend(training_fast_paths(args, device, spec, prev, setup))

@@ -195,7 +195,8 @@ def test_out_folder_contract(tmp_path: Path) -> None:
      ["--sizes", "16x16"], ["--compare", "missing.json"], ["--compare", "not_a_report.json"],
      ["--ckpt", "not_a_report.json"], ["--samplers", "teacher=ddim:2"], ["--class-tables", "raw"],
      ["--sizes", "16", "--dataset", "x"], ["--dataset", "no_such_dataset"], ["--segmenter", "missing.pt"],
-     ["--device", "meta"]],
+     ["--device", "meta"], ["--variants", "a:spade_lookup=false", "--models", "diffusion_tiny"],
+     ["--variants", "a:no_such_arg=1"], ["--variants", "a:", "a:checkpointing=true"], ["--variants", "noname"]],
     ids=lambda e: " ".join(e),
 )  # fmt: skip
 def test_bad_input_is_refused_before_any_measurement(
@@ -497,3 +498,26 @@ def test_raw_ids_and_table_are_both_measured_for_both_stages(sparse_dataset: Pat
         assert len(raw["step_times_s"]) == 2  # two rounds of one timed step, pooled
         assert raw["vs_first_table"] == pytest.approx(raw["step_time_s"]["median"] / table["step_time_s"]["median"])
     assert "| x first table |" in (out / cli.SUMMARY).read_text()
+
+
+def test_variants_measure_each_vqgan_once_per_argument_set(tmp_path: Path) -> None:
+    out = tmp_path / "variants"
+    argv = ["--device", "cpu", "--quick", "--models", "vqgan_spade_tiny", "--sizes", "16", "--skip", "sampling",
+            "generation", "--warmup", "0", "--repeats", "1", "--no-compile", "--out", str(out), "--variants",
+            "plain:", "lean:spade_lookup=true,checkpointing=true,spade_recompute=true"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((out / cli.RECORD).read_text())
+    rows = {r["variant"]: r for r in report["training"]["results"]}
+    assert set(rows) == {"plain", "lean"} and all(r["status"] == "ok" for r in rows.values())
+    assert (
+        rows["lean"]["config_changes"] | {"checkpointing": True, "spade_recompute": True}
+        == rows["lean"]["config_changes"]
+    )
+    assert "spade_recompute" not in rows["plain"]["config_changes"]
+    lean, plain = rows["lean"], rows["plain"]
+    assert lean["vs_first_variant"]["step"] == pytest.approx(
+        lean["step_time_s"]["median"] / plain["step_time_s"]["median"]
+    )
+    assert lean["vs_first_variant"]["peak"] == pytest.approx(lean["memory"]["peak_mb"] / plain["memory"]["peak_mb"])
+    assert rows["plain"]["vs_first_variant"] == {"step": 1.0, "peak": 1.0}
+    assert "| variant | x first variant step | x first variant peak |" in (out / cli.SUMMARY).read_text()

@@ -406,4 +406,3 @@ def test_recompute_gives_the_same_output_and_gradients_and_saves_less(lookup) ->
     assert saved[1] + hidden_map_bytes <= saved[0]
     with torch.no_grad():  # no graph, nothing to recompute: the plain path
         torch.testing.assert_close(lean(x, seg), ya, rtol=0, atol=0)
-
