@@ -15,11 +15,12 @@ Two speed-ups keep the result of the plain formulation:
   patterns, so it is computed once per distinct such neighbourhood and gathered: no full-resolution hidden map
   exists. Equal to the convs up to summation order (bit-identical when every sum is exact, tested).
   The lookup's work grows with the number of distinct neighbourhoods, so with narrow SPADEs (few hidden
-  channels) the plain conv is faster: ``SPADE(..., lookup=False)`` convolves the one-hot map instead. So does
-  its memory: in training the gamma/beta lookup keeps one (U, hidden) row block per kernel offset for the
-  backward pass, U being the distinct neighbourhoods, which on a many-class map approaches the voxel count. With
-  ``lookup_max_mb`` a call whose tables would exceed the bound runs the gamma/beta conv over the (looked-up)
-  hidden map instead, the same computation as the conv path; below the bound nothing changes.
+  channels) the plain conv is faster: ``SPADE(..., lookup=False)`` convolves the one-hot map instead. The
+  gamma/beta lookup multiplies each of the R distinct hidden patterns by every kernel offset's weights once and
+  gathers one such product per offset for each of the U distinct neighbourhoods; it holds the (U, n_offsets)
+  pattern table and the (R + 1) * n_offsets products, both growing with the label map's variety (U approaches
+  the voxel count on a many-class map). With ``lookup_max_mb`` a call that would hold more runs the gamma/beta
+  conv over the (looked-up) hidden map instead, the conv path's computation; below the bound nothing changes.
 * **Fused gamma/beta.** The gamma and beta convs are one conv with ``2C`` outputs (``mlp_gamma_beta``).
 
 :func:`modulation_cache` reuses every SPADE's (gamma, beta) across calls with the same label tensor, for
@@ -189,18 +190,23 @@ class SPADE(nn.Module):
         table, inverse = self._lookup_table(labels)
         conv = self.mlp_gamma_beta
         patterns, inverse2 = _neighbourhoods(inverse, conv.kernel_size, conv.padding, fill=table.shape[0])
+        n_offsets, out_channels = patterns.shape[1], conv.out_channels
         if self.lookup_max_bytes is not None:
             need = lookup_bytes(
-                patterns.shape[0], patterns.shape[1], table.shape[1], conv.out_channels,
+                patterns.shape[0], table.shape[0], n_offsets, out_channels,
                 torch.is_grad_enabled() and table.requires_grad, table.element_size(),
             )  # fmt: skip
             if need > self.lookup_max_bytes:
                 return conv(F.embedding(inverse, table).permute(0, 4, 1, 2, 3))
-        rows = F.pad(table, (0, 0, 0, 1))  # row U: outside the grid, where the conv zero-pads the hidden map
-        weight = conv.weight.flatten(2)  # (2C, hidden, n_offsets)
-        out = conv.bias + F.embedding(patterns[:, 0], rows) @ weight[:, :, 0].t()
-        for o in range(1, patterns.shape[1]):
-            out = out + F.embedding(patterns[:, o], rows) @ weight[:, :, o].t()
+        rows = F.pad(table, (0, 0, 0, 1))  # row R: outside the grid, where the conv zero-pads the hidden map
+        # Every (hidden row, offset) product once: products[r * n_offsets + o] = rows[r] @ W[:, :, o].T, then one
+        # gathered product per offset and neighbourhood. Multiplying the R + 1 hidden rows before gathering the U
+        # neighbourhoods (U >= R) is fewer flops, and autograd keeps only the indices and rows for the backward.
+        weight = conv.weight.flatten(2).permute(1, 2, 0).reshape(rows.shape[1], n_offsets * out_channels)
+        products = (rows @ weight).view(-1, out_channels)  # ((R + 1) * n_offsets, 2C)
+        out = conv.bias + F.embedding(patterns[:, 0] * n_offsets, products)
+        for o in range(1, n_offsets):
+            out = out + F.embedding(patterns[:, o] * n_offsets + o, products)
         # gather channels-first: (2C, U) columns by voxel -> (2C, B, d, h, w), each channel plane contiguous
         b, d, h, w = inverse2.shape
         gathered = out.t().index_select(1, inverse2.flatten())
@@ -276,14 +282,14 @@ class SPADE(nn.Module):
         return self.norm(x) * scale + beta
 
 
-def lookup_bytes(unique: int, n_offsets: int, hidden: int, out_channels: int, grad: bool, itemsize: int) -> int:
-    """Bytes the gamma/beta lookup of one call holds over ``unique`` distinct hidden-pattern neighbourhoods.
+def lookup_bytes(unique: int, rows: int, n_offsets: int, out_channels: int, grad: bool, itemsize: int) -> int:
+    """Bytes the gamma/beta lookup of one call holds over ``unique`` neighbourhoods of ``rows`` hidden patterns.
 
-    The (U, n_offsets) int64 pattern table, the gathered (U, hidden) rows (one block per offset is kept for the
-    backward pass when ``grad``; without it two are alive at a time) and the (U, out_channels) result.
+    The (U, n_offsets) int64 pattern table, the ((rows + 1) * n_offsets, out_channels) products (twice with
+    ``grad``: their gradient in the backward pass), and the (U, out_channels) sum with one gathered term.
     """
-    blocks = n_offsets if grad else 2
-    return unique * (n_offsets * 8 + (blocks * hidden + out_channels) * itemsize)
+    products = (rows + 1) * n_offsets * out_channels * itemsize
+    return unique * n_offsets * 8 + products * (2 if grad else 1) + 2 * unique * out_channels * itemsize
 
 
 def _neighbourhoods(

@@ -279,13 +279,13 @@ def test_full_lookup_modulation_is_bit_identical_with_exact_weights(kernel) -> N
     assert torch.equal(by_lookup, by_conv)
 
 
-def test_lookup_bytes_counts_tables_and_saved_rows() -> None:
+def test_lookup_bytes_counts_tables_and_products() -> None:
     from vq_gan_3d.spade import lookup_bytes
 
-    # U = 10 neighbourhoods, 9 offsets, hidden 4, 2C = 6, fp32: patterns 10*9*8, rows 9 (grad) or 2 blocks of
-    # 10*4*4, result 10*6*4
-    assert lookup_bytes(10, 9, 4, 6, grad=True, itemsize=4) == 720 + 9 * 160 + 240
-    assert lookup_bytes(10, 9, 4, 6, grad=False, itemsize=4) == 720 + 2 * 160 + 240
+    # U = 10 neighbourhoods of R = 3 hidden patterns, 9 offsets, 2C = 6, fp32: patterns 10*9*8, products
+    # (3 + 1)*9*6*4 (twice with grad: their gradient), the sum and one gathered term 2*10*6*4
+    assert lookup_bytes(10, 3, 9, 6, grad=True, itemsize=4) == 720 + 2 * 864 + 480
+    assert lookup_bytes(10, 3, 9, 6, grad=False, itemsize=4) == 720 + 864 + 480
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -334,7 +334,9 @@ def test_lookup_bound_is_a_byte_threshold() -> None:
         table, inverse = spade._lookup_table(labels[:, 0])
         conv = spade.mlp_gamma_beta
         patterns, _ = _neighbourhoods(inverse, conv.kernel_size, conv.padding, fill=table.shape[0])
-    need = lookup_bytes(patterns.shape[0], patterns.shape[1], 4, conv.out_channels, grad=False, itemsize=4)
+    need = lookup_bytes(
+        patterns.shape[0], table.shape[0], patterns.shape[1], conv.out_channels, grad=False, itemsize=4
+    )
     x = torch.randn(1, 2, 2, 8, 8)
     calls = []
     with torch.no_grad():
