@@ -85,9 +85,10 @@ def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     if label.dim() not in (4, 5) or label.shape[-4] != 1:
         raise ValueError(f"label must be (B, 1, D, H, W) or (1, D, H, W), got {tuple(label.shape)}")
     check_label_range(label, num_classes, "label batch")
-    idx = label.long().squeeze(-4)  # (B, D, H, W) or (D, H, W)
-    out = torch.nn.functional.one_hot(idx, num_classes)  # (..., D, H, W, K)
-    return out.movedim(-1, -4).to(torch.float32).contiguous()
+    # Scattered straight into the float map: F.one_hot's int64 (..., K) map, its float copy and the contiguous copy
+    # after moving K forward would be three full-size transients (the int64 one twice the size of the result).
+    shape = (*label.shape[:-4], num_classes, *label.shape[-3:])
+    return torch.zeros(shape, dtype=torch.float32, device=label.device).scatter_(-4, label.long(), 1.0)
 
 
 def validate_sample(sample: dict, label_nc: int) -> None:

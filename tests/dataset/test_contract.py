@@ -27,6 +27,12 @@ def test_one_hot_known_answer() -> None:
     torch.testing.assert_close(out[0, :, 0], expected)
     assert torch.equal(out.sum(1), torch.ones(1, 1, 2, 2))
     assert one_hot(label[0], 3).shape == (3, 1, 2, 2)  # unbatched (1, D, H, W)
+    # any integer dtype, a contiguous (B, K, D, H, W) map equal to F.one_hot's with K moved forward
+    labels = torch.randint(0, 5, (2, 1, 3, 4, 5), generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.one_hot(labels[:, 0], 5).movedim(-1, 1).float()
+    for dtype in (torch.int64, torch.uint8, torch.int16):
+        out = one_hot(labels.to(dtype), 5)
+        assert torch.equal(out, expected) and out.is_contiguous()
 
 
 def test_one_hot_rejects_out_of_range_and_bad_shape() -> None:
