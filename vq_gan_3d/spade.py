@@ -204,9 +204,10 @@ class SPADE(nn.Module):
         # neighbourhoods (U >= R) is fewer flops, and autograd keeps only the indices and rows for the backward.
         weight = conv.weight.flatten(2).permute(1, 2, 0).reshape(rows.shape[1], n_offsets * out_channels)
         products = (rows @ weight).view(-1, out_channels)  # ((R + 1) * n_offsets, 2C)
-        out = conv.bias + F.embedding(patterns[:, 0] * n_offsets, products)
-        for o in range(1, n_offsets):
-            out = out + F.embedding(patterns[:, o] * n_offsets + o, products)
+        # one bag of n_offsets products per neighbourhood, summed in offset order: (U, 2C) without a (U, n_offsets,
+        # 2C) intermediate, and one dense gradient for ``products`` in the backward pass, not one per offset
+        index = patterns * n_offsets + torch.arange(n_offsets, device=patterns.device)
+        out = F.embedding_bag(index, products, mode="sum") + conv.bias
         # gather channels-first: (2C, U) columns by voxel -> (2C, B, d, h, w), each channel plane contiguous
         b, d, h, w = inverse2.shape
         gathered = out.t().index_select(1, inverse2.flatten())
@@ -285,11 +286,12 @@ class SPADE(nn.Module):
 def lookup_bytes(unique: int, rows: int, n_offsets: int, out_channels: int, grad: bool, itemsize: int) -> int:
     """Bytes the gamma/beta lookup of one call holds over ``unique`` neighbourhoods of ``rows`` hidden patterns.
 
-    The (U, n_offsets) int64 pattern table, the ((rows + 1) * n_offsets, out_channels) products (twice with
-    ``grad``: their gradient in the backward pass), and the (U, out_channels) sum with one gathered term.
+    The (U, n_offsets) int64 pattern table and the bags' product indices, the ((rows + 1) * n_offsets, out_channels)
+    products (twice with ``grad``: their gradient in the backward pass), and the (U, out_channels) sum before and
+    after the bias.
     """
     products = (rows + 1) * n_offsets * out_channels * itemsize
-    return unique * n_offsets * 8 + products * (2 if grad else 1) + 2 * unique * out_channels * itemsize
+    return 2 * unique * n_offsets * 8 + products * (2 if grad else 1) + 2 * unique * out_channels * itemsize
 
 
 def _neighbourhoods(

@@ -282,10 +282,10 @@ def test_full_lookup_modulation_is_bit_identical_with_exact_weights(kernel) -> N
 def test_lookup_bytes_counts_tables_and_products() -> None:
     from vq_gan_3d.spade import lookup_bytes
 
-    # U = 10 neighbourhoods of R = 3 hidden patterns, 9 offsets, 2C = 6, fp32: patterns 10*9*8, products
-    # (3 + 1)*9*6*4 (twice with grad: their gradient), the sum and one gathered term 2*10*6*4
-    assert lookup_bytes(10, 3, 9, 6, grad=True, itemsize=4) == 720 + 2 * 864 + 480
-    assert lookup_bytes(10, 3, 9, 6, grad=False, itemsize=4) == 720 + 864 + 480
+    # U = 10 neighbourhoods of R = 3 hidden patterns, 9 offsets, 2C = 6, fp32: patterns and bag indices 2*10*9*8,
+    # products (3 + 1)*9*6*4 (twice with grad: their gradient), the sum before and after the bias 2*10*6*4
+    assert lookup_bytes(10, 3, 9, 6, grad=True, itemsize=4) == 1440 + 2 * 864 + 480
+    assert lookup_bytes(10, 3, 9, 6, grad=False, itemsize=4) == 1440 + 864 + 480
 
 
 @pytest.mark.parametrize("grad", [False, True])
