@@ -25,6 +25,17 @@ def _triple(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, i
     return values  # type: ignore[return-value]
 
 
+def _conv_geometry(
+    kernel_size: int | tuple[int, int, int], stride: int | tuple[int, int, int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(kernel, stride) as 3-tuples; the kernel must cover the stride on every axis, or voxels would be skipped."""
+    kernel = _triple(kernel_size, "kernel_size")
+    strides = _triple(stride, "stride")
+    if any(k < s for k, s in zip(kernel, strides)):
+        raise ValueError(f"kernel_size {kernel} must be >= stride {strides} on every axis")
+    return kernel, strides
+
+
 def _same_pad(kernel_size: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, ...]:
     """F.pad amounts for a total padding of ``k - s`` per axis, the odd pixel on the leading side (as TATS).
 
@@ -66,10 +77,7 @@ class SamePadConv3d(nn.Module):
         padding_type: str = "replicate",
     ) -> None:
         super().__init__()
-        kernel = _triple(kernel_size, "kernel_size")
-        strides = _triple(stride, "stride")
-        if any(k < s for k, s in zip(kernel, strides)):
-            raise ValueError(f"kernel_size {kernel} must be >= stride {strides} on every axis")
+        kernel, strides = _conv_geometry(kernel_size, stride)
         self.padding_type = check_padding_type(padding_type)
         self.pad = _same_pad(kernel, strides)
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, padding=0, bias=bias)
@@ -125,10 +133,7 @@ class SamePadConvTranspose3d(nn.Module):
         padding_type: str = "replicate",
     ) -> None:
         super().__init__()
-        kernel = _triple(kernel_size, "kernel_size")
-        strides = _triple(stride, "stride")
-        if any(k < s for k, s in zip(kernel, strides)):
-            raise ValueError(f"kernel_size {kernel} must be >= stride {strides} on every axis")
+        kernel, strides = _conv_geometry(kernel_size, stride)
         self.padding_type = check_padding_type(padding_type)
         self.pad = _same_pad(kernel, strides)
         self.convt = nn.ConvTranspose3d(
