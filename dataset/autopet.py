@@ -136,7 +136,7 @@ def preprocess_autopet(
         The manifest.
     """
     options = options or PreprocessOptions(intensity=dict(DEFAULT_INTENSITY))
-    label_table = table if isinstance(table, LabelTable) else load_label_table(table)
+    label_table = load_label_table(table)
     cases = discover_autopet(src, patient_regex)
     return preprocess(NAME, cases, dst, label_table, options, src_root=src, modality=MODALITY)
 

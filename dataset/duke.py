@@ -169,7 +169,7 @@ def preprocess_duke(
         table: label table name, YAML path or object.
     """
     options = options or PreprocessOptions(intensity=dict(DEFAULT_INTENSITY))
-    label_table = table if isinstance(table, LabelTable) else load_label_table(table)
+    label_table = load_label_table(table)
     cases = discover_duke(src, label_table)
     return preprocess(
         NAME, cases, dst, label_table, options, load_case=load_duke_case, src_root=src, modality=MODALITY

@@ -143,12 +143,16 @@ def resolve_label_table(spec: str | Path | Mapping[str, Any] | LabelTable | None
     return load_label_table(spec)
 
 
-def load_label_table(name_or_path: str | Path) -> LabelTable:
+def load_label_table(name_or_path: str | Path | LabelTable) -> LabelTable:
     """Load a table by dataset name (shipped in ``dataset/label_tables/``) or from a YAML file path.
+
+    A :class:`LabelTable` passed in is returned as it is, so callers can take either.
 
     Raises:
         ValueError: unknown name or malformed table.
     """
+    if isinstance(name_or_path, LabelTable):
+        return name_or_path
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():

@@ -89,7 +89,7 @@ def preprocess_synthrad2023(
         table: label table name, YAML path or object.
     """
     options = options or PreprocessOptions(intensity=dict(DEFAULT_INTENSITY))
-    label_table = table if isinstance(table, LabelTable) else load_label_table(table)
+    label_table = load_label_table(table)
     cases = discover_synthrad2023(src, labels)
     return preprocess(NAME, cases, dst, label_table, options, src_root=src, modality=MODALITY)
 

@@ -18,6 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "dataset"
 def test_shipped_tables_match_the_dataset_configs(name: str, label_nc: int) -> None:
     table = load_label_table(name)
     assert table.label_nc == label_nc and table.class_names[0] == "background"
+    assert load_label_table(table) is table  # a loaded table is taken as it is
     cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     assert cfg["label_nc"] == label_nc and list(cfg["class_names"]) == list(table.class_names)
     assert sorted(set(table.remap.values())) == list(range(label_nc))
