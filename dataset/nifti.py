@@ -457,11 +457,15 @@ def save_stored(path: str | Path, stored: np.ndarray, like: StoredVolume, overwr
     hdr["vox_offset"] = offset
 
     def write(tmp: Path) -> None:
-        opener = gzip.open if tmp.name.endswith(".gz") else open
-        with opener(tmp, "wb") as fh:  # nibabel's Nifti1Image.to_file_map would recompute the scaling: write as is
-            hdr.write_to(fh)
-            fh.write(b"\0" * (offset - fh.tell()))
-            array_to_file(data, fh, data.dtype, offset=offset, order="F")
+        # nibabel's Nifti1Image.to_file_map would recompute the scaling: write as is. The gzip header gets no
+        # file name (ours is a random temporary one) and mtime 0, as nibabel's own writer does, so the same
+        # volume always gives the same bytes.
+        with open(tmp, "wb") as raw:
+            fh = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if tmp.name.endswith(".gz") else raw
+            with fh:
+                hdr.write_to(fh)
+                fh.write(b"\0" * (offset - fh.tell()))
+                array_to_file(data, fh, data.dtype, offset=offset, order="F")
 
     suffix = next(s for s in NIFTI_SUFFIXES if path.name.endswith(s))
     return atomic_write(path, write, overwrite=overwrite, suffix=suffix)
