@@ -13,7 +13,6 @@ voxels than the file can hold or than the voxel limit allows.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.openers import gzip_open
 from nibabel.volumeutils import array_to_file
 
 from dataset.contract import DataError, Sample, check_label_range
@@ -457,15 +457,14 @@ def save_stored(path: str | Path, stored: np.ndarray, like: StoredVolume, overwr
     hdr["vox_offset"] = offset
 
     def write(tmp: Path) -> None:
-        # nibabel's Nifti1Image.to_file_map would recompute the scaling: write as is. The gzip header gets no
-        # file name (ours is a random temporary one) and mtime 0, as nibabel's own writer does, so the same
-        # volume always gives the same bytes.
-        with open(tmp, "wb") as raw:
-            fh = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if tmp.name.endswith(".gz") else raw
-            with fh:
-                hdr.write_to(fh)
-                fh.write(b"\0" * (offset - fh.tell()))
-                array_to_file(data, fh, data.dtype, offset=offset, order="F")
+        # nibabel's Nifti1Image.to_file_map would recompute the scaling: write as is. nibabel's gzip_open writes
+        # deterministically (no file name, ours being a random temporary one, and mtime 0), so the same volume
+        # always gives the same bytes.
+        opener = gzip_open if tmp.name.endswith(".gz") else open
+        with opener(str(tmp), "wb") as fh:
+            hdr.write_to(fh)
+            fh.write(b"\0" * (offset - fh.tell()))
+            array_to_file(data, fh, data.dtype, offset=offset, order="F")
 
     suffix = next(s for s in NIFTI_SUFFIXES if path.name.endswith(s))
     return atomic_write(path, write, overwrite=overwrite, suffix=suffix)
