@@ -232,7 +232,9 @@ class SPADE(nn.Module):
             )  # fmt: skip
         else:
             scale, beta = self._modulation(seg, size, dtype)
-        return self._store(seg, key, scale, beta)
+        if cache is not None:
+            cache[key] = (seg, scale, beta)
+        return scale, beta
 
     def _modulation(
         self, seg: torch.Tensor, size: torch.Size | tuple[int, ...], dtype: torch.dtype
@@ -252,14 +254,6 @@ class SPADE(nn.Module):
             gamma = F.conv3d(actv, wgt[:c], bias[:c], padding=pad)
             beta = F.conv3d(actv, wgt[c:], bias[c:], padding=pad)
         return 1 + gamma, beta
-
-    def _store(
-        self, seg: torch.Tensor, key: tuple | None, scale: torch.Tensor, beta: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep ``(scale, beta)`` in the active modulation cache under ``key`` (None: no cache) and return them."""
-        if key is not None and self._modulation_cache is not None:
-            self._modulation_cache[key] = (seg, scale, beta)
-        return scale, beta
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` and modulate it by ``seg``.
